@@ -1,0 +1,226 @@
+"""Checkpoints in transformers' style: a directory with config.json, model.safetensors, README.md.
+
+Only the trained tensors are stored (a few MB); the backbone is named by its source and pinned by
+a fingerprint of its shape and weights. Nothing is pickled: JSON and safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .backbone import Backbone, BackboneError, load_backbone
+from .config import LossConfig, ModelConfig
+from .data.transforms import Preprocess
+from .model import MiraGe
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+FORMAT = "miragedet-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is malformed, or does not fit the backbone it is loaded onto."""
+
+
+def save_pretrained(
+    model: MiraGe,
+    directory: str | os.PathLike,
+    *,
+    loss_config: LossConfig | None = None,
+    threshold: float | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s trained tensors and config to ``directory``, atomically.
+
+    The directory is built beside the target and renamed into place, so a crash never leaves a
+    half-written checkpoint where a complete one is expected.
+    """
+    directory = Path(directory)
+    threshold = model.threshold if threshold is None else float(threshold)
+    tensors = {k: v.detach().to("cpu").contiguous().clone()
+               for k, v in model.trainable_state_dict().items()}
+    backbone = model.backbone
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "miragedet_version": __version__,
+        "model": {**model.config.to_dict(), "resolved_depth": model.depth},
+        "loss": (loss_config or LossConfig.for_method(model.config.method)).to_dict(),
+        "backbone": {
+            "source": backbone.source,
+            "description": backbone.describe(),
+            "shape": backbone.shape(),
+            "fingerprint": backbone.fingerprint,
+        },
+        "preprocess": backbone.preprocess.to_dict(),
+        "threshold": threshold,
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "metadata": metadata or {},
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (staging / CARD_NAME).write_text(_model_card(config))
+        _replace_dir(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a checkpoint's config.json."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a miragedet checkpoint: no {CONFIG_NAME}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a miragedet checkpoint (format={config.get('format')!r})")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {config['format_version']}; this "
+                              f"miragedet ({__version__}) reads up to {FORMAT_VERSION}: upgrade it")
+    return config
+
+
+def _resolve(path_or_id: str | os.PathLike) -> Path:
+    path = Path(path_or_id)
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_id).startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint directory {str(path_or_id)!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path_or_id)))
+    except Exception as exc:
+        raise CheckpointError(
+            f"{str(path_or_id)!r} is neither a local checkpoint directory nor a hub repository "
+            f"that could be downloaded here (cause: {exc})") from exc
+
+
+def load_pretrained(
+    path_or_id: str | os.PathLike,
+    backbone: Backbone | str | None = None,
+    *,
+    strict_backbone: bool = True,
+    device: str | torch.device | None = None,
+) -> MiraGe:
+    """Load a checkpoint onto its backbone (or onto ``backbone`` if given).
+
+    The backbone must have the shape the checkpoint was trained on; with ``strict_backbone`` its
+    weights must match too (a checkpoint trained on one CLIP is meaningless on another).
+    """
+    directory = _resolve(path_or_id)
+    config = read_config(directory)
+    expected = config["backbone"]
+    if backbone is None or isinstance(backbone, str):
+        try:
+            backbone = load_backbone(backbone or expected["source"])
+        except BackboneError as exc:
+            raise CheckpointError(f"the checkpoint's backbone could not be loaded: {exc}") from exc
+    if backbone.shape() != expected["shape"]:
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on {expected['description']} "
+            f"({expected['source']}), but the backbone given is {backbone.describe()} "
+            f"({backbone.source}): their shapes differ, so the trained prompts cannot be used.")
+    if strict_backbone and backbone.fingerprint["weights"] != expected["fingerprint"]["weights"]:
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on backbone {expected['source']} (weights "
+            f"{expected['fingerprint']['weights']}), but {backbone.source} has other weights "
+            f"({backbone.fingerprint['weights']}). Pass the backbone it was trained on, or "
+            "strict_backbone=False to load it anyway.")
+    model_cfg = dict(config["model"])
+    resolved_depth = model_cfg.pop("resolved_depth", None)
+    if resolved_depth is not None and model_cfg.get("n_ctx", 0):
+        model_cfg["depth"] = resolved_depth
+    backbone.preprocess = Preprocess.from_dict(config["preprocess"])
+    model = MiraGe(backbone, ModelConfig.from_dict(model_cfg))
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{directory} has no {WEIGHTS_NAME}")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    load_trainable(model, tensors, source=str(weights))
+    model.threshold = float(config.get("threshold", 0.5))
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def load_trainable(model: MiraGe, tensors: dict[str, torch.Tensor], source: str = "tensors") -> None:
+    """Copy trained tensors into ``model``, refusing any missing, extra or misshapen tensor."""
+    expected = model.trainable_state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors)
+                   if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    if missing or extra or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing}")
+        if extra:
+            details.append(f"unexpected {extra}")
+        if wrong:
+            details.append("wrong shape " + ", ".join(
+                f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong))
+        raise CheckpointError(f"{source} does not fit this model: " + "; ".join(details))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value.to(params[name].dtype))
+
+
+def _model_card(config: dict[str, Any]) -> str:
+    m, b = config["model"], config["backbone"]
+    meta = config.get("metadata") or {}
+    lines = [
+        "---",
+        "library_name: miragedet",
+        "tags: [ai-generated-image-detection, clip, mirage]",
+        "---",
+        f"# miragedet checkpoint: {m['method']}",
+        "",
+        f"- method: `{m['method']}` (classes: {', '.join(m['classes'])}; class 0 is real)",
+        f"- backbone: `{b['source']}` ({b['description']}), weights fingerprint "
+        f"`{b['fingerprint']['weights']}`",
+        f"- prompts: n_ctx={m['n_ctx']}, depth J={m['resolved_depth']}, "
+        f"vision prompts={'on' if m['vision_prompts'] else 'off'}",
+        f"- decision threshold on p(fake): {config['threshold']}",
+        f"- written by miragedet {config['miragedet_version']}",
+        "",
+        "Load with `miragedet.load_pretrained(path)`.",
+    ]
+    if b["source"].startswith("random:"):
+        lines += ["", "**The backbone has random weights: this is a pipeline check, not a "
+                      "detector of real images.**"]
+    if meta:
+        lines += ["", "## Training", "", "```json", json.dumps(meta, indent=2), "```"]
+    return "\n".join(lines) + "\n"

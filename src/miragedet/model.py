@@ -1,0 +1,189 @@
+"""The MiraGe module: a frozen CLIP driven layer by layer with deep multimodal prompts.
+
+We call transformers' own embedding, encoder-layer, norm and projection modules and only decide
+what goes in between: prompt tokens spliced into the sequence at layers 1..J.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from .backbone import Backbone
+from .config import ModelConfig
+from .prompts import PromptLearner
+
+
+@dataclass
+class MiraGeOutput:
+    """Class logits (logit_scale x cosine, or the linear head's), and the unit embeddings."""
+
+    logits: torch.Tensor  # (B, C)
+    image_embeds: torch.Tensor  # (B, D), unit norm
+    text_embeds: torch.Tensor  # (C, D), unit norm
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(dim=-1)
+
+    @property
+    def fake_prob(self) -> torch.Tensor:
+        """Probability of "not the real class" (class 0 is real): p(Fake) for two classes."""
+        return 1.0 - self.probs[:, 0]
+
+
+def resolve_depth(config: ModelConfig, backbone: Backbone) -> int:
+    """J for this backbone: the configured depth, lowered to the shallower tower if needed."""
+    limit = min(backbone.text_layers, backbone.vision_layers)
+    if config.n_ctx == 0:
+        return 0
+    if config.depth > limit:
+        warnings.warn(
+            f"prompt depth J={config.depth} exceeds the backbone's shallower tower "
+            f"({limit} layers); using J={limit}", stacklevel=3)
+        return limit
+    return config.depth
+
+
+class MiraGe(nn.Module):
+    """A MiraGe detector (or one of its ablations/baselines) on a frozen CLIP backbone."""
+
+    def __init__(self, backbone: Backbone, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        self.backbone = backbone
+        self.clip = backbone.model  # registered so .to() moves it; frozen below
+        self.clip.requires_grad_(False)
+        self.depth = resolve_depth(self.config, backbone)
+        self.prompts = PromptLearner(backbone, self.config, self.depth)
+        if self.config.finetune_blocks:
+            layers = self.clip.vision_model.encoder.layers
+            if self.config.finetune_blocks > len(layers):
+                raise ValueError(f"finetune_blocks={self.config.finetune_blocks} > "
+                                 f"{len(layers)} vision blocks")
+            for layer in layers[-self.config.finetune_blocks :]:
+                layer.requires_grad_(True)
+        self.head: nn.Linear | None = None
+        if self.config.head == "linear":
+            with torch.no_grad():
+                text = self._encode_text()
+                self.head = nn.Linear(text.shape[1], text.shape[0])
+                # Start as the zero-shot classifier: logits = logit_scale * <v, t_c>.
+                self.head.weight.copy_(self.clip.logit_scale.exp() * text)
+                self.head.bias.zero_()
+        self._text_cache: tuple[tuple, torch.Tensor] | None = None
+        #: Decision threshold on p(fake); set from the checkpoint when loaded.
+        self.threshold = 0.5
+
+    # -- persistence (see checkpoint.py) --------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, backbone: Backbone | str | None = None,
+                        **kwargs) -> MiraGe:
+        """Load a checkpoint directory (or hub repository) onto its frozen backbone."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(path_or_id, backbone, **kwargs)
+
+    def save_pretrained(self, directory: str, **kwargs) -> None:
+        """Write config.json + model.safetensors (trained tensors only) to ``directory``."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)
+
+    # -- what trains ----------------------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trained tensors: prompts, maps, head, and unfrozen blocks (finetune)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def train(self, mode: bool = True) -> MiraGe:
+        super().train(mode)
+        self.clip.eval()  # the backbone never switches to training behaviour
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.classes)
+
+    # -- text tower -----------------------------------------------------------------------------
+
+    def _encode_text(self) -> torch.Tensor:
+        text_model = self.clip.text_model
+        ids = self.prompts.input_ids
+        embeds = text_model.embeddings.token_embedding(ids)
+        ctx = self.prompts.text_prompts()
+        n = self.prompts.n_ctx
+        if ctx:
+            embeds = _splice(embeds, ctx[0], 1, n)
+        hidden = text_model.embeddings(inputs_embeds=embeds)
+        mask = create_causal_mask(config=text_model.config, inputs_embeds=hidden,
+                                  attention_mask=None, cache=None)
+        for i, layer in enumerate(text_model.encoder.layers):
+            if 0 < i < len(ctx):
+                hidden = _splice(hidden, ctx[i], 1, n)
+            hidden = layer(hidden, mask, is_causal=True)
+        hidden = text_model.final_layer_norm(hidden)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.prompts.eot_index]
+        return F.normalize(self.clip.text_projection(pooled), dim=-1)
+
+    def _text_params(self) -> list[nn.Parameter]:
+        return list(self.prompts.ctx.parameters())
+
+    def encode_text(self) -> torch.Tensor:
+        """Unit text embeddings of the class prompts, (C, D).
+
+        Cached while the prompts are unchanged and no gradient is needed (inference).
+        """
+        params = self._text_params()
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._encode_text()
+        ref = self.clip.text_projection.weight
+        key = (ref.device, ref.dtype, *(p._version for p in params), *(id(p) for p in params))
+        if self._text_cache is None or self._text_cache[0] != key:
+            with torch.no_grad():
+                self._text_cache = (key, self._encode_text())
+        return self._text_cache[1]
+
+    # -- vision tower ---------------------------------------------------------------------------
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings, (B, D), for a batch of preprocessed images (B, 3, S, S)."""
+        vision = self.clip.vision_model
+        hidden = vision.embeddings(pixel_values.to(self.clip.logit_scale.dtype))
+        prompts = self.prompts.vision_prompts()
+        n = self.prompts.n_ctx
+        if prompts:
+            hidden = torch.cat([hidden, _expand(prompts[0], hidden)], dim=1)
+        hidden = vision.pre_layrnorm(hidden)
+        for i, layer in enumerate(vision.encoder.layers):
+            if 0 < i < len(prompts):
+                hidden = _splice(hidden, prompts[i], hidden.shape[1] - n, n)
+            hidden = layer(hidden, None)
+        pooled = vision.post_layernorm(hidden[:, 0])
+        return F.normalize(self.clip.visual_projection(pooled), dim=-1)
+
+    # -- both -----------------------------------------------------------------------------------
+
+    def forward(self, pixel_values: torch.Tensor) -> MiraGeOutput:
+        image = self.encode_image(pixel_values)
+        text = self.encode_text()
+        if self.head is not None:
+            logits = self.head(image.to(self.head.weight.dtype))
+        else:
+            logits = self.clip.logit_scale.exp() * image @ text.t()
+        return MiraGeOutput(logits=logits.float(), image_embeds=image, text_embeds=text)
+
+
+def _expand(prompt: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return prompt.to(like.dtype).unsqueeze(0).expand(like.shape[0], -1, -1)
+
+
+def _splice(hidden: torch.Tensor, prompt: torch.Tensor, start: int, n: int) -> torch.Tensor:
+    """hidden with positions [start, start+n) replaced by ``prompt`` (same for every row)."""
+    return torch.cat([hidden[:, :start], _expand(prompt, hidden), hidden[:, start + n :]], dim=1)
