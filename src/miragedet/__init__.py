@@ -2,11 +2,11 @@
 
 __version__ = "0.1.0"
 
-from .backbone import Backbone, BackboneError, load_backbone  # noqa: E402
-from .checkpoint import CheckpointError, load_pretrained, save_pretrained  # noqa: E402
-from .config import LossConfig, ModelConfig, OptimConfig  # noqa: E402
-from .losses import MemoryBank, MiraGeLoss, discriminative_loss  # noqa: E402
-from .model import MiraGe, MiraGeOutput  # noqa: E402
+from .backbone import Backbone, BackboneError, load_backbone
+from .checkpoint import CheckpointError, load_pretrained, save_pretrained
+from .config import LossConfig, ModelConfig, OptimConfig
+from .losses import MemoryBank, MiraGeLoss, discriminative_loss
+from .model import MiraGe, MiraGeOutput
 
 __all__ = [
     "Backbone",

@@ -29,58 +29,134 @@ DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 #: ``hub`` is the id of the published weights with that shape.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                 "num_attention_heads": 2},
-        "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+        "vision": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         "projection_dim": 64,
         "hub": None,
     },
     # Unequal depths and widths, to prove nothing assumes the towers match.
     "tiny-asym": {
-        "text": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3,
-                 "num_attention_heads": 2},
-        "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-                   "num_attention_heads": 4, "image_size": 48, "patch_size": 16},
+        "text": {
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+        },
+        "vision": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 48,
+            "patch_size": 16,
+        },
         "projection_dim": 32,
         "hub": None,
     },
     "vit-b-32": {
-        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                 "num_attention_heads": 8},
-        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                   "num_attention_heads": 12, "image_size": 224, "patch_size": 32},
+        "text": {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+        },
+        "vision": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 32,
+        },
         "projection_dim": 512,
         "hub": "openai/clip-vit-base-patch32",
     },
     "vit-b-16": {
-        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                 "num_attention_heads": 8},
-        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                   "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+        "text": {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+        },
+        "vision": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 16,
+        },
         "projection_dim": 512,
         "hub": "openai/clip-vit-base-patch16",
     },
     "vit-l-14": {
-        "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                 "num_attention_heads": 12},
-        "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                   "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
+        "text": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+        },
+        "vision": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+        },
         "projection_dim": 768,
         "hub": "openai/clip-vit-large-patch14",
     },
     "vit-l-14-336": {
-        "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                 "num_attention_heads": 12},
-        "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                   "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
+        "text": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+        },
+        "vision": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 336,
+            "patch_size": 14,
+        },
         "projection_dim": 768,
         "hub": "openai/clip-vit-large-patch14-336",
     },
 }
 
 #: Words the built-in tokenizer of random presets knows as whole tokens (others split into bytes).
-_MINI_WORDS = "a photo of an the image real fake x . , picture generated by ai".split()
+_MINI_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "an",
+    "the",
+    "image",
+    "real",
+    "fake",
+    "x",
+    ".",
+    ",",
+    "picture",
+    "generated",
+    "by",
+    "ai",
+]
 
 
 class BackboneError(RuntimeError):
@@ -104,7 +180,7 @@ def mini_tokenizer(extra_words: list[str] | None = None) -> CLIPTokenizer:
     for word in dict.fromkeys(_MINI_WORDS + [w.lower() for w in (extra_words or [])]):
         if not word.isascii() or not word.isalpha():
             continue
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = [*word[:-1], word[-1] + "</w>"]
         while len(pieces) > 1:
             pair = (pieces[0], pieces[1])
             merged = pair[0] + pair[1]
@@ -117,18 +193,24 @@ def mini_tokenizer(extra_words: list[str] | None = None) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def preset_config(name: str, vocab_size: int = 49408, eos_token_id: int = 49407,
-                  bos_token_id: int = 49406) -> CLIPConfig:
+def preset_config(
+    name: str, vocab_size: int = 49408, eos_token_id: int = 49407, bos_token_id: int = 49406
+) -> CLIPConfig:
     """The ``CLIPConfig`` of a named preset (OpenAI's quick-GELU, 77-token context)."""
     if name not in PRESETS:
         raise BackboneError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     spec = PRESETS[name]
-    text = {**spec["text"], "vocab_size": vocab_size, "max_position_embeddings": 77,
-            "hidden_act": "quick_gelu", "eos_token_id": eos_token_id,
-            "bos_token_id": bos_token_id, "pad_token_id": eos_token_id}
+    text = {
+        **spec["text"],
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "eos_token_id": eos_token_id,
+        "bos_token_id": bos_token_id,
+        "pad_token_id": eos_token_id,
+    }
     vision = {**spec["vision"], "hidden_act": "quick_gelu"}
-    return CLIPConfig(text_config=text, vision_config=vision,
-                      projection_dim=spec["projection_dim"])
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec["projection_dim"])
 
 
 @dataclass
@@ -160,21 +242,39 @@ class Backbone:
         """The fields that decide which trained tensors fit this backbone."""
         t, v = self.model.config.text_config, self.model.config.vision_config
         return {
-            "text": {k: getattr(t, k) for k in ("hidden_size", "intermediate_size",
-                     "num_hidden_layers", "num_attention_heads", "vocab_size",
-                     "max_position_embeddings")},
-            "vision": {k: getattr(v, k) for k in ("hidden_size", "intermediate_size",
-                       "num_hidden_layers", "num_attention_heads", "image_size",
-                       "patch_size")},
+            "text": {
+                k: getattr(t, k)
+                for k in (
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "vocab_size",
+                    "max_position_embeddings",
+                )
+            },
+            "vision": {
+                k: getattr(v, k)
+                for k in (
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "image_size",
+                    "patch_size",
+                )
+            },
             "projection_dim": self.model.config.projection_dim,
         }
 
     def describe(self) -> str:
         s = self.shape()
         t, v = s["text"], s["vision"]
-        return (f"CLIP ViT/{v['patch_size']}@{v['image_size']}: vision {v['num_hidden_layers']}x"
-                f"{v['hidden_size']}, text {t['num_hidden_layers']}x{t['hidden_size']}, "
-                f"projection {s['projection_dim']}")
+        return (
+            f"CLIP ViT/{v['patch_size']}@{v['image_size']}: vision {v['num_hidden_layers']}x"
+            f"{v['hidden_size']}, text {t['num_hidden_layers']}x{t['hidden_size']}, "
+            f"projection {s['projection_dim']}"
+        )
 
     @cached_property
     def fingerprint(self) -> dict[str, str]:
@@ -182,9 +282,13 @@ class Backbone:
         shape = hashlib.sha256(json.dumps(self.shape(), sort_keys=True).encode()).hexdigest()
         h = hashlib.sha256()
         m = self.model
-        for tensor in (m.visual_projection.weight, m.text_projection.weight,
-                       m.vision_model.embeddings.patch_embedding.weight,
-                       m.vision_model.embeddings.class_embedding, m.logit_scale):
+        for tensor in (
+            m.visual_projection.weight,
+            m.text_projection.weight,
+            m.vision_model.embeddings.patch_embedding.weight,
+            m.vision_model.embeddings.class_embedding,
+            m.logit_scale,
+        ):
             h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return {"shape": shape[:16], "weights": h.hexdigest()[:16]}
 
@@ -198,8 +302,9 @@ def _freeze(model: CLIPModel) -> CLIPModel:
 def _random_backbone(name: str, seed: int, tokenizer: str | os.PathLike | None) -> Backbone:
     tok = CLIPTokenizer.from_pretrained(str(tokenizer)) if tokenizer else mini_tokenizer()
     vocab_size = 49408 if tokenizer else len(tok)
-    config = preset_config(name, vocab_size=vocab_size, eos_token_id=tok.eos_token_id,
-                           bos_token_id=tok.bos_token_id)
+    config = preset_config(
+        name, vocab_size=vocab_size, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config)
@@ -261,8 +366,7 @@ def load_backbone(
         except (OSError, ValueError) as exc:
             raise BackboneError(_hint_for(source) + f"\n(cause: {exc})") from exc
         source = str(Path(source).resolve()) if is_dir else source
-        backbone = Backbone(_freeze(model), tok, Preprocess.from_image_processor(processor),
-                            source)
+        backbone = Backbone(_freeze(model), tok, Preprocess.from_image_processor(processor), source)
     if device is not None or dtype is not None:
         backbone.model.to(device=device, dtype=dtype)
     return backbone

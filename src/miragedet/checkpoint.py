@@ -48,8 +48,10 @@ def save_pretrained(
     """
     directory = Path(directory)
     threshold = model.threshold if threshold is None else float(threshold)
-    tensors = {k: v.detach().to("cpu").contiguous().clone()
-               for k, v in model.trainable_state_dict().items()}
+    tensors = {
+        k: v.detach().to("cpu").contiguous().clone()
+        for k, v in model.trainable_state_dict().items()
+    }
     backbone = model.backbone
     config = {
         "format": FORMAT,
@@ -101,10 +103,14 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
     if config.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a miragedet checkpoint (format={config.get('format')!r})")
+        raise CheckpointError(
+            f"{path} is not a miragedet checkpoint (format={config.get('format')!r})"
+        )
     if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {config['format_version']}; this "
-                              f"miragedet ({__version__}) reads up to {FORMAT_VERSION}: upgrade it")
+        raise CheckpointError(
+            f"{path} has format version {config['format_version']}; this "
+            f"miragedet ({__version__}) reads up to {FORMAT_VERSION}: upgrade it"
+        )
     return config
 
 
@@ -121,7 +127,8 @@ def _resolve(path_or_id: str | os.PathLike) -> Path:
     except Exception as exc:
         raise CheckpointError(
             f"{str(path_or_id)!r} is neither a local checkpoint directory nor a hub repository "
-            f"that could be downloaded here (cause: {exc})") from exc
+            f"that could be downloaded here (cause: {exc})"
+        ) from exc
 
 
 def load_pretrained(
@@ -148,13 +155,15 @@ def load_pretrained(
         raise CheckpointError(
             f"checkpoint {directory} was trained on {expected['description']} "
             f"({expected['source']}), but the backbone given is {backbone.describe()} "
-            f"({backbone.source}): their shapes differ, so the trained prompts cannot be used.")
+            f"({backbone.source}): their shapes differ, so the trained prompts cannot be used."
+        )
     if strict_backbone and backbone.fingerprint["weights"] != expected["fingerprint"]["weights"]:
         raise CheckpointError(
             f"checkpoint {directory} was trained on backbone {expected['source']} (weights "
             f"{expected['fingerprint']['weights']}), but {backbone.source} has other weights "
             f"({backbone.fingerprint['weights']}). Pass the backbone it was trained on, or "
-            "strict_backbone=False to load it anyway.")
+            "strict_backbone=False to load it anyway."
+        )
     model_cfg = dict(config["model"])
     resolved_depth = model_cfg.pop("resolved_depth", None)
     if resolved_depth is not None and model_cfg.get("n_ctx", 0):
@@ -175,13 +184,18 @@ def load_pretrained(
     return model
 
 
-def load_trainable(model: MiraGe, tensors: dict[str, torch.Tensor], source: str = "tensors") -> None:
+def load_trainable(
+    model: MiraGe, tensors: dict[str, torch.Tensor], source: str = "tensors"
+) -> None:
     """Copy trained tensors into ``model``, refusing any missing, extra or misshapen tensor."""
     expected = model.trainable_state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors)
-                   if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    wrong = sorted(
+        k
+        for k in set(expected) & set(tensors)
+        if tuple(expected[k].shape) != tuple(tensors[k].shape)
+    )
     if missing or extra or wrong:
         details = []
         if missing:
@@ -189,8 +203,12 @@ def load_trainable(model: MiraGe, tensors: dict[str, torch.Tensor], source: str 
         if extra:
             details.append(f"unexpected {extra}")
         if wrong:
-            details.append("wrong shape " + ", ".join(
-                f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong))
+            details.append(
+                "wrong shape "
+                + ", ".join(
+                    f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong
+                )
+            )
         raise CheckpointError(f"{source} does not fit this model: " + "; ".join(details))
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -219,8 +237,11 @@ def _model_card(config: dict[str, Any]) -> str:
         "Load with `miragedet.load_pretrained(path)`.",
     ]
     if b["source"].startswith("random:"):
-        lines += ["", "**The backbone has random weights: this is a pipeline check, not a "
-                      "detector of real images.**"]
+        lines += [
+            "",
+            "**The backbone has random weights: this is a pipeline check, not a "
+            "detector of real images.**",
+        ]
     if meta:
         lines += ["", "## Training", "", "```json", json.dumps(meta, indent=2), "```"]
     return "\n".join(lines) + "\n"

@@ -12,8 +12,11 @@ import numpy as np
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 
-def binary_metrics(labels: Sequence[int] | np.ndarray, fake_prob: Sequence[float] | np.ndarray,
-                   threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    labels: Sequence[int] | np.ndarray,
+    fake_prob: Sequence[float] | np.ndarray,
+    threshold: float = 0.5,
+) -> dict[str, float]:
     """Metrics of p(fake) against labels (0 = real, anything else = fake)."""
     y = (np.asarray(labels) != 0).astype(int)
     p = np.asarray(fake_prob, dtype=np.float64)
@@ -23,7 +26,7 @@ def binary_metrics(labels: Sequence[int] | np.ndarray, fake_prob: Sequence[float
     both = len(np.unique(y)) == 2
     nan = float("nan")
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": float(accuracy_score(y, pred)) if len(y) else nan,
         "real_accuracy": float((pred[y == 0] == 0).mean()) if (y == 0).any() else nan,
         "fake_accuracy": float((pred[y == 1] == 1).mean()) if (y == 1).any() else nan,

@@ -101,9 +101,14 @@ class MiraGeLoss(nn.Module):
         self.config = config
         self.bank = MemoryBank(config.bank_size, dim)
 
-    def forward(self, logits: torch.Tensor, image_embeds: torch.Tensor,
-                text_embeds: torch.Tensor, labels: torch.Tensor,
-                update_bank: bool = True) -> LossOutput:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        labels: torch.Tensor,
+        update_bank: bool = True,
+    ) -> LossOutput:
         ce = F.cross_entropy(logits, labels)
         dis = ce.new_zeros(())
         if self.config.lambda_dis > 0:
@@ -113,8 +118,7 @@ class MiraGeLoss(nn.Module):
                 feats = torch.cat([image_embeds, text_embeds.to(image_embeds.dtype)])
                 labs = torch.cat([labels, classes])
             bank_feats, bank_labels = self.bank.contents()
-            dis = discriminative_loss(feats.float(), labs, bank_feats, bank_labels,
-                                      self.config.tau)
+            dis = discriminative_loss(feats.float(), labs, bank_feats, bank_labels, self.config.tau)
         if update_bank:
             self.bank.push(image_embeds, labels)
         return LossOutput(loss=ce + self.config.lambda_dis * dis, ce=ce, dis=dis)

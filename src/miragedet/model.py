@@ -45,7 +45,9 @@ def resolve_depth(config: ModelConfig, backbone: Backbone) -> int:
     if config.depth > limit:
         warnings.warn(
             f"prompt depth J={config.depth} exceeds the backbone's shallower tower "
-            f"({limit} layers); using J={limit}", stacklevel=3)
+            f"({limit} layers); using J={limit}",
+            stacklevel=3,
+        )
         return limit
     return config.depth
 
@@ -64,8 +66,9 @@ class MiraGe(nn.Module):
         if self.config.finetune_blocks:
             layers = self.clip.vision_model.encoder.layers
             if self.config.finetune_blocks > len(layers):
-                raise ValueError(f"finetune_blocks={self.config.finetune_blocks} > "
-                                 f"{len(layers)} vision blocks")
+                raise ValueError(
+                    f"finetune_blocks={self.config.finetune_blocks} > {len(layers)} vision blocks"
+                )
             for layer in layers[-self.config.finetune_blocks :]:
                 layer.requires_grad_(True)
         self.head: nn.Linear | None = None
@@ -83,8 +86,9 @@ class MiraGe(nn.Module):
     # -- persistence (see checkpoint.py) --------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, backbone: Backbone | str | None = None,
-                        **kwargs) -> MiraGe:
+    def from_pretrained(
+        cls, path_or_id: str, backbone: Backbone | str | None = None, **kwargs
+    ) -> MiraGe:
         """Load a checkpoint directory (or hub repository) onto its frozen backbone."""
         from .checkpoint import load_pretrained
 
@@ -122,8 +126,9 @@ class MiraGe(nn.Module):
         if ctx:
             embeds = _splice(embeds, ctx[0], 1, n)
         hidden = text_model.embeddings(inputs_embeds=embeds)
-        mask = create_causal_mask(config=text_model.config, inputs_embeds=hidden,
-                                  attention_mask=None, cache=None)
+        mask = create_causal_mask(
+            config=text_model.config, inputs_embeds=hidden, attention_mask=None, cache=None
+        )
         for i, layer in enumerate(text_model.encoder.layers):
             if 0 < i < len(ctx):
                 hidden = _splice(hidden, ctx[i], 1, n)

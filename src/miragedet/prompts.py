@@ -33,8 +33,9 @@ class PromptLearner(nn.Module):
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
         n_fill = max(0, self.n_ctx - len(prefix_ids))
         fill = " ".join([_FILLER] * n_fill)
-        sentences = [" ".join(filter(None, [fill, config.template.format(c)]))
-                     for c in config.classes]
+        sentences = [
+            " ".join(filter(None, [fill, config.template.format(c)])) for c in config.classes
+        ]
         enc = tok(sentences, padding=True, return_tensors="pt")
         input_ids = enc["input_ids"]
         self.register_buffer("input_ids", input_ids, persistent=False)
@@ -54,7 +55,8 @@ class PromptLearner(nn.Module):
             if n_fill < self.n_ctx:
                 slots = input_ids[0, 1 + n_fill : 1 + self.n_ctx]
                 with torch.no_grad():
-                    first[n_fill:] = token_embedding(slots.to(token_embedding.weight.device)).float().cpu()
+                    words = token_embedding(slots.to(token_embedding.weight.device))
+                    first[n_fill:] = words.float().cpu()
             self.ctx.append(nn.Parameter(first))
             for _ in range(1, self.depth):
                 self.ctx.append(nn.Parameter(random_ctx()))

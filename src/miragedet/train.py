@@ -32,12 +32,21 @@ def trainable_parameters(model: MiraGe) -> list[torch.nn.Parameter]:
 
 def make_optimizer(model: MiraGe, optim: OptimConfig) -> torch.optim.SGD:
     """SGD with momentum over the trainable tensors only (section 6.1)."""
-    return torch.optim.SGD(trainable_parameters(model), lr=optim.lr, momentum=optim.momentum,
-                           weight_decay=optim.weight_decay)
+    return torch.optim.SGD(
+        trainable_parameters(model),
+        lr=optim.lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+    )
 
 
-def train_step(model: MiraGe, loss_fn: MiraGeLoss, optimizer: torch.optim.Optimizer,
-               pixel_values: torch.Tensor, labels: torch.Tensor) -> StepResult:
+def train_step(
+    model: MiraGe,
+    loss_fn: MiraGeLoss,
+    optimizer: torch.optim.Optimizer,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+) -> StepResult:
     """Forward, loss (CE + lambda * L_dis, bank update), backward and one optimizer step."""
     model.train()
     out = model(pixel_values)
@@ -80,10 +89,13 @@ def fit_tensors(
 
 
 @torch.inference_mode()
-def predict_fake_prob(model: MiraGe, pixel_values: torch.Tensor, batch_size: int = 256
-                      ) -> torch.Tensor:
+def predict_fake_prob(
+    model: MiraGe, pixel_values: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
     """p(fake) for each image of a preprocessed batch, in chunks of ``batch_size``."""
     model.eval()
-    chunks = [model(pixel_values[i : i + batch_size]).fake_prob
-              for i in range(0, pixel_values.shape[0], batch_size)]
+    chunks = [
+        model(pixel_values[i : i + batch_size]).fake_prob
+        for i in range(0, pixel_values.shape[0], batch_size)
+    ]
     return torch.cat(chunks) if chunks else torch.empty(0)

@@ -53,8 +53,9 @@ def make_image(rng: np.random.Generator, size: int, fingerprint: Fingerprint | N
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
-def make_set(n_per_class: int, size: int, fingerprint: Fingerprint = SEEN,
-             seed: int = 0) -> tuple[list[Image.Image], list[int]]:
+def make_set(
+    n_per_class: int, size: int, fingerprint: Fingerprint = SEEN, seed: int = 0
+) -> tuple[list[Image.Image], list[int]]:
     """``n_per_class`` real and ``n_per_class`` fake images (label 0 real, 1 fake), interleaved."""
     rng = np.random.default_rng(seed)
     images: list[Image.Image] = []
@@ -67,8 +68,13 @@ def make_set(n_per_class: int, size: int, fingerprint: Fingerprint = SEEN,
     return images, labels
 
 
-def write_images(images: list[Image.Image], labels: list[int], root: str | Path,
-                 class_dirs: tuple[str, ...] = ("0_real", "1_fake"), fmt: str = "png") -> list[Path]:
+def write_images(
+    images: list[Image.Image],
+    labels: list[int],
+    root: str | Path,
+    class_dirs: tuple[str, ...] = ("0_real", "1_fake"),
+    fmt: str = "png",
+) -> list[Path]:
     """Write images into ``root/<class_dir>/NNNNN.<fmt>`` and return their paths."""
     root = Path(root)
     paths = []

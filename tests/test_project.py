@@ -1,0 +1,54 @@
+"""The project's own promises: README commands, CI, pins, and no unsafe deserialisation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), re.S)
+    return [b.strip() for b in blocks]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    install_and_run, test_command = _readme_commands()[:2]
+    assert "miragedet quickstart" in install_and_run
+    assert "pytest" in test_command
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_install_pins_the_cpu_torch_while_metadata_keeps_a_range():
+    assert all("-c constraints.txt" in c for c in _readme_commands()[:2])
+    pins = (REPO / "constraints.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0$", pins, re.M)
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_dep = next(d for d in deps if d.startswith("torch"))
+    assert "==" not in torch_dep and ">=" in torch_dep
+    assert not any(d.startswith("torchvision") for d in deps)
+
+
+def test_package_never_unpickles():
+    unsafe = re.compile(r"\bpickle\.loads?\(|torch\.load\((?![^)]*weights_only=True)")
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "src").rglob("*.py")
+        if unsafe.search(p.read_text())
+    ]
+    assert offenders == []
+
+
+def test_lint_and_format_are_clean():
+    import subprocess
+    import sys
+
+    for args in (["check", "src", "tests"], ["format", "--check", "src", "tests"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
