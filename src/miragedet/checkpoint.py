@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,13 @@ def save_pretrained(
     loss_config: LossConfig | None = None,
     threshold: float | None = None,
     metadata: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model``'s trained tensors and config to ``directory``, atomically.
 
     The directory is built beside the target and renamed into place, so a crash never leaves a
-    half-written checkpoint where a complete one is expected.
+    half-written checkpoint where a complete one is expected. ``write_extra(staging_dir)`` may
+    add files (e.g. the trainer's resume state) that must land together with the weights.
     """
     directory = Path(directory)
     threshold = model.threshold if threshold is None else float(threshold)
@@ -76,6 +79,8 @@ def save_pretrained(
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (staging / CARD_NAME).write_text(_model_card(config))
+        if write_extra is not None:
+            write_extra(staging)
         _replace_dir(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -112,6 +117,20 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"miragedet ({__version__}) reads up to {FORMAT_VERSION}: upgrade it"
         )
     return config
+
+
+def set_threshold(
+    directory: str | os.PathLike, threshold: float, calibration: dict[str, Any] | None = None
+) -> None:
+    """Store a new decision threshold in a checkpoint's config.json (atomic replace)."""
+    config = read_config(directory)
+    config["threshold"] = float(threshold)
+    if calibration is not None:
+        config["calibration"] = calibration
+    path = Path(directory) / CONFIG_NAME
+    tmp = path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _resolve(path_or_id: str | os.PathLike) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -60,6 +61,238 @@ def quickstart(
     run_quickstart(output=output, methods=chosen, steps=steps, seed=seed, console=console)
 
 
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@app.command()
+def train(
+    data: str = typer.Argument(None, help="Training data root (any layout) or manifest."),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="YAML file of training options; flags given here override it."
+    ),
+    layout: str = typer.Option(None, help="auto|genimage|ufd|chameleon|generic|manifest"),
+    subsets: str = typer.Option(
+        None, help="Comma-separated subsets to train on (e.g. stable_diffusion_v_1_4)."
+    ),
+    val_data: str = typer.Option(None, help="Validation root (default: the val split, if any)."),
+    max_per_class: int = typer.Option(None, help="Cap on training images per class."),
+    classes: str = typer.Option(None, help="Comma-separated prompt class names."),
+    method: str = typer.Option(
+        None,
+        help="zero-shot|linear-probe|text-prompts|multimodal|"
+        "discriminative|mirage|finetune (default mirage)",
+    ),
+    backbone: str = typer.Option(
+        None, help="Hub id, local dir or random:PRESET (default openai/clip-vit-large-patch14)."
+    ),
+    n_ctx: int = typer.Option(None),
+    depth: int = typer.Option(None),
+    finetune_blocks: int = typer.Option(None),
+    template: str = typer.Option(None),
+    lambda_dis: float = typer.Option(None),
+    tau: float = typer.Option(None),
+    bank_size: int = typer.Option(None),
+    lr: float = typer.Option(None, help="Default 0.002 (paper)."),
+    momentum: float = typer.Option(None),
+    weight_decay: float = typer.Option(None),
+    batch_size: int = typer.Option(None, help="Default 128 (paper)."),
+    grad_accum: int = typer.Option(None),
+    epochs: int = typer.Option(None),
+    warmup_steps: int = typer.Option(None),
+    max_steps: int = typer.Option(None),
+    amp: str = typer.Option(None, help="none|bf16|fp16"),
+    augment: str = typer.Option(None, help="none|robust"),
+    workers: int = typer.Option(None),
+    seed: int = typer.Option(None),
+    device: str = typer.Option(None),
+    output: str = typer.Option(None, "--output", "-o"),
+    log_every: int = typer.Option(None),
+    save_every: int = typer.Option(None),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last."),
+) -> None:
+    """Train a detector (MiraGe or a baseline) on a data set; checkpoints go to OUTPUT."""
+    from .train import TrainConfig, Trainer
+
+    given = {
+        k: v
+        for k, v in dict(
+            data=data,
+            layout=layout,
+            subsets=_csv_list(subsets),
+            val_data=val_data,
+            max_per_class=max_per_class,
+            classes=_csv_list(classes),
+            method=method,
+            backbone=backbone,
+            n_ctx=n_ctx,
+            depth=depth,
+            finetune_blocks=finetune_blocks,
+            template=template,
+            lambda_dis=lambda_dis,
+            tau=tau,
+            bank_size=bank_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            epochs=epochs,
+            warmup_steps=warmup_steps,
+            max_steps=max_steps,
+            amp=amp,
+            augment=augment,
+            workers=workers,
+            seed=seed,
+            device=device,
+            output=output,
+            log_every=log_every,
+            save_every=save_every,
+        ).items()
+        if v is not None
+    }
+    if resume:
+        given["resume"] = True
+    try:
+        cfg = TrainConfig.from_yaml(config, **given) if config else TrainConfig.from_dict(given)
+        if not cfg.data:
+            raise ValueError("no training data: pass DATA or set `data:` in the --config file")
+        result = Trainer(cfg, console=console).fit()
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"done: {result.global_step} steps; best {result.best}; "
+        f"checkpoints in {result.output}/last and /best"
+    )
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Checkpoint directory, or zero-shot:BACKBONE for untrained CLIP."
+    ),
+    data: str = typer.Argument(..., help="Test data root (any layout) or manifest."),
+    output: Path = typer.Option(Path("eval"), "--output", "-o"),
+    layout: str = typer.Option("auto"),
+    split: str = typer.Option("val", help="GenImage split to test on."),
+    subsets: str = typer.Option(None, help="Comma-separated subsets (default: all)."),
+    degrade: list[str] = typer.Option(
+        None,
+        help="Degradations KIND:VALUE (jpeg:65, blur:3, "
+        "downsample:112, noise:5) or 'paper'; repeatable.",
+    ),
+    protocol: str = typer.Option(None, help="genimage|ufd|chameleon: show the paper's row."),
+    threshold: float = typer.Option(None, help="Default: the checkpoint's."),
+    batch_size: int = typer.Option(64),
+    workers: int = typer.Option(2),
+) -> None:
+    """Evaluate a detector: per-subset metrics, tables, ROC/PR plots, per-image scores."""
+    from .data.degrade import parse_degradations
+    from .evaluate import evaluate_dataset, markdown_table
+
+    try:
+        detector = _load_model(model)
+        metrics = evaluate_dataset(
+            detector,
+            data,
+            output,
+            layout=layout,
+            split=split,
+            subsets=_csv_list(subsets),
+            degradations=parse_degradations(degrade or []),
+            protocol=protocol,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            console=console,
+        )
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        markdown_table(metrics["clean"], paper=metrics["paper"]), soft_wrap=True, markup=False
+    )
+    if metrics["skipped"]:
+        console.print(f"[yellow]{len(metrics['skipped'])} files skipped[/yellow] (see report)")
+    console.print(
+        f"report: {output / 'report.md'} (+ metrics.json, table.csv, scores.csv, roc_pr.png)"
+    )
+
+
+def _load_model(spec: str):
+    from .backbone import load_backbone
+    from .checkpoint import load_pretrained
+    from .config import ModelConfig
+    from .model import MiraGe
+
+    if spec.startswith("zero-shot:"):
+        return MiraGe(
+            load_backbone(spec.removeprefix("zero-shot:")), ModelConfig.for_method("zero-shot")
+        )
+    return load_pretrained(spec)
+
+
+@app.command()
+def calibrate(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory to update."),
+    data: str = typer.Argument(..., help="Held-out data; only its real images are used."),
+    fpr: float = typer.Option(0.05, help="Target false-positive rate on real images."),
+    layout: str = typer.Option("auto"),
+    split: str = typer.Option("val"),
+    dry_run: bool = typer.Option(False, help="Report the threshold without saving it."),
+) -> None:
+    """Set the checkpoint's threshold so that at most FPR of held-out reals are called fake."""
+    from .checkpoint import set_threshold
+    from .data.layouts import find_images
+    from .evaluate import calibrate_threshold, score_samples
+
+    try:
+        detector = _load_model(str(model))
+        reals = [s for s in find_images(data, layout, split=split).samples if s.label == 0]
+        scores = score_samples(detector, reals)
+        p = scores.fake_prob[scores.ok]
+        value = calibrate_threshold(p, fpr)
+        achieved = float((p >= value).mean())
+        if not dry_run:
+            set_threshold(
+                model,
+                value,
+                {"target_fpr": fpr, "achieved_fpr": achieved, "n_real": len(p), "data": str(data)},
+            )
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"threshold {value:.6g}: {achieved:.2%} of {len(p)} real images called fake "
+        f"(target {fpr:.2%})" + ("" if dry_run else f"; saved to {model}")
+    )
+
+
+@app.command("make-synthetic")
+def make_synthetic(
+    root: Path = typer.Argument(..., help="Where to write the images."),
+    layout: str = typer.Option("genimage", help="genimage|ufd|chameleon|generic"),
+    generators: str = typer.Option(
+        "grid-2,grid-2-faint",
+        help="Comma-separated stand-in generators: grid-2, grid-2-faint, grid-2-strong, grid-4.",
+    ),
+    n_per_class: int = typer.Option(64),
+    size: int = typer.Option(32),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a small synthetic real/fake data set in one of the field's layouts."""
+    from .data.synthetic import write_layout
+
+    try:
+        write_layout(root, layout, tuple(_csv_list(generators) or []), n_per_class, size, seed)
+    except (ValueError, KeyError) as exc:
+        raise _fail(exc) from exc
+    console.print(f"wrote a synthetic {layout} set to {root}")
+
+
 @app.command()
 def backbones() -> None:
     """List the named backbone shapes (random weights with `random:NAME`)."""
@@ -89,7 +322,7 @@ def info(checkpoint: Path = typer.Argument(..., help="A checkpoint directory."))
     try:
         config = read_config(checkpoint)
     except CheckpointError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     console.print_json(
         json.dumps(

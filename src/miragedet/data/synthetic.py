@@ -85,3 +85,54 @@ def write_images(
         image.save(path)
         paths.append(path)
     return paths
+
+
+#: Stand-ins for generators: the same kind of trace at other strengths and periods.
+GENERATORS = {
+    "grid-2": SEEN,
+    "grid-2-faint": UNSEEN,
+    "grid-2-strong": Fingerprint("grid-2-strong", period=2, amplitude=20.0),
+    "grid-4": Fingerprint("grid-4", period=4, amplitude=12.0),
+}
+
+
+def write_layout(
+    root: str | Path,
+    layout: str = "genimage",
+    generators: tuple[str, ...] = ("grid-2", "grid-2-faint"),
+    n_per_class: int = 64,
+    size: int = 32,
+    seed: int = 0,
+    fmt: str = "png",
+) -> Path:
+    """Write a synthetic data set in one of the field's layouts (see data/layouts.py).
+
+    genimage: ``<root>/<generator>/{train,val}/{ai,nature}``; ufd: ``<root>/<generator>/
+    {0_real,1_fake}``; chameleon: ``<root>/{0_real,1_fake}`` (first generator only); generic:
+    ``<root>/{real,<generator>...}`` (attribution, one folder per generator).
+    """
+    root = Path(root)
+    for g, name in enumerate(generators):
+        fingerprint = GENERATORS[name]
+        if layout == "genimage":
+            for s, split in enumerate(("train", "val")):
+                images, labels = make_set(n_per_class, size, fingerprint, seed=seed + 10 * g + s)
+                write_images(images, labels, root / name / split, ("nature", "ai"), fmt)
+        elif layout in ("ufd", "chameleon"):
+            images, labels = make_set(n_per_class, size, fingerprint, seed=seed + 10 * g)
+            folder = root / name if layout == "ufd" else root
+            write_images(images, labels, folder, ("0_real", "1_fake"), fmt)
+            if layout == "chameleon":
+                break
+        elif layout == "generic":
+            rng = np.random.default_rng(seed + 10 * g)
+            for i in range(n_per_class):
+                folder = root / name
+                folder.mkdir(parents=True, exist_ok=True)
+                make_image(rng, size, fingerprint).save(folder / f"{i:05d}.{fmt}")
+                if g == 0:
+                    (root / "real").mkdir(parents=True, exist_ok=True)
+                    make_image(rng, size, None).save(root / "real" / f"{i:05d}.{fmt}")
+        else:
+            raise ValueError(f"unknown layout {layout!r}")
+    return root

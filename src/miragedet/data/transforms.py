@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -102,3 +102,122 @@ class Preprocess:
     def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Stack a list of images into one (N, 3, S, S) batch."""
         return torch.stack([self(im) for im in images])
+
+
+@dataclass
+class Augment:
+    """Training augmentations (paper appendix H.2), each applied with its own probability.
+
+    The paper lists the operations but not their probabilities or ranges; the ``robust`` preset
+    holds our choices. Randomness is drawn from a generator seeded by (seed, epoch, sample
+    index), so a run is reproducible with any number of workers and after a resume.
+    """
+
+    p_resized_crop: float = 0.0
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    p_rotation: float = 0.0
+    max_degrees: float = 15.0
+    p_blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 3.0)
+    p_jpeg: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 95)
+    p_color: float = 0.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    p_grayscale: float = 0.0
+    p_noise: float = 0.0
+    noise_sigma: tuple[float, float] = (1.0, 8.0)
+    seed: int = 0
+
+    PRESETS: ClassVar[dict[str, dict[str, float]]] = {
+        "none": {},
+        "robust": {
+            "p_resized_crop": 0.5,
+            "p_rotation": 0.2,
+            "p_blur": 0.2,
+            "p_jpeg": 0.3,
+            "p_color": 0.3,
+            "p_grayscale": 0.05,
+            "p_noise": 0.1,
+        },
+    }
+
+    @classmethod
+    def preset(cls, name: str, seed: int = 0) -> Augment:
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown augmentation preset {name!r}; choose {sorted(cls.PRESETS)}")
+        return cls(**cls.PRESETS[name], seed=seed)
+
+    @property
+    def active(self) -> bool:
+        return any(
+            getattr(self, f.name) > 0 for f in dataclasses.fields(self) if f.name.startswith("p_")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class TrainTransform:
+    """Augment (optionally) and preprocess one image; callable as ``transform(image, index)``."""
+
+    def __init__(self, preprocess: Preprocess, augment: Augment | None = None) -> None:
+        self.preprocess = preprocess
+        self.augment = augment or Augment()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, image: Image.Image, index: int = 0) -> torch.Tensor:
+        from . import degrade
+
+        a = self.augment
+        if not a.active:
+            return self.preprocess(image)
+        rng = np.random.default_rng([a.seed, self.epoch, index])
+        if rng.random() < a.p_rotation:
+            image = image.rotate(
+                rng.uniform(-a.max_degrees, a.max_degrees), resample=Image.Resampling.BILINEAR
+            )
+        if rng.random() < a.p_resized_crop:
+            image = self._resized_crop(image, rng)
+        else:
+            image = self.preprocess.resize_crop(image)
+        if rng.random() < a.p_blur:
+            image = degrade.blur(image, rng.uniform(*a.blur_sigma))
+        if rng.random() < a.p_jpeg:
+            image = degrade.jpeg(image, int(rng.integers(a.jpeg_quality[0], a.jpeg_quality[1] + 1)))
+        if rng.random() < a.p_color:
+            image = ImageEnhance.Brightness(image).enhance(
+                1 + rng.uniform(-a.brightness, a.brightness)
+            )
+            image = ImageEnhance.Contrast(image).enhance(1 + rng.uniform(-a.contrast, a.contrast))
+        if rng.random() < a.p_grayscale:
+            image = image.convert("L").convert("RGB")
+        if rng.random() < a.p_noise:
+            image = degrade.noise(image, rng.uniform(*a.noise_sigma), seed=int(rng.integers(2**31)))
+        return self.preprocess.to_tensor(image)
+
+    def _resized_crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        w, h = image.size
+        area = w * h * rng.uniform(*self.augment.crop_scale)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw = round(min(w, np.sqrt(area * ratio)))
+        ch = round(min(h, np.sqrt(area / ratio)))
+        left = int(rng.integers(0, w - cw + 1))
+        top = int(rng.integers(0, h - ch + 1))
+        s = self.preprocess.image_size
+        return image.crop((left, top, left + cw, top + ch)).resize(
+            (s, s), _RESAMPLE[self.preprocess.resample]
+        )
+
+
+class EvalTransform:
+    """Preprocess only (optionally after a degradation); callable as ``transform(image, index)``."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, image: Image.Image, index: int = 0) -> torch.Tensor:
+        return self.preprocess(image)
