@@ -442,7 +442,7 @@ class Trainer:
             f"validation: {len(self.val_set.samples) if self.val_set else 'none'}; "
             f"backbone {self.backbone.source}; {self.steps_per_epoch} steps/epoch"
         )
-        log = (self.output / "log.jsonl").open("a")
+        log = _Log(self.output)
         stop = False
         try:
             while self.epoch < c.epochs and not stop:
@@ -532,8 +532,7 @@ class Trainer:
                     "lr": self.scheduler.get_last_lr()[0],
                     "images_per_s": rate,
                 }
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
+                log.write(entry)
                 self.history.append(entry)
             if c.save_every and self.global_step % c.save_every == 0:
                 self.save("last")
@@ -563,10 +562,41 @@ class Trainer:
                     "value": value,
                 }
                 self.save("best")
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
+        log.write(entry)
         self.history.append(entry)
         self.save("last")
+
+
+class _Log:
+    """Appends entries to OUTPUT/log.jsonl, and to TensorBoard when it is installed."""
+
+    def __init__(self, output: Path) -> None:
+        self.handle = (output / "log.jsonl").open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(output / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, entry: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(entry) + "\n")
+        self.handle.flush()
+        if self.tb is None:
+            return
+        step = entry["step"]
+        if entry["type"] == "train":
+            for key in ("loss", "ce", "dis", "accuracy", "lr", "images_per_s"):
+                self.tb.add_scalar(f"train/{key}", entry[key], step)
+        for subset, metrics in entry.get("metrics", {}).items():
+            for key, value in metrics.items():
+                if key != "n":
+                    self.tb.add_scalar(f"val/{subset}/{key}", value, step)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def _cap_per_class(image_set: Any, cap: int | None, seed: int) -> Any:
