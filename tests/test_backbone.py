@@ -26,6 +26,10 @@ def test_vit_l14_preset_has_the_papers_shape():
     assert (v.num_hidden_layers, v.hidden_size, v.patch_size, v.image_size) == (24, 1024, 14, 224)
     assert (t.num_hidden_layers, t.hidden_size, config.projection_dim) == (12, 768, 768)
     assert PRESETS["vit-l-14"]["hub"] == "openai/clip-vit-large-patch14"
+    assert preset_config("vit-l-14-336").vision_config.image_size == 336
+    b16, b32 = preset_config("vit-b-16"), preset_config("vit-b-32")
+    assert (b16.vision_config.patch_size, b32.vision_config.patch_size) == (16, 32)
+    assert b16.text_config.hidden_size == b32.text_config.hidden_size == 512
 
 
 def test_random_backbone_is_frozen_and_reproducible(tiny):

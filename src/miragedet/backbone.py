@@ -83,24 +83,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "projection_dim": 512,
         "hub": "openai/clip-vit-base-patch32",
     },
-    "vit-b-16": {
-        "text": {
-            "hidden_size": 512,
-            "intermediate_size": 2048,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 8,
-        },
-        "vision": {
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "image_size": 224,
-            "patch_size": 16,
-        },
-        "projection_dim": 512,
-        "hub": "openai/clip-vit-base-patch16",
-    },
     "vit-l-14": {
         "text": {
             "hidden_size": 768,
@@ -119,25 +101,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "projection_dim": 768,
         "hub": "openai/clip-vit-large-patch14",
     },
-    "vit-l-14-336": {
-        "text": {
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-        },
-        "vision": {
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "image_size": 336,
-            "patch_size": 14,
-        },
-        "projection_dim": 768,
-        "hub": "openai/clip-vit-large-patch14-336",
-    },
 }
+
+
+def _variant(base: str, hub: str, **vision: int) -> dict[str, Any]:
+    spec = PRESETS[base]
+    return {**spec, "vision": {**spec["vision"], **vision}, "hub": hub}
+
+
+PRESETS["vit-b-16"] = _variant("vit-b-32", "openai/clip-vit-base-patch16", patch_size=16)
+PRESETS["vit-l-14-336"] = _variant("vit-l-14", "openai/clip-vit-large-patch14-336", image_size=336)
 
 #: Words the built-in tokenizer of random presets knows as whole tokens (others split into bytes).
 _MINI_WORDS = [
