@@ -187,3 +187,29 @@ def test_cli_train_reports_a_bad_layout(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "empty"), "--backbone", "tiny"])
     assert result.exit_code == 2
     assert "no known dataset layout" in result.output
+
+
+def test_gradient_accumulation_equals_the_full_batch_for_cross_entropy(genimage, tmp_path):
+    common = dict(FAST, data=str(genimage), epochs=1, method="multimodal", max_steps=3)
+    Trainer(TrainConfig(output=str(tmp_path / "one"), **common)).fit()
+    Trainer(TrainConfig(output=str(tmp_path / "two"), grad_accum=2, **common)).fit()
+    one = load_file(str(tmp_path / "one" / "last" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_trains_on_cpu(genimage, tmp_path):
+    result = Trainer(
+        TrainConfig(
+            output=str(tmp_path / "run"),
+            data=str(genimage),
+            epochs=1,
+            amp="bf16",
+            max_steps=2,
+            **FAST,
+        )
+    ).fit()
+    assert result.global_step == 2
+    weights = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() and w.dtype == torch.float32 for w in weights.values())
