@@ -237,6 +237,53 @@ def _load_model(spec: str):
 
 
 @app.command()
+def detect(
+    inputs: list[str] = typer.Argument(
+        ..., help="Image files, folders (recursive), globs, or - for paths on stdin."
+    ),
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table|json|jsonl|csv"),
+    output: Path = typer.Option(None, "--output", "-o", help="Write rows here (streamed)."),
+    resume: bool = typer.Option(False, help="Skip inputs already in --output; append the rest."),
+    provenance: bool = typer.Option(False, help="Also report C2PA and EXIF provenance."),
+    threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
+    batch_size: int = typer.Option(32),
+    threads: int = typer.Option(4, help="Decode threads."),
+    device: str = typer.Option(None),
+) -> None:
+    """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error."""
+    import sys
+
+    from .detect import expand_inputs, run_detect
+    from .detector import Detector
+
+    try:
+        detector = Detector.from_pretrained(
+            model, threshold=threshold, batch_size=batch_size, decode_threads=threads, device=device
+        )
+        paths = list(expand_inputs(inputs, sys.stdin))
+        counts = run_detect(
+            detector,
+            paths,
+            output=output,
+            fmt=fmt,
+            resume=resume,
+            provenance=provenance,
+            console=console,
+            progress_console=Console(stderr=True),
+        )
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    err = Console(stderr=True)
+    err.print(
+        f"{counts['scored']} scored, {counts['failed']} failed"
+        + (f", {counts['skipped']} already in {output}" if counts["skipped"] else "")
+    )
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def calibrate(
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory to update."),
     data: str = typer.Argument(..., help="Held-out data; only its real images are used."),

@@ -1,0 +1,233 @@
+"""`miragedet detect`: score files, folders, globs or a list on stdin, streaming rows to an output.
+
+Rows are written (and flushed) as each batch is scored, so an interrupted run keeps what it did;
+``resume`` drops a half-written last row, skips inputs already in the output and appends.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .data.layouts import IMAGE_EXTENSIONS
+from .detector import Detector, Prediction
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def expand_inputs(args: Iterable[str], stdin: IO[str] | None = None) -> Iterator[str]:
+    """Files as given; folders walked recursively for image files; globs expanded; ``-`` reads
+    one path per line from ``stdin``. A path that does not exist is passed on (it becomes an
+    error row)."""
+    for arg in args:
+        if arg == "-":
+            if stdin is not None:
+                yield from (line.strip() for line in stdin if line.strip())
+            continue
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                        yield str(Path(dirpath) / name)
+        elif not path.exists() and any(ch in arg for ch in "*?["):
+            yield from sorted(glob.glob(arg, recursive=True))
+        else:
+            yield str(path)
+
+
+def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": prediction.source,
+        "fake_prob": prediction.fake_prob,
+        "label": prediction.label,
+        "threshold": prediction.threshold,
+        "top_class": prediction.top_class,
+    }
+    if len(classes) > 2:
+        row.update({f"p_{c}": prediction.probs.get(c) for c in classes})
+    row["error"] = prediction.error
+    if prediction.provenance is not None:
+        row["provenance"] = prediction.provenance["summary"]
+        row["declares_ai"] = prediction.provenance["declares_ai"]
+    return row
+
+
+def completed_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+    """The complete rows of an existing output (a half-written last line is left out)."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    if fmt == "jsonl":
+        rows = []
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return rows
+    if fmt == "csv":
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]
+        return list(csv.DictReader(io.StringIO("".join(lines))))
+    raise ValueError(
+        f"--resume needs --format jsonl or csv (an output that grows row by row), not {fmt}"
+    )
+
+
+class RowWriter:
+    """Streams rows as JSONL or CSV (flushed per row), collects JSON, or prints a table."""
+
+    def __init__(
+        self,
+        handle: IO[str],
+        fmt: str,
+        columns: list[str],
+        console: Any = None,
+        write_header: bool = True,
+    ) -> None:
+        self.handle, self.fmt, self.columns, self.console = handle, fmt, columns, console
+        self.rows: list[dict[str, Any]] = []
+        self.csv = (
+            csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            if fmt == "csv"
+            else None
+        )
+        if self.csv is not None and write_header:
+            self.csv.writeheader()
+        if fmt == "table" and console is not None:
+            console.print(f"{'p(fake)':>8}  {'verdict':<8} path", style="bold")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.handle.write(json.dumps(row) + "\n")
+        elif self.fmt == "csv":
+            self.csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        elif self.fmt == "json":
+            self.rows.append(row)
+            return
+        else:
+            self._table_row(row)
+            return
+        self.handle.flush()
+
+    def _table_row(self, row: dict[str, Any]) -> None:
+        from rich.markup import escape
+
+        if row["error"]:
+            line = (
+                f"{'-':>8}  [red]{'error':<8}[/red] {escape(row['path'])}: {escape(row['error'])}"
+            )
+        else:
+            color = "red" if row["label"] == "fake" else "green"
+            line = (
+                f"{row['fake_prob']:>8.4f}  [{color}]{row['label']:<8}[/{color}] "
+                f"{escape(row['path'])}"
+            )
+            if any(c.startswith("p_") for c in self.columns):  # attribution: name the class
+                line += f"  ({escape(str(row['top_class']))})"
+        if row.get("provenance"):
+            line += f"\n{'':>18}[dim]{escape(row['provenance'])}[/dim]"
+        self.console.print(line, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            json.dump(self.rows, self.handle, indent=2)
+            self.handle.write("\n")
+            self.handle.flush()
+
+
+def run_detect(
+    detector: Detector,
+    inputs: list[str],
+    output: Path | None = None,
+    fmt: str = "table",
+    resume: bool = False,
+    provenance: bool = False,
+    console: Any = None,
+    progress_console: Any = None,
+) -> dict[str, int]:
+    """Score ``inputs`` and write rows; returns counts of scored, failed and skipped inputs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if resume and output is None:
+        raise ValueError("--resume needs --output (the file to continue)")
+    if fmt == "table" and output is not None:
+        fmt = "csv" if output.suffix == ".csv" else "jsonl"
+    done: set[str] = set()
+    existing: list[dict[str, Any]] = []
+    if resume:
+        existing = completed_rows(output, fmt)
+        done = {r["path"] for r in existing}
+    todo = [p for p in dict.fromkeys(inputs) if p not in done]
+    columns = list(
+        row_of(
+            Prediction(
+                "",
+                0.0,
+                "",
+                0.0,
+                provenance={"summary": "", "declares_ai": False} if provenance else None,
+            ),
+            detector.classes,
+        )
+    )
+    counts = {"scored": 0, "failed": 0, "skipped": len(inputs) - len(todo)}
+    handle: IO[str]
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if resume and existing:
+            _rewrite_complete(output, fmt, existing, columns)
+            handle = output.open("a", newline="")
+        else:
+            handle = output.open("w", newline="")
+    else:
+        import sys
+
+        handle = sys.stdout
+    writer = RowWriter(handle, fmt, columns, console, write_header=not (resume and existing))
+    try:
+        with Progress(
+            TextColumn("scoring"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=progress_console,
+            transient=True,
+            disable=progress_console is None or len(todo) < 2,
+        ) as progress:
+            task = progress.add_task("score", total=len(todo))
+            for prediction in detector.iter_score(todo, provenance=provenance):
+                writer.write(row_of(prediction, detector.classes))
+                counts["failed" if prediction.error else "scored"] += 1
+                progress.update(task, advance=1)
+    finally:
+        writer.close()
+        if output is not None:
+            handle.close()
+    return counts
+
+
+def _rewrite_complete(path: Path, fmt: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Rewrite ``path`` with only its complete rows (atomic), so appending creates no garbage."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as handle:
+        if fmt == "jsonl":
+            handle.writelines(json.dumps(r) + "\n" for r in rows)
+        else:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    os.replace(tmp, path)

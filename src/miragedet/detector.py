@@ -1,0 +1,239 @@
+"""A trained detector as a scorer: files, bytes, Pillow images or arrays in; verdicts out.
+
+Errors are per item: an unreadable input becomes a :class:`Prediction` with ``error`` set, and the
+rest of the batch is still scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.dataset import MAX_PIXELS, ImageDecodeError, load_image
+from .model import MiraGe
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """The verdict on one input. ``fake_prob`` is p(not the real class); ``label`` is "fake" when
+    it reaches ``threshold``, else "real"; ``top_class`` is the most likely class name."""
+
+    source: str
+    fake_prob: float | None
+    label: str | None
+    threshold: float
+    top_class: str | None = None
+    probs: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _describe(item: Any, index: int) -> str:
+    if isinstance(item, str | os.PathLike):
+        return str(item)
+    if isinstance(item, bytes | bytearray):
+        return f"<bytes #{index}>"
+    if isinstance(item, Image.Image):
+        return f"<image #{index}>"
+    if isinstance(item, np.ndarray):
+        return f"<array #{index}>"
+    return f"<{type(item).__name__} #{index}>"
+
+
+def to_image(item: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Any supported input as an RGB Pillow image (arrays: HxW or HxWx3/4, uint8 or 0-1 float)."""
+    if isinstance(item, np.ndarray):
+        array = item
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        if array.ndim != 3 or array.shape[-1] not in (3, 4):
+            raise ImageDecodeError(f"array of shape {item.shape}: expected HxW or HxWx3/4")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.floating):
+                raise ImageDecodeError(f"array dtype {array.dtype}: expected uint8 or float")
+            array = np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB")
+    if isinstance(item, str | os.PathLike | bytes | bytearray | Image.Image):
+        return load_image(bytes(item) if isinstance(item, bytearray) else item, max_pixels)
+    raise ImageDecodeError(f"unsupported input type {type(item).__name__}")
+
+
+class Detector:
+    """Score images with a trained MiraGe checkpoint (scikit-learn-like ``predict`` API)."""
+
+    def __init__(
+        self,
+        model: MiraGe,
+        threshold: float | None = None,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        decode_threads: int = 4,
+        model_id: str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.device = torch.device(device) if device else model.clip.logit_scale.device
+        self.model.to(self.device)
+        self.threshold = float(model.threshold if threshold is None else threshold)
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads
+        self.preprocess = model.backbone.preprocess
+        self.classes = model.classes
+        self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> Detector:
+        """Load a checkpoint directory (or hub repository) written by ``miragedet train``."""
+        from .checkpoint import WEIGHTS_NAME, load_pretrained
+
+        device = kwargs.pop("device", None)
+        model = load_pretrained(path_or_id, device=device)
+        weights = Path(path_or_id) / WEIGHTS_NAME
+        digest = ""
+        if weights.is_file():
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        model_id = f"{Path(str(path_or_id)).name}@{digest or model.config.method}"
+        return cls(model, device=device, model_id=model_id, **kwargs)
+
+    # -- core -----------------------------------------------------------------------------------
+
+    def _prepare(self, item: ImageInput) -> torch.Tensor:
+        return self.preprocess(to_image(item))
+
+    @torch.inference_mode()
+    def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
+        """Class probabilities (n, C) of an already preprocessed batch."""
+        return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
+
+    def _predictions(
+        self, sources: list[str], probs: np.ndarray, errors: dict[int, str]
+    ) -> list[Prediction]:
+        out = []
+        for i, source in enumerate(sources):
+            if i in errors:
+                out.append(Prediction(source, None, None, self.threshold, error=errors[i]))
+                continue
+            p = probs[i]
+            fake = float(1.0 - p[0])
+            out.append(
+                Prediction(
+                    source,
+                    fake,
+                    "fake" if fake >= self.threshold else "real",
+                    self.threshold,
+                    top_class=self.classes[int(p.argmax())],
+                    probs={c: float(v) for c, v in zip(self.classes, p, strict=True)},
+                )
+            )
+        return out
+
+    def iter_score(
+        self, inputs: Iterable[ImageInput], provenance: bool = False
+    ) -> Iterator[Prediction]:
+        """Score inputs lazily, batch by batch, decoding in parallel threads."""
+        from .provenance import read_provenance
+
+        pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
+        try:
+            for chunk in _chunks(enumerate(inputs), self.batch_size):
+                items = [item for _, item in chunk]
+                sources = [_describe(item, i) for i, item in chunk]
+                mapper = pool.map if pool else map
+                prepared = list(mapper(_safe(self._prepare), items))
+                errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
+                good = [i for i in range(len(items)) if i not in errors]
+                probs = np.zeros((len(items), len(self.classes)))
+                if good:
+                    probs[good] = self.forward_tensors(torch.stack([prepared[i] for i in good]))
+                predictions = self._predictions(sources, probs, errors)
+                if provenance:
+                    for prediction, item in zip(predictions, items, strict=True):
+                        if prediction.ok:
+                            prediction.provenance = read_provenance(item)
+                yield from predictions
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def score(
+        self, inputs: ImageInput | Sequence[ImageInput], provenance: bool = False
+    ) -> list[Prediction]:
+        """A :class:`Prediction` per input (a single input gives a list of one)."""
+        return list(self.iter_score(_as_list(inputs), provenance=provenance))
+
+    def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """(n, C) class probabilities; a row of NaN for an input that could not be read."""
+        predictions = self.score(inputs)
+        failed = sum(not p.ok for p in predictions)
+        if failed:
+            warnings.warn(
+                f"{failed} of {len(predictions)} inputs could not be read (NaN rows); "
+                "use Detector.score() for the reasons",
+                stacklevel=2,
+            )
+        return np.array(
+            [
+                [p.probs[c] for c in self.classes] if p.ok else [np.nan] * len(self.classes)
+                for p in predictions
+            ]
+        )
+
+    def decision_function(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """p(fake) per input (NaN where unreadable)."""
+        probs = self.predict_proba(inputs)
+        return 1.0 - probs[:, 0]
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> list[str | None]:
+        """ "fake" or "real" per input at the detector's threshold (None where unreadable)."""
+        return [p.label for p in self.score(inputs)]
+
+
+def _as_list(inputs: Any) -> list[Any]:
+    if isinstance(inputs, str | os.PathLike | bytes | bytearray | Image.Image):
+        return [inputs]
+    if isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3) and inputs.dtype != object:
+        return [inputs]
+    return list(inputs)
+
+
+def _safe(fn: Any) -> Any:
+    def call(item: Any) -> Any:
+        try:
+            return fn(item)
+        except ImageDecodeError as exc:
+            return str(exc)
+        except Exception as exc:  # one odd input must not take the batch down
+            return f"{type(exc).__name__}: {exc}"
+
+    return call
+
+
+def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
