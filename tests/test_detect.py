@@ -1,0 +1,206 @@
+"""Scoring for users: the Python API, `miragedet detect`, and provenance."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from miragedet import MiraGe, ModelConfig
+from miragedet.cli import app
+from miragedet.detector import Detector
+from miragedet.provenance import read_provenance
+from signing import sign_jpeg
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from miragedet.backbone import load_backbone
+
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    path = tmp_path_factory.mktemp("ckpt") / "detector"
+    model.save_pretrained(str(path), threshold=0.5)
+    return path
+
+
+def _jpeg(image, **kw):
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """Good images in odd formats beside broken files, as users' folders are."""
+    root = tmp_path_factory.mktemp("messy")
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    photo.save(root / "plain.png")
+    Image.fromarray((rng.integers(0, 65535, (30, 30))).astype(np.uint16)).save(root / "deep.png")
+    (root / "cmyk.jpg").write_bytes(_jpeg(photo.convert("CMYK")))
+    frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(root / "rotated.jpg", exif=exif)
+    sub = root / "nested"
+    sub.mkdir()
+    photo.rotate(90).save(sub / "inner.webp")
+    full = _jpeg(photo, quality=90)
+    (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "text.png").write_text("this is not a picture")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+GOOD = {"plain.png", "deep.png", "cmyk.jpg", "anim.gif", "rotated.jpg", "inner.webp"}
+BAD = {"truncated.jpg", "text.png"}
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_detect_scores_every_good_image_and_reports_every_bad_one(
+    checkpoint, messy_folder, tmp_path
+):
+    out = tmp_path / "scores.jsonl"
+    result = runner.invoke(
+        app, ["detect", str(messy_folder), "-m", str(checkpoint), "-f", "jsonl", "-o", str(out)]
+    )
+    assert result.exit_code == 1  # something could not be read
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in _rows(out)}
+    assert set(rows) == GOOD | BAD
+    for name in GOOD:
+        assert rows[name]["error"] is None and 0 <= rows[name]["fake_prob"] <= 1, name
+        assert rows[name]["label"] in ("real", "fake")
+    for name in BAD:
+        assert rows[name]["error"] and rows[name]["fake_prob"] is None, name
+    assert "6 scored, 2 failed" in result.output
+
+
+def test_resume_scores_only_what_is_missing(checkpoint, messy_folder, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    args = ["detect", str(messy_folder), "-m", str(checkpoint), "-f", "jsonl", "-o", str(out)]
+    runner.invoke(app, args)
+    complete = out.read_text().splitlines(keepends=True)
+    # Interrupted: three rows written, the fourth cut mid-line.
+    out.write_text("".join(complete[:3]) + complete[3][:20])
+    result = runner.invoke(app, [*args, "--resume"])
+    assert "already in" in result.output
+    rows = _rows(out)
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == len(GOOD | BAD)
+    assert rows[:3] == [json.loads(line) for line in complete[:3]]
+    assert "3 already in" in result.output
+
+
+def test_detect_writes_csv_and_json_and_reads_stdin(checkpoint, messy_folder, tmp_path):
+    files = sorted(str(p) for p in messy_folder.glob("*.png"))
+    result = runner.invoke(
+        app, ["detect", "-", "-m", str(checkpoint), "-f", "json"], input="\n".join(files) + "\n"
+    )
+    parsed = json.loads(result.stdout)
+    assert [r["path"] for r in parsed] == files
+    out = tmp_path / "rows.csv"
+    runner.invoke(
+        app,
+        ["detect", str(messy_folder / "*.jpg"), "-m", str(checkpoint), "-o", str(out), "-f", "csv"],
+    )
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("path,fake_prob,label,threshold")
+    assert len(lines) == 4  # header, cmyk.jpg, rotated.jpg, truncated.jpg
+
+
+def test_api_scores_equal_detect_scores_and_input_kinds_agree(checkpoint, messy_folder, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    runner.invoke(
+        app, ["detect", str(messy_folder), "-m", str(checkpoint), "-f", "jsonl", "-o", str(out)]
+    )
+    from_cli = {r["path"]: r["fake_prob"] for r in _rows(out)}
+    detector = Detector.from_pretrained(checkpoint)
+    predictions = detector.score(list(from_cli))
+    for p in predictions:
+        if p.ok:
+            assert p.fake_prob == pytest.approx(from_cli[p.source], abs=1e-7)
+        else:
+            assert from_cli[p.source] is None
+    path = messy_folder / "plain.png"
+    as_path = detector.decision_function(str(path))[0]
+    as_bytes = detector.decision_function(path.read_bytes())[0]
+    as_pil = detector.decision_function(Image.open(path))[0]
+    as_array = detector.decision_function(np.asarray(Image.open(path)))[0]
+    as_float = detector.decision_function(np.asarray(Image.open(path)) / 255.0)[0]
+    assert as_path == pytest.approx(as_bytes) == pytest.approx(as_pil)
+    assert as_path == pytest.approx(as_array) == pytest.approx(as_float, abs=1e-6)
+
+
+def test_api_errors_are_per_item(checkpoint):
+    detector = Detector.from_pretrained(checkpoint, threshold=0.4)
+    good = Image.new("RGB", (20, 20), (90, 30, 60))
+    with pytest.warns(UserWarning, match="1 of 3 inputs could not be read"):
+        probs = detector.predict_proba([good, b"junk", good])
+    assert probs.shape == (3, 2) and np.isnan(probs[1]).all() and not np.isnan(probs[0]).any()
+    labels = detector.predict([good, b"junk"])
+    assert labels[1] is None and labels[0] in ("real", "fake")
+    p = detector.score(good)[0]
+    assert p.threshold == 0.4 and p.label == ("fake" if p.fake_prob >= 0.4 else "real")
+    assert detector.score([np.zeros((4, 4, 7))])[0].error.startswith("array of shape")
+
+
+def test_provenance_from_exif_c2pa_or_none(tmp_path):
+    photo = Image.new("RGB", (32, 32), (120, 100, 80))
+    exif = Image.Exif()
+    exif[0x0131] = "Adobe Firefly"
+    photo.save(tmp_path / "firefly.jpg", exif=exif)
+    info = read_provenance(tmp_path / "firefly.jpg")
+    assert info["declares_ai"] and "Adobe Firefly" in info["summary"]
+    assert info["c2pa"] == {"checked": True, "present": False}
+
+    signed = sign_jpeg(_jpeg(photo), generator="Some Image Model")
+    (tmp_path / "signed.jpg").write_bytes(signed)
+    info = read_provenance(tmp_path / "signed.jpg")
+    assert info["c2pa"]["present"] and info["c2pa"]["declares_ai"]
+    assert info["c2pa"]["claim_generator"] == "Some Image Model 1.0"
+    assert "declares AI generation" in info["summary"] and info["declares_ai"]
+    assert Image.open(io.BytesIO(signed)).size == (32, 32)  # still an ordinary JPEG
+
+    camera = sign_jpeg(
+        _jpeg(photo), source_type=("http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture")
+    )
+    assert read_provenance(camera)["declares_ai"] is False
+
+    photo.save(tmp_path / "plain.png")
+    info = read_provenance(tmp_path / "plain.png")
+    assert not info["declares_ai"] and info["summary"].startswith("no provenance metadata")
+
+
+def test_detect_reports_provenance_beside_the_score(checkpoint, tmp_path):
+    photo = Image.new("RGB", (32, 32), (10, 100, 200))
+    (tmp_path / "signed.jpg").write_bytes(sign_jpeg(_jpeg(photo)))
+    result = runner.invoke(
+        app,
+        [
+            "detect",
+            str(tmp_path / "signed.jpg"),
+            "-m",
+            str(checkpoint),
+            "--provenance",
+            "-f",
+            "jsonl",
+        ],
+    )
+    row = json.loads(result.stdout.splitlines()[0])
+    assert row["declares_ai"] is True and row["fake_prob"] is not None
+    assert "C2PA manifest declares AI generation" in row["provenance"]
