@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
+from miragedet import MiraGe, ModelConfig
 from miragedet.backbone import Backbone, load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +51,71 @@ def images_for(backbone: Backbone, n: int = 4, seed: int = 0) -> torch.Tensor:
     """A batch of random preprocessed-looking pixel tensors for ``backbone``."""
     s = backbone.preprocess.image_size
     return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+SERVER_KEY = "s3cret"
+
+
+@pytest.fixture(scope="session")
+def served_checkpoint(tmp_path_factory):
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    path = tmp_path_factory.mktemp("server") / "ckpt"
+    model.save_pretrained(str(path))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(served_checkpoint):
+    """A real `miragedet serve` process on 127.0.0.1 with an API key and small limits."""
+    port = _free_port()
+    env = {**os.environ, "MIRAGEDET_API_KEY": SERVER_KEY}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "miragedet",
+            "serve",
+            "-m",
+            str(served_checkpoint),
+            "--port",
+            str(port),
+            "--max-body-mb",
+            "1",
+            "--max-pixels",
+            "1000000",
+            "--max-wait-ms",
+            "300",
+            "--max-batch",
+            "16",
+            "--cors",
+            "http://example.org",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read().decode())
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("server did not become ready")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)

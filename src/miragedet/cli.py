@@ -284,6 +284,48 @@ def detect(
 
 
 @app.command()
+def serve(
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    max_batch: int = typer.Option(16, help="Images per model forward."),
+    max_wait_ms: float = typer.Option(10.0, help="How long a batch waits to fill."),
+    max_queue: int = typer.Option(256, help="Images waiting before 503 + Retry-After."),
+    max_body_mb: float = typer.Option(32.0),
+    max_pixels: int = typer.Option(40_000_000),
+    max_images: int = typer.Option(64, help="Images per request."),
+    api_key: str = typer.Option(
+        None, envvar="MIRAGEDET_API_KEY", help="Require this key (X-API-Key or Bearer)."
+    ),
+    cors: str = typer.Option(None, help="Comma-separated allowed origins."),
+    threshold: float = typer.Option(None),
+    device: str = typer.Option(None),
+    provenance: bool = typer.Option(True, help="Report C2PA/EXIF provenance."),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
+    from .server import ServerSettings
+    from .server import serve as run_server
+
+    settings = ServerSettings(
+        model=model,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_body_mb=max_body_mb,
+        max_pixels=max_pixels,
+        max_images=max_images,
+        api_key=api_key,
+        cors_origins=_csv_list(cors) or [],
+        threshold=threshold,
+        device=device,
+        provenance=provenance,
+    )
+    console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
+    run_server(settings, host=host, port=port, log_level=log_level)
+
+
+@app.command()
 def calibrate(
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory to update."),
     data: str = typer.Argument(..., help="Held-out data; only its real images are used."),

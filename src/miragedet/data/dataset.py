@@ -19,7 +19,15 @@ MAX_PIXELS = 179_000_000
 
 
 class ImageDecodeError(ValueError):
-    """An input could not be decoded into an RGB image."""
+    """An input could not be decoded into an RGB image.
+
+    ``kind`` says why: "format" (not an image, or a format Pillow cannot read), "size" (too
+    many pixels: a decompression bomb), "corrupt" (truncated or damaged), "missing" (no file).
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def load_image(
@@ -43,7 +51,9 @@ def load_image(
                 image = Image.open(stream)
             w, h = image.size
             if w * h > max_pixels:
-                raise ImageDecodeError(f"image too large: {w}x{h} pixels (limit {max_pixels})")
+                raise ImageDecodeError(
+                    f"image too large: {w}x{h} pixels (limit {max_pixels})", "size"
+                )
             if w == 0 or h == 0:
                 raise ImageDecodeError(f"image has no pixels ({w}x{h})")
             if draft_size and image.format == "JPEG":
@@ -54,11 +64,11 @@ def load_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb refused: {exc}") from exc
+        raise ImageDecodeError(f"decompression bomb refused: {exc}", "size") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a recognised image format") from exc
+        raise ImageDecodeError("not a recognised image format", "format") from exc
     except FileNotFoundError as exc:
-        raise ImageDecodeError(f"file not found: {exc.filename}") from exc
+        raise ImageDecodeError(f"file not found: {exc.filename}", "missing") from exc
     except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
 

@@ -1,0 +1,190 @@
+"""The HTTP service: a real uvicorn process on 127.0.0.1, and in-process checks of readiness
+and overload (which need a model that can be held still)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SERVER_KEY as KEY
+from miragedet.detector import Detector
+from miragedet.server import ServerSettings, create_app
+
+
+def _png(size=(24, 24), color=(120, 40, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg_truncated() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((128, 128), 40).convert("RGB").save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    return data[: len(data) // 2]
+
+
+def _post(base, files=None, json=None, key=KEY, **kw):
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.post(
+        f"{base}/v1/detect", files=files, json=json, headers=headers, timeout=30, **kw
+    )
+
+
+def test_valid_requests_multipart_and_json(server):
+    r = _post(
+        server,
+        files=[
+            ("files", ("a.png", _png(), "image/png")),
+            ("files", ("b.png", _png(color=(1, 2, 3)), "image/png")),
+        ],
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["name"] for x in results] == ["a.png", "b.png"]
+    for x in results:
+        assert 0 <= x["fake_prob"] <= 1 and x["label"] in ("real", "fake")
+        assert x["model_id"].startswith("ckpt@") and x["threshold"] == 0.5
+        assert x["provenance"]["summary"].startswith("no provenance metadata")
+    r2 = _post(
+        server, json={"images": [{"data": base64.b64encode(_png()).decode(), "name": "a.png"}]}
+    )
+    assert r2.status_code == 200
+    assert r2.json()["results"][0]["fake_prob"] == pytest.approx(results[0]["fake_prob"])
+    info = httpx.get(f"{server}/v1/model", headers={"X-API-Key": KEY}).json()
+    assert info["classes"] == ["Real", "Fake"] and info["method"] == "mirage"
+
+
+def test_errors_have_their_status(server):
+    assert _post(server, files={"files": ("a.png", _png())}, key=None).status_code == 401
+    assert _post(server, files={"files": ("a.png", _png())}, key="wrong").status_code == 401
+    big_body = _post(server, files={"files": ("big.bin", os.urandom(1_200_000))})
+    assert big_body.status_code == 413 and "limit" in big_body.json()["detail"]
+    bomb = _post(server, files={"files": ("bomb.png", _png(size=(1500, 1500)))})
+    assert bomb.status_code == 413 and "too large" in bomb.json()["detail"]
+    text = _post(server, files={"files": ("text.png", b"just some text")})
+    assert text.status_code == 415
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(ico, "ICO")
+    assert _post(server, files={"files": ("x.ico", ico.getvalue())}).status_code == 415
+    broken = _post(server, files={"files": ("cut.jpg", _jpeg_truncated())})
+    assert broken.status_code == 422 and "truncated" in broken.json()["detail"]
+    assert _post(server, json={"images": []}).status_code == 422
+
+
+def test_one_bad_image_does_not_take_the_batch_down(server):
+    r = _post(
+        server,
+        files=[
+            ("files", ("good.png", _png())),
+            ("files", ("bad.png", b"nope")),
+            ("files", ("cut.jpg", _jpeg_truncated())),
+        ],
+    )
+    assert r.status_code == 200
+    statuses = [(x["name"], x["status"]) for x in r.json()["results"]]
+    assert statuses == [("good.png", 200), ("bad.png", 415), ("cut.jpg", 422)]
+    assert r.json()["results"][0]["fake_prob"] is not None
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_concurrent_requests_are_batched(server):
+    before = httpx.get(f"{server}/metrics").text
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(
+            pool.map(
+                lambda i: (
+                    _post(
+                        server, files={"files": (f"{i}.png", _png(color=(i * 20, 0, 0)))}
+                    ).status_code
+                ),
+                range(12),
+            )
+        )
+    assert codes == [200] * 12
+    after = httpx.get(f"{server}/metrics").text
+    images = _metric(after, "miragedet_batch_size_sum") - _metric(
+        before, "miragedet_batch_size_sum"
+    )
+    batches = _metric(after, "miragedet_batch_size_count") - _metric(
+        before, "miragedet_batch_size_count"
+    )
+    assert images == 12 and batches < 12  # some forwards served several requests
+
+
+def test_health_cors_and_page(server):
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    r = httpx.options(
+        f"{server}/v1/detect",
+        headers={"Origin": "http://example.org", "Access-Control-Request-Method": "POST"},
+    )
+    assert r.headers.get("access-control-allow-origin") == "http://example.org"
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and "miragedet" in page.text
+    assert httpx.get(f"{server}/static/app.js").status_code == 200
+    assert "/v1/detect" in httpx.get(f"{server}/openapi.json").json()["paths"]
+
+
+class _SlowDetector(Detector):
+    """A detector whose forward waits for a signal, to hold the queue full."""
+
+    gate = threading.Event()
+
+    def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
+        self.gate.wait(timeout=30)
+        return super().forward_tensors(pixels)
+
+
+def test_readiness_and_overload_in_process(served_checkpoint):
+    release_load = threading.Event()
+
+    def loader():
+        release_load.wait(timeout=30)
+        return _SlowDetector.from_pretrained(served_checkpoint)
+
+    settings = ServerSettings(model=str(served_checkpoint), max_queue=2, max_batch=2, max_wait_ms=1)
+    app = create_app(settings, load_detector=loader)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            assert (await client.get("/readyz")).status_code == 503
+            loading = await client.post("/v1/detect", files={"files": ("a.png", _png())})
+            assert loading.status_code == 503 and loading.headers["retry-after"] == "1"
+            release_load.set()
+            for _ in range(200):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.get("/readyz")).json() == {"ready": True}
+            two = [("files", (f"{i}.png", _png())) for i in range(2)]
+            held = asyncio.create_task(client.post("/v1/detect", files=two))
+            await asyncio.sleep(0.3)  # the two images now wait in the (blocked) model
+            full = await client.post("/v1/detect", files={"files": ("c.png", _png())})
+            assert full.status_code == 503 and full.headers["retry-after"] == "1"
+            _SlowDetector.gate.set()
+            assert (await held).status_code == 200
+            after = await client.post("/v1/detect", files={"files": ("d.png", _png())})
+            assert after.status_code == 200
+            metrics = (await client.get("/metrics")).text
+            assert 'miragedet_requests_total{status="503"} 2.0' in metrics
+
+    asyncio.run(scenario())
