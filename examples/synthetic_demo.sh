@@ -11,4 +11,6 @@ miragedet train "$dir/data" --subsets grid-2 --backbone tiny --lr 0.02 --batch-s
 miragedet evaluate --model "$dir/run/best" "$dir/data" --output "$dir/eval" \
   --degrade jpeg:95 --degrade jpeg:75 --degrade blur:0.5 --degrade blur:1 \
   --degrade downsample:24 --degrade downsample:16
-echo "report: $dir/eval/report.md"
+miragedet analyze --model "$dir/run/best" --data "$dir/data" --compare zero-shot \
+  --output "$dir/analysis" --max-points 800
+echo "report: $dir/eval/report.md; embedding analysis: $dir/analysis/analysis.md"

@@ -326,6 +326,58 @@ def serve(
 
 
 @app.command()
+def analyze(
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory."),
+    data: str = typer.Option(..., "--data", "-d", help="Data root (any layout) or manifest."),
+    compare: list[str] = typer.Option(
+        None,
+        help="More models to show side by side: checkpoint "
+        "dirs, zero-shot (the same backbone untrained) or "
+        "zero-shot:BACKBONE; repeatable.",
+    ),
+    output: Path = typer.Option(Path("analysis"), "--output", "-o"),
+    layout: str = typer.Option("auto"),
+    split: str = typer.Option("val"),
+    max_points: int = typer.Option(2000, help="t-SNE on a seeded sample of at most this many."),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(64),
+    workers: int = typer.Option(2),
+) -> None:
+    """Intra-class variation and inter-class separation around the text anchors, and a t-SNE map
+    (the paper's section 4 analysis), for one model or several side by side."""
+    from .analyze import analyze as run_analysis
+
+    try:
+        first = _load_model(model)
+        first.name = Path(model).name if not model.startswith("zero-shot") else model
+        models = [first]
+        for spec in compare or []:
+            if spec == "zero-shot":
+                spec = f"zero-shot:{first.backbone.source}"
+            other = _load_model(spec)
+            other.name = spec if spec.startswith("zero-shot") else Path(spec).name
+            models.append(other)
+        summary = run_analysis(
+            models,
+            data,
+            output,
+            layout=layout,
+            split=split,
+            max_points=max_points,
+            seed=seed,
+            batch_size=batch_size,
+            workers=workers,
+        )
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print((output / "analysis.md").read_text(), markup=False, soft_wrap=True)
+    console.print(
+        f"wrote {output}/analysis.md, analysis.csv, analysis.json, tsne.png, tsne.csv "
+        f"({summary['tsne_points']} images in the map)"
+    )
+
+
+@app.command()
 def calibrate(
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory to update."),
     data: str = typer.Argument(..., help="Held-out data; only its real images are used."),
