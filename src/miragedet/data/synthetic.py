@@ -136,3 +136,31 @@ def write_layout(
         else:
             raise ValueError(f"unknown layout {layout!r}")
     return root
+
+
+def write_shortcut_set(
+    root: str | Path, n_per_class: int = 100, aligned: bool = False, seed: int = 0
+) -> Path:
+    """A ``<root>/{0_real,1_fake}`` set with (or without) the classic file-format shortcut.
+
+    Biased: reals are JPEG (quality 90) of 40-56 px, fakes PNG of 28-36 px, as in sets whose
+    reals come from photo collections and fakes from generators. Aligned: both classes PNG of the
+    same size range and equal compressibility. Fakes carry the usual synthetic fingerprint.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for label, folder in ((0, "0_real"), (1, "1_fake")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            low, high = (40, 56) if aligned or label == 0 else (28, 36)
+            w, h = (int(v) for v in rng.integers(low, high + 1, size=2))
+            # Aligned: reals carry the same trace with the opposite sign, so that file sizes
+            # (PNG compresses a trace the same either way) do not tell the classes apart.
+            trace = SEEN if label else (Fingerprint("anti", SEEN.period, -SEEN.amplitude)
+                                        if aligned else None)
+            image = make_image(rng, max(w, h), trace).crop((0, 0, w, h))
+            if label == 0 and not aligned:
+                image.save(root / folder / f"{i:05d}.jpg", quality=90)
+            else:
+                image.save(root / folder / f"{i:05d}.png")
+    return root
