@@ -108,6 +108,7 @@ def train(
     max_steps: int = typer.Option(None),
     amp: str = typer.Option(None, help="none|bf16|fp16"),
     augment: str = typer.Option(None, help="none|robust"),
+    align: str = typer.Option(None, help="Re-encode every training image alike: jpeg:96 or png."),
     workers: int = typer.Option(None),
     seed: int = typer.Option(None),
     device: str = typer.Option(None),
@@ -147,6 +148,7 @@ def train(
             max_steps=max_steps,
             amp=amp,
             augment=augment,
+            align=align,
             workers=workers,
             seed=seed,
             device=device,
@@ -187,12 +189,17 @@ def evaluate(
         "downsample:112, noise:5) or 'paper'; repeatable.",
     ),
     protocol: str = typer.Option(None, help="genimage|ufd|chameleon: show the paper's row."),
+    align: str = typer.Option(
+        None,
+        help="Also score every image re-encoded alike (jpeg:96 or "
+        "png) and show both; see `miragedet audit-data`.",
+    ),
     threshold: float = typer.Option(None, help="Default: the checkpoint's."),
     batch_size: int = typer.Option(64),
     workers: int = typer.Option(2),
 ) -> None:
     """Evaluate a detector: per-subset metrics, tables, ROC/PR plots, per-image scores."""
-    from .data.degrade import parse_degradations
+    from .data.degrade import Alignment, parse_degradations
     from .evaluate import evaluate_dataset, markdown_table
 
     try:
@@ -210,6 +217,7 @@ def evaluate(
             batch_size=batch_size,
             workers=workers,
             console=console,
+            align=Alignment.parse(align) if align else None,
         )
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc

@@ -125,6 +125,28 @@ def score_samples(
     return Scores(samples, probs, errors)
 
 
+def flip_rates(clean: Scores, other: Scores, threshold: float) -> dict[str, float]:
+    """Per subset (and mean): share of images whose verdict differs between two scorings."""
+    both = clean.ok & other.ok
+    flipped = (clean.fake_prob >= threshold) != (other.fake_prob >= threshold)
+    out = {}
+    subsets = clean.subsets
+    for subset in dict.fromkeys(subsets.tolist()):
+        mask = both & (subsets == subset)
+        out[subset] = float(flipped[mask].mean()) if mask.any() else float("nan")
+    if len(out) > 1:
+        out["mean"] = float(np.nanmean(list(out.values())))
+    return out
+
+
+def add_flip_rates(
+    table: dict[str, dict[str, float]], clean: Scores, other: Scores, threshold: float
+) -> None:
+    for subset, rate in flip_rates(clean, other, threshold).items():
+        if subset in table:
+            table[subset]["flip_rate"] = rate
+
+
 def subset_metrics(scores: Scores, threshold: float = 0.5) -> dict[str, dict[str, float]]:
     """Metrics per subset plus their mean over subsets (the paper's "average" column)."""
     ok = scores.ok
@@ -314,19 +336,23 @@ def paper_rows(protocol: str, subsets: list[str]) -> dict[str, dict[str, float]]
 def robustness_table(
     tables: dict[str, dict[str, dict[str, float]]], metric: str = "accuracy"
 ) -> str:
-    """Markdown: one row per degradation, one column per subset (+ mean), values in percent."""
+    """Markdown: one row per degradation, one column per subset (+ mean), values in percent,
+    with the share of verdicts that changed from the clean run."""
     names = list(tables)
     columns = list(next(iter(tables.values())))
     lines = [
-        f"| degradation ({METRIC_LABELS.get(metric, metric)}) | " + " | ".join(columns) + " |",
+        f"| degradation ({METRIC_LABELS.get(metric, metric)} / verdict flips vs clean) | "
+        + " | ".join(columns)
+        + " |",
         "| --- |" + " ---: |" * len(columns),
     ]
     for name in names:
-        lines.append(
-            f"| {name} | "
-            + " | ".join(_pct(tables[name].get(c, {}).get(metric)) for c in columns)
-            + " |"
-        )
+        cells = []
+        for c in columns:
+            row = tables[name].get(c, {})
+            flip = row.get("flip_rate")
+            cells.append(_pct(row.get(metric)) + ("" if flip is None else f" / {_pct(flip)}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -398,6 +424,7 @@ def evaluate_dataset(
     batch_size: int = 64,
     workers: int = 2,
     console: Any = None,
+    align: Any = None,
 ) -> dict[str, Any]:
     """Score a data set (clean and degraded), and write the report to ``output``.
 
@@ -422,7 +449,9 @@ def evaluate_dataset(
             f"the data has {len(image_set.classes)} classes "
             f"{image_set.classes}; the model has {len(classes)} {classes}"
         )
-    runs: list[tuple[str, Degradation | None]] = [("clean", None)]
+    runs: list[tuple[str, Any]] = [("clean", None)]
+    if align is not None:
+        runs.append((align.name, align))
     runs += [(d.name, d) for d in degradations or []]
     tables: dict[str, dict[str, dict[str, float]]] = {}
     clean_scores = None
@@ -444,14 +473,30 @@ def evaluate_dataset(
         tables[name] = subset_metrics(scores, threshold)
         if degradation is None:
             clean_scores = scores
+        else:
+            add_flip_rates(tables[name], clean_scores, scores, threshold)
     assert clean_scores is not None
     paper = paper_rows(protocol, list(tables["clean"])) if protocol else None
     title = f"{model.config.method} on {Path(data).name} (threshold {threshold:g})"
     report = ["# Evaluation report", "", markdown_table(tables["clean"], title, paper)]
-    if len(tables) > 1:
+    aligned_name = align.name if align is not None else None
+    degraded = {k: v for k, v in tables.items() if k not in ("clean", aligned_name)}
+    if aligned_name:
+        report += [
+            f"## Format-aligned: every image re-encoded ({aligned_name})",
+            "",
+            "If accuracy falls here, the detector was reading the file format, not the generator.",
+            "",
+            robustness_table({"clean": tables["clean"], aligned_name: tables[aligned_name]}),
+            "",
+        ]
+    if degraded:
         report += ["## Degradations", ""]
-        for kind in dict.fromkeys(k.partition(":")[0] for k in tables if k != "clean"):
-            rows = {k: v for k, v in tables.items() if k == "clean" or k.startswith(kind + ":")}
+        for kind in dict.fromkeys(k.partition(":")[0] for k in degraded):
+            rows = {
+                "clean": tables["clean"],
+                **{k: v for k, v in degraded.items() if k.startswith(kind + ":")},
+            }
             report += [
                 f"### {kind}",
                 "",
@@ -467,7 +512,7 @@ def evaluate_dataset(
                     + ", ".join(f"{k} {v['accuracy']:.1f}" for k, v in pdeg.items()),
                     "",
                 ]
-        plot_robustness(tables, output)
+        plot_robustness({"clean": tables["clean"], **degraded}, output)
     plot_curves(clean_scores, output / "roc_pr.png", title)
     write_table_csv(tables["clean"], output / "table.csv")
     metrics: dict[str, Any] = {
@@ -479,7 +524,8 @@ def evaluate_dataset(
         "method": model.config.method,
         "backbone": model.backbone.source,
         "clean": tables["clean"],
-        "degradations": {k: v for k, v in tables.items() if k != "clean"},
+        "degradations": degraded,
+        "aligned": {"name": aligned_name, "table": tables[aligned_name]} if aligned_name else None,
         "paper": paper,
         "protocol": protocol,
         "skipped": [(p, r) for p, r in image_set.skipped]

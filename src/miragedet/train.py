@@ -154,6 +154,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop (and checkpoint) after this many optimizer steps
     amp: str = "none"  # none | bf16 | fp16
     augment: str = "none"  # none | robust
+    align: str | None = None  # re-encode every training image alike: jpeg:96 or png
     workers: int = 2
     seed: int = 0
     device: str = "auto"
@@ -400,7 +401,16 @@ class Trainer:
     def _loader(self, indices: list[int]) -> torch.utils.data.DataLoader:
         from .data.dataset import ImageDataset, collate
 
-        dataset = ImageDataset(self.train_set.samples, self.transform)
+        image_transform = None
+        if self.config.align:
+            from .data.degrade import Alignment
+
+            alignment = Alignment.parse(self.config.align)
+
+            def image_transform(image, index, a=alignment):
+                return a(image)
+
+        dataset = ImageDataset(self.train_set.samples, self.transform, image_transform)
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=self.micro,

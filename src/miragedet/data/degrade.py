@@ -92,3 +92,43 @@ def parse_degradations(specs: list[str] | tuple[str, ...]) -> list[Degradation]:
                 else [Degradation.parse(part)]
             )
     return out
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Re-encode every image the same way (``jpeg:Q`` or ``png``), whatever its class.
+
+    Used to take the file format out of the comparison (`--align`): when reals are JPEGs and
+    fakes PNGs, a detector may have learned the format. PNG is lossless, so ``png`` leaves the
+    decoded pixels as they are (JPEG traces already in an image stay); ``jpeg:Q`` gives every
+    image the same compression.
+    """
+
+    format: str
+    quality: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Alignment:
+        kind, _, value = text.partition(":")
+        if kind == "png" and not value:
+            return cls("png")
+        if kind == "jpeg" and value.isdigit() and 1 <= int(value) <= 100:
+            return cls("jpeg", int(value))
+        raise ValueError(f"--align {text!r}: expected jpeg:QUALITY (1-100) or png")
+
+    @property
+    def name(self) -> str:
+        return f"align:{self.format}" + (f":{self.quality}" if self.quality else "")
+
+    def encode(self, image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        if self.format == "jpeg":
+            image.convert("RGB").save(buffer, format="JPEG", quality=self.quality)
+        else:
+            image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def __call__(self, image: Image.Image, seed: int = 0) -> Image.Image:
+        decoded = Image.open(io.BytesIO(self.encode(image)))
+        decoded.load()
+        return decoded.convert("RGB")

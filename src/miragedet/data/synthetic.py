@@ -156,8 +156,11 @@ def write_shortcut_set(
             w, h = (int(v) for v in rng.integers(low, high + 1, size=2))
             # Aligned: reals carry the same trace with the opposite sign, so that file sizes
             # (PNG compresses a trace the same either way) do not tell the classes apart.
-            trace = SEEN if label else (Fingerprint("anti", SEEN.period, -SEEN.amplitude)
-                                        if aligned else None)
+            trace = (
+                SEEN
+                if label
+                else (Fingerprint("anti", SEEN.period, -SEEN.amplitude) if aligned else None)
+            )
             image = make_image(rng, max(w, h), trace).crop((0, 0, w, h))
             if label == 0 and not aligned:
                 image.save(root / folder / f"{i:05d}.jpg", quality=90)
