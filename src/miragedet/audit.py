@@ -267,8 +267,11 @@ def plot_audit(infos: list[FileInfo], classes: list[str], path: str | os.PathLik
     ax_q.set(title="JPEG quality (from quantisation tables)", xlabel="quality", ylabel="images")
     ax_size.set(title="image size", xlabel="width (px)", ylabel="height (px)")
     for ax in (ax_fmt, ax_q, ax_size):
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    if not any(i.quality is not None for i in good):
+        ax_q.text(0.5, 0.5, "no JPEG files", ha="center", va="center", transform=ax_q.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

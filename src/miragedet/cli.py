@@ -254,6 +254,16 @@ def detect(
     output: Path = typer.Option(None, "--output", "-o", help="Write rows here (streamed)."),
     resume: bool = typer.Option(False, help="Skip inputs already in --output; append the rest."),
     provenance: bool = typer.Option(False, help="Also report C2PA and EXIF provenance."),
+    stability: bool = typer.Option(
+        False,
+        help="Also score re-deliveries (thumbnails, JPEG "
+        "re-save, crop); label 'uncertain' when they disagree or "
+        "the score is near the threshold.",
+    ),
+    stability_variants: str = typer.Option(
+        None, help="Comma-separated, default downscale:512,downscale:256,jpeg:75,crop:0.8"
+    ),
+    stability_margin: float = typer.Option(None, help="Default 0.05."),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     batch_size: int = typer.Option(32),
     threads: int = typer.Option(4, help="Decode threads."),
@@ -264,6 +274,7 @@ def detect(
 
     from .detect import expand_inputs, run_detect
     from .detector import Detector
+    from .stability import Stability
 
     try:
         detector = Detector.from_pretrained(
@@ -278,6 +289,7 @@ def detect(
             resume=resume,
             provenance=provenance,
             console=console,
+            stability=Stability.parse(stability_variants, stability_margin) if stability else None,
             progress_console=Console(stderr=True),
         )
     except (ValueError, OSError) as exc:

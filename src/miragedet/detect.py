@@ -57,6 +57,9 @@ def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
     if prediction.provenance is not None:
         row["provenance"] = prediction.provenance["summary"]
         row["declares_ai"] = prediction.provenance["declares_ai"]
+    if prediction.stability is not None:
+        row["stability_spread"] = prediction.stability["spread"]
+        row["stability_reason"] = prediction.stability["reason"]
     return row
 
 
@@ -106,7 +109,7 @@ class RowWriter:
         if self.csv is not None and write_header:
             self.csv.writeheader()
         if fmt == "table" and console is not None:
-            console.print(f"{'p(fake)':>8}  {'verdict':<8} path", style="bold")
+            console.print(f"{'p(fake)':>8}  {'verdict':<9} path", style="bold")
 
     def write(self, row: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
@@ -126,16 +129,18 @@ class RowWriter:
 
         if row["error"]:
             line = (
-                f"{'-':>8}  [red]{'error':<8}[/red] {escape(row['path'])}: {escape(row['error'])}"
+                f"{'-':>8}  [red]{'error':<9}[/red] {escape(row['path'])}: {escape(row['error'])}"
             )
         else:
-            color = "red" if row["label"] == "fake" else "green"
+            color = {"fake": "red", "real": "green"}.get(row["label"], "yellow")
             line = (
-                f"{row['fake_prob']:>8.4f}  [{color}]{row['label']:<8}[/{color}] "
+                f"{row['fake_prob']:>8.4f}  [{color}]{row['label']:<9}[/{color}] "
                 f"{escape(row['path'])}"
             )
             if any(c.startswith("p_") for c in self.columns):  # attribution: name the class
                 line += f"  ({escape(str(row['top_class']))})"
+        if row.get("stability_reason"):
+            line += f"\n{'':>18}[yellow]{escape(row['stability_reason'])}[/yellow]"
         if row.get("provenance"):
             line += f"\n{'':>18}[dim]{escape(row['provenance'])}[/dim]"
         self.console.print(line, soft_wrap=True)
@@ -156,6 +161,7 @@ def run_detect(
     provenance: bool = False,
     console: Any = None,
     progress_console: Any = None,
+    stability: Any = None,
 ) -> dict[str, int]:
     """Score ``inputs`` and write rows; returns counts of scored, failed and skipped inputs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -172,18 +178,12 @@ def run_detect(
         existing = completed_rows(output, fmt)
         done = {r["path"] for r in existing}
     todo = [p for p in dict.fromkeys(inputs) if p not in done]
-    columns = list(
-        row_of(
-            Prediction(
-                "",
-                0.0,
-                "",
-                0.0,
-                provenance={"summary": "", "declares_ai": False} if provenance else None,
-            ),
-            detector.classes,
-        )
-    )
+    template = Prediction("", 0.0, "", 0.0)
+    if provenance:
+        template.provenance = {"summary": "", "declares_ai": False}
+    if stability is not None:
+        template.stability = {"spread": 0.0, "reason": None}
+    columns = list(row_of(template, detector.classes))
     counts = {"scored": 0, "failed": 0, "skipped": len(inputs) - len(todo)}
     handle: IO[str]
     if output is not None:
@@ -209,7 +209,7 @@ def run_detect(
             disable=progress_console is None or len(todo) < 2,
         ) as progress:
             task = progress.add_task("score", total=len(todo))
-            for prediction in detector.iter_score(todo, provenance=provenance):
+            for prediction in detector.iter_score(todo, provenance=provenance, stability=stability):
                 writer.write(row_of(prediction, detector.classes))
                 counts["failed" if prediction.error else "scored"] += 1
                 progress.update(task, advance=1)

@@ -38,6 +38,9 @@ class Prediction:
     probs: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     provenance: dict[str, Any] | None = None
+    #: With ``stability``: the scores of the re-deliveries, their spread and the reason for an
+    #: "uncertain" label.
+    stability: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,6 +121,10 @@ class Detector:
     def _prepare(self, item: ImageInput) -> torch.Tensor:
         return self.preprocess(to_image(item))
 
+    def score_pil(self, images: list[Image.Image]) -> np.ndarray:
+        """Class probabilities (n, C) of decoded images, in one forward batch."""
+        return self.forward_tensors(torch.stack([self.preprocess(im) for im in images]))
+
     @torch.inference_mode()
     def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, C) of an already preprocessed batch."""
@@ -146,9 +153,17 @@ class Detector:
         return out
 
     def iter_score(
-        self, inputs: Iterable[ImageInput], provenance: bool = False
+        self, inputs: Iterable[ImageInput], provenance: bool = False, stability: Any = None
     ) -> Iterator[Prediction]:
-        """Score inputs lazily, batch by batch, decoding in parallel threads."""
+        """Score inputs lazily, batch by batch, decoding in parallel threads.
+
+        With ``stability`` (a :class:`miragedet.stability.Stability`), each readable input is
+        also scored as re-delivered (resized, re-compressed, cropped) in one batch of k + 1, and
+        labelled "uncertain" when the verdicts disagree or the score is near the threshold.
+        """
+        if stability is not None:
+            yield from self._iter_stable(inputs, provenance, stability)
+            return
         from .provenance import read_provenance
 
         pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
@@ -173,13 +188,41 @@ class Detector:
             if pool is not None:
                 pool.shutdown()
 
+    def _iter_stable(
+        self, inputs: Iterable[ImageInput], provenance: bool, stability: Any
+    ) -> Iterator[Prediction]:
+        from .provenance import read_provenance
+
+        for i, item in enumerate(inputs):
+            source = _describe(item, i)
+            image = _safe(to_image)(item)
+            if isinstance(image, str):
+                yield Prediction(source, None, None, self.threshold, error=image)
+                continue
+            deliveries = stability.redeliver(image)
+            probs = self.score_pil([im for _, im in deliveries])  # one batch of k + 1 images
+            prediction = self._predictions([source], probs[:1], {})[0]
+            report = stability.verdict(
+                [n for n, _ in deliveries], 1.0 - probs[:, 0], self.threshold
+            )
+            prediction.stability = report
+            if report["uncertain"]:
+                prediction.label = "uncertain"
+            if provenance:
+                prediction.provenance = read_provenance(item)
+            yield prediction
+
     # -- public API -----------------------------------------------------------------------------
 
     def score(
-        self, inputs: ImageInput | Sequence[ImageInput], provenance: bool = False
+        self,
+        inputs: ImageInput | Sequence[ImageInput],
+        provenance: bool = False,
+        stability: Any = None,
     ) -> list[Prediction]:
-        """A :class:`Prediction` per input (a single input gives a list of one)."""
-        return list(self.iter_score(_as_list(inputs), provenance=provenance))
+        """A :class:`Prediction` per input (a single input gives a list of one); see
+        :meth:`iter_score` for ``provenance`` and ``stability``."""
+        return list(self.iter_score(_as_list(inputs), provenance=provenance, stability=stability))
 
     def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """(n, C) class probabilities; a row of NaN for an input that could not be read."""

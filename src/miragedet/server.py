@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .data.dataset import ImageDecodeError, load_image
 from .detector import Detector
+from .stability import Stability
 
 STATIC = Path(__file__).parent / "static"
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
@@ -67,6 +68,11 @@ class ImageResult(BaseModel):
     probs: dict[str, float] = {}
     model_id: str
     provenance: dict[str, Any] | None = None
+    stability: dict[str, Any] | None = Field(
+        None,
+        description="With ?stability=true: scores of the re-deliveries and the reason "
+        'for an "uncertain" label',
+    )
     error: str | None = None
 
 
@@ -223,9 +229,11 @@ class Batcher:
 
 
 def _prepare(
-    data: bytes, detector: Detector, max_pixels: int
-) -> tuple[torch.Tensor | None, int, str | None]:
-    """Decode and preprocess one upload: (tensor, 200, None) or (None, status, error)."""
+    data: bytes, detector: Detector, max_pixels: int, stability: Stability | None = None
+) -> tuple[list[torch.Tensor] | None, int, str | None]:
+    """Decode and preprocess one upload: ([tensor, ...], 200, None) or (None, status, error).
+
+    With ``stability`` the list holds the image as given and then each re-delivery."""
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt = probe.format
@@ -237,7 +245,8 @@ def _prepare(
                 + ", ".join(sorted(ALLOWED_FORMATS - {"MPO"})),
             )
         image = load_image(data, max_pixels=max_pixels)
-        return detector.preprocess(image), 200, None
+        images = [im for _, im in stability.redeliver(image)] if stability else [image]
+        return [detector.preprocess(im) for im in images], 200, None
     except ImageDecodeError as exc:
         return None, STATUS_OF_KIND.get(exc.kind, 422), str(exc)
     except Image.DecompressionBombError as exc:
@@ -246,6 +255,10 @@ def _prepare(
         return None, 415, "not a recognised image format"
     except Exception as exc:
         return None, 422, f"could not read the image: {type(exc).__name__}: {exc}"
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text else None
 
 
 def create_app(
@@ -407,18 +420,33 @@ def create_app(
             return JSONResponse(
                 {"detail": f"{len(uploads)} images; at most {settings.max_images} per request"}, 413
             )
+        stability = None
+        if request.query_params.get("stability", "").lower() in ("1", "true", "yes"):
+            try:
+                stability = Stability.parse(
+                    request.query_params.get("stability_variants"),
+                    _float(request.query_params.get("stability_margin")),
+                )
+            except ValueError as exc:
+                return JSONResponse({"detail": f"stability options: {exc}"}, 422)
+
         prepared = await asyncio.gather(
             *[
-                asyncio.to_thread(_prepare, data, detector, settings.max_pixels)
+                asyncio.to_thread(_prepare, data, detector, settings.max_pixels, stability)
                 for _, data in uploads
             ]
         )
-        good = [i for i, (tensor, _, _) in enumerate(prepared) if tensor is not None]
+        good = [i for i, (tensors, _, _) in enumerate(prepared) if tensors is not None]
+        flat = [t for i in good for t in prepared[i][0]]
         try:
-            probs = await request.app.state.batcher.submit([prepared[i][0] for i in good])
+            flat_probs = await request.app.state.batcher.submit(flat)
         except QueueFull:
             return unavailable("too many images waiting; retry later")
-        by_index = dict(zip(good, probs, strict=True))
+        by_index, cursor = {}, 0
+        for i in good:
+            k = len(prepared[i][0])
+            by_index[i] = np.stack(flat_probs[cursor : cursor + k])
+            cursor += k
         results = []
         for i, (name, data) in enumerate(uploads):
             _, status, error = prepared[i]
@@ -430,12 +458,18 @@ def create_app(
                 error=error,
             )
             if i in by_index:
-                p = by_index[i]
+                p = by_index[i][0]
                 fake = float(1.0 - p[0])
                 result.fake_prob = fake
                 result.label = "fake" if fake >= detector.threshold else "real"
                 result.top_class = detector.classes[int(np.argmax(p))]
                 result.probs = {c: float(v) for c, v in zip(detector.classes, p, strict=True)}
+                if stability is not None:
+                    names = ["as given", *stability.variants]
+                    report = stability.verdict(names, 1.0 - by_index[i][:, 0], detector.threshold)
+                    result.stability = report
+                    if report["uncertain"]:
+                        result.label = "uncertain"
                 if settings.provenance:
                     from .provenance import read_provenance
 
