@@ -47,7 +47,10 @@ def test_lint_and_format_are_clean():
     import subprocess
     import sys
 
-    for args in (["check", "src", "tests"], ["format", "--check", "src", "tests"]):
+    for args in (
+        ["check", "src", "tests", "benchmarks"],
+        ["format", "--check", "src", "tests", "benchmarks"],
+    ):
         run = subprocess.run(
             [sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True
         )
