@@ -264,6 +264,11 @@ def detect(
         None, help="Comma-separated, default downscale:512,downscale:256,jpeg:75,crop:0.8"
     ),
     stability_margin: float = typer.Option(None, help="Default 0.05."),
+    backend: str = typer.Option(
+        "torch",
+        help="torch, or onnx: the checkpoint's model.onnx "
+        "(see `miragedet export`) on ONNX Runtime.",
+    ),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     batch_size: int = typer.Option(32),
     threads: int = typer.Option(4, help="Decode threads."),
@@ -273,12 +278,17 @@ def detect(
     import sys
 
     from .detect import expand_inputs, run_detect
-    from .detector import Detector
+    from .server import load_detector_for
     from .stability import Stability
 
     try:
-        detector = Detector.from_pretrained(
-            model, threshold=threshold, batch_size=batch_size, decode_threads=threads, device=device
+        detector = load_detector_for(
+            model,
+            backend,
+            threshold=threshold,
+            batch_size=batch_size,
+            decode_threads=threads,
+            device=device,
         )
         paths = list(expand_inputs(inputs, sys.stdin))
         counts = run_detect(
@@ -321,6 +331,7 @@ def serve(
     threshold: float = typer.Option(None),
     device: str = typer.Option(None),
     provenance: bool = typer.Option(True, help="Report C2PA/EXIF provenance."),
+    backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
@@ -340,6 +351,7 @@ def serve(
         threshold=threshold,
         device=device,
         provenance=provenance,
+        backend=backend,
     )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
     run_server(settings, host=host, port=port, log_level=log_level)
@@ -418,6 +430,41 @@ def audit_data(
     console.print((output / "audit.md").read_text(), markup=False, soft_wrap=True)
     if result["shortcut"]:
         raise typer.Exit(3)
+
+
+@app.command()
+def export(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Default: CHECKPOINT/model.onnx (then `--backend onnx`)."
+    ),
+    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    legacy: bool = typer.Option(False, help="Use the TorchScript-based exporter."),
+    check: bool = typer.Option(True, help="Compare ONNX Runtime with PyTorch on random input."),
+) -> None:
+    """Export the inference graph (vision tower + prompts + fixed text features -> probs)."""
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_pretrained
+    from .export import InferenceGraph, OnnxDetector, export_checkpoint
+
+    if fmt != "onnx":
+        raise _fail(ValueError(f"only --format onnx is supported, not {fmt!r}"))
+    try:
+        path = export_checkpoint(model, output, dynamo=not legacy)
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    if check:
+        torch_model = load_pretrained(model)
+        onnx = OnnxDetector.from_pretrained(path.parent)
+        size = torch_model.backbone.preprocess.image_size
+        pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = InferenceGraph(torch_model)(pixels).numpy()
+        diff = float(np.abs(onnx.forward_tensors(pixels) - expected).max())
+        console.print(f"ONNX Runtime vs PyTorch: max abs difference {diff:.2e}")
 
 
 @app.command()

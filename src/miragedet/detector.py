@@ -116,6 +116,19 @@ class Detector:
         model_id = f"{Path(str(path_or_id)).name}@{digest or model.config.method}"
         return cls(model, device=device, model_id=model_id, **kwargs)
 
+    def info(self) -> dict[str, Any]:
+        """What is being served: id, method, classes, threshold, backbone, preprocessing."""
+        model = self.model
+        return {
+            "id": self.model_id,
+            "method": model.config.method,
+            "classes": self.classes,
+            "threshold": self.threshold,
+            "backbone": model.backbone.source,
+            "backbone_description": model.backbone.describe(),
+            "preprocess": self.preprocess.to_dict(),
+        }
+
     # -- core -----------------------------------------------------------------------------------
 
     def _prepare(self, item: ImageInput) -> torch.Tensor:

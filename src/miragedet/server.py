@@ -56,6 +56,7 @@ class ServerSettings:
     device: str | None = None
     provenance: bool = True
     retry_after_s: int = 1
+    backend: str = "torch"  # torch | onnx (the checkpoint's model.onnx, ONNX Runtime)
 
 
 class ImageResult(BaseModel):
@@ -261,6 +262,18 @@ def _float(text: str | None) -> float | None:
     return float(text) if text else None
 
 
+def load_detector_for(model: str, backend: str = "torch", **kwargs: Any) -> Detector:
+    """A Detector for a checkpoint, on PyTorch or on ONNX Runtime (its model.onnx)."""
+    if backend == "onnx":
+        from .export import OnnxDetector
+
+        kwargs.pop("device", None)
+        return OnnxDetector.from_pretrained(model, **kwargs)
+    if backend != "torch":
+        raise ValueError(f"backend must be torch or onnx, not {backend!r}")
+    return Detector.from_pretrained(model, **kwargs)
+
+
 def create_app(
     settings: ServerSettings, load_detector: Callable[[], Detector] | None = None
 ) -> FastAPI:
@@ -268,8 +281,8 @@ def create_app(
     metrics = Metrics()
 
     def default_loader() -> Detector:
-        return Detector.from_pretrained(
-            settings.model, threshold=settings.threshold, device=settings.device
+        return load_detector_for(
+            settings.model, settings.backend, threshold=settings.threshold, device=settings.device
         )
 
     loader = load_detector or default_loader
@@ -361,16 +374,9 @@ def create_app(
         detector = request.app.state.detector
         if detector is None:
             return unavailable("the model is still loading")
-        model = detector.model
         return JSONResponse(
             {
-                "id": detector.model_id,
-                "method": model.config.method,
-                "classes": detector.classes,
-                "threshold": detector.threshold,
-                "backbone": model.backbone.source,
-                "backbone_description": model.backbone.describe(),
-                "preprocess": detector.preprocess.to_dict(),
+                **detector.info(),
                 "miragedet_version": __version__,
                 "limits": {
                     "max_body_mb": settings.max_body_mb,
