@@ -116,9 +116,18 @@ def train(
     log_every: int = typer.Option(None),
     save_every: int = typer.Option(None),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last."),
+    nproc: int = typer.Option(
+        1,
+        help="Train on N processes of this machine (one per GPU, or CPU processes with "
+        "gloo) through torchrun; the same as `torchrun --nproc-per-node N -m miragedet train`.",
+    ),
 ) -> None:
     """Train a detector (MiraGe or a baseline) on a data set; checkpoints go to OUTPUT."""
+    from . import distributed
     from .train import TrainConfig, Trainer
+
+    if nproc > 1 and not distributed.env_from_launcher().enabled:
+        raise typer.Exit(_launch_torchrun(nproc))
 
     given = {
         k: v
@@ -167,10 +176,33 @@ def train(
         result = Trainer(cfg, console=console).fit()
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
+    finally:
+        distributed.shutdown()
+    if not distributed.env_from_launcher().is_main:
+        return
     console.print(
         f"done: {result.global_step} steps; best {result.best}; "
         f"checkpoints in {result.output}/last and /best"
     )
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under ``torchrun --standalone --nproc-per-node N``."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(nproc), "-m", "miragedet", *args]
+    console.print(f"launching {nproc} processes: torchrun --nproc-per-node {nproc} ...")
+    return subprocess.call(command)
 
 
 @app.command()

@@ -231,14 +231,22 @@ class Trainer:
     def __init__(self, config: TrainConfig, backbone: Any = None, console: Any = None) -> None:
         from rich.console import Console
 
+        from . import distributed
         from .backbone import load_backbone
         from .data.layouts import find_images
         from .data.transforms import Augment, TrainTransform
 
         self.config = c = config
+        self.dist, self.device = distributed.setup(_device(c.device))
+        if not self.dist.is_main:
+            console = Console(quiet=True)  # rank 0 alone reports, evaluates and saves
         self.console = console or Console()
         self.output = Path(c.output)
-        self.device = _device(c.device)
+        if c.batch_size % (c.grad_accum * self.dist.world):
+            raise ValueError(
+                f"batch_size {c.batch_size} must be divisible by grad_accum x ranks "
+                f"({c.grad_accum} x {self.dist.world})"
+            )
         _seed_everything(c.seed)
         self.backbone = backbone or load_backbone(c.backbone)
         train_set = find_images(c.data, c.layout, split=c.train_split)
@@ -269,7 +277,16 @@ class Trainer:
             warmup_steps=c.warmup_steps,
         )
         self.optimizer = make_optimizer(self.model, self.optim)
-        self.micro = c.batch_size // c.grad_accum
+        self.micro = c.batch_size // c.grad_accum // self.dist.world  # per rank
+        self.forward = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
         self.steps_per_epoch = len(self.train_set.samples) // c.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -411,10 +428,12 @@ class Trainer:
                 return a(image)
 
         dataset = ImageDataset(self.train_set.samples, self.transform, image_transform)
+        # Rank r takes positions r, r + W, ... of the global order (DistributedSampler's split),
+        # so each global batch is the same set of images whatever the number of ranks.
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=self.micro,
-            sampler=indices,
+            sampler=indices[self.dist.rank :: self.dist.world],
             num_workers=self.config.workers,
             collate_fn=collate,
             drop_last=False,
@@ -437,22 +456,28 @@ class Trainer:
             TimeRemainingColumn,
         )
 
+        from . import distributed
+
         c = self.config
-        self.output.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         if c.resume and (self.output / "last" / "trainer_state.json").is_file():
             self._load_state(self.output / "last")
             self.console.print(
                 f"resumed from {self.output / 'last'} at epoch {self.epoch + 1}, "
                 f"step {self.global_step}"
             )
-        (self.output / "train_config.json").write_text(json.dumps(c.to_dict(), indent=2))
+        if self.dist.is_main:
+            (self.output / "train_config.json").write_text(json.dumps(c.to_dict(), indent=2))
         self.console.print(
             f"training {c.method} on {len(self.train_set.samples)} images "
             f"({', '.join(self.train_set.subsets)}; layout {self.train_set.layout}); "
             f"validation: {len(self.val_set.samples) if self.val_set else 'none'}; "
             f"backbone {self.backbone.source}; {self.steps_per_epoch} steps/epoch"
+            + (f"; {self.dist.world} ranks" if self.dist.enabled else "")
         )
-        log = _Log(self.output)
+        log = _Log(self.output) if self.dist.is_main else _NoLog()
         stop = False
         try:
             while self.epoch < c.epochs and not stop:
@@ -478,11 +503,19 @@ class Trainer:
                 self.step_in_epoch = 0
                 self._end_of_epoch(log)
             if stop:
-                self.save("last")
+                self._save_main("last")
         finally:
             log.close()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            every: list[Any] = [None] * self.dist.world
+            dist.all_gather_object(every, self.skipped)
+            self.skipped = sorted({tuple(item) for part in every for item in part})
         report = {"skipped": self.skipped, "global_step": self.global_step, "best": self.best}
-        (self.output / "train_report.json").write_text(json.dumps(report, indent=2))
+        if self.dist.is_main:
+            (self.output / "train_report.json").write_text(json.dumps(report, indent=2))
+        distributed.barrier()
         if self.skipped:
             self.console.print(
                 f"[yellow]{len(self.skipped)} unreadable files skipped[/yellow] "
@@ -492,7 +525,19 @@ class Trainer:
             self.output, self.global_step, self.epoch, self.best, self.skipped, self.history
         )
 
+    def _save_main(self, name: str) -> None:
+        """Write a checkpoint from rank 0 while the others wait."""
+        from . import distributed
+
+        if self.dist.is_main:
+            self.save(name)
+        distributed.barrier()
+
     def _run_epoch(self, indices: list[int], log: Any, progress: Any, task: Any) -> bool:
+        import contextlib
+
+        from . import distributed
+
         c = self.config
         micro_batches = iter(self._loader(indices))
         samples = self.train_set.samples
@@ -501,25 +546,41 @@ class Trainer:
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             totals = {"loss": 0.0, "ce": 0.0, "dis": 0.0, "correct": 0, "n": 0}
-            for _ in range(c.grad_accum):
+            for k in range(c.grad_accum):
                 batch = next(micro_batches)
                 for index, error in batch["errors"]:
                     self.skipped.append((samples[index].path, error))
-                if not len(batch["labels"]):
+                if not len(batch["labels"]) and not self.dist.enabled:
                     continue
                 pixels = batch["pixel_values"].to(self.device, non_blocking=True)
                 labels = batch["labels"].to(self.device)
-                with self._autocast():
-                    out = self.model(pixels)
-                    losses = self.loss_fn(
-                        out.logits, out.image_embeds.float(), out.text_embeds.float(), labels
-                    )
-                self.scaler.scale(losses.loss / c.grad_accum).backward()
-                totals["loss"] += losses.loss.item() / c.grad_accum
-                totals["ce"] += losses.ce.item() / c.grad_accum
-                totals["dis"] += losses.dis.item() / c.grad_accum
-                totals["correct"] += int((out.logits.argmax(1) == labels).sum())
-                totals["n"] += len(labels)
+                sync = contextlib.nullcontext()
+                if self.dist.enabled and k < c.grad_accum - 1:
+                    sync = self.forward.no_sync()  # all-reduce once, after the last micro-batch
+                with sync:
+                    with self._autocast():
+                        out = self.forward(pixels)
+                        losses = self.loss_fn(
+                            out.logits, out.image_embeds.float(), out.text_embeds.float(), labels
+                        )
+                    # With several ranks each loss is this rank's share of the global batch's
+                    # loss; DDP averages gradients, so scale by the world size to sum the shares.
+                    self.scaler.scale(losses.loss * self.dist.world / c.grad_accum).backward()
+                parts = distributed.all_sum(
+                    [
+                        losses.loss.item(),
+                        losses.ce.item(),
+                        losses.dis.item(),
+                        float((out.logits.argmax(1) == labels).sum()),
+                        float(len(labels)),
+                    ],
+                    self.device,
+                )
+                totals["loss"] += parts[0] / c.grad_accum
+                totals["ce"] += parts[1] / c.grad_accum
+                totals["dis"] += parts[2] / c.grad_accum
+                totals["correct"] += int(parts[3])
+                totals["n"] += int(parts[4])
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -545,12 +606,19 @@ class Trainer:
                 log.write(entry)
                 self.history.append(entry)
             if c.save_every and self.global_step % c.save_every == 0:
-                self.save("last")
+                self._save_main("last")
             if c.max_steps is not None and self.global_step >= c.max_steps:
                 return True
         return False
 
     def _end_of_epoch(self, log: Any) -> None:
+        from . import distributed
+
+        if self.dist.is_main:
+            self._validate_and_save(log)
+        distributed.barrier()
+
+    def _validate_and_save(self, log: Any) -> None:
         from .evaluate import score_samples, subset_metrics
 
         entry: dict[str, Any] = {"type": "val", "epoch": self.epoch, "step": self.global_step}
@@ -575,6 +643,16 @@ class Trainer:
         log.write(entry)
         self.history.append(entry)
         self.save("last")
+
+
+class _NoLog:
+    """What ranks other than 0 log: nothing."""
+
+    def write(self, entry: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _Log:
