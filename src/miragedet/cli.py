@@ -345,6 +345,93 @@ def detect(
         raise typer.Exit(1)
 
 
+@app.command("score-dataset")
+def score_dataset(
+    source: str = typer.Argument(
+        ...,
+        metavar="INPUT",
+        help="A folder, a .csv/.parquet/.jsonl manifest with a 'path' column, a .txt list, "
+        "or a storage URI (s3://bucket/prefix) that pyarrow can list.",
+    ),
+    output: Path = typer.Argument(..., help="Folder of Parquet shards (part-NNNNN.parquet)."),
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
+    engine: str = typer.Option("ray", help="ray (Ray Data actors) or local (this process)."),
+    workers: int = typer.Option(2, help="Ray actors, each with its own copy of the model."),
+    cpus_per_worker: float = typer.Option(1.0),
+    gpus_per_worker: float = typer.Option(0.0, help="e.g. 1 for one GPU per actor."),
+    address: str = typer.Option(
+        None, help="Ray cluster to join (auto, ray://host:10001); default: a local Ray."
+    ),
+    batch_size: int = typer.Option(32),
+    shard_size: int = typer.Option(1000, help="Inputs per Parquet shard (the unit of resume)."),
+    backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
+    threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
+    device: str = typer.Option(None),
+) -> None:
+    """Score a large collection into Parquet shards; rerun the same command to resume.
+
+    Exit status: 0 all scored, 1 some inputs could not be read (error rows), 2 usage error."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from .scoring import score_dataset as run
+
+    err = Console(stderr=True)
+    progress = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = progress.add_task("score", total=None)
+
+    def on_start(report, pending: int) -> None:
+        if report.shards_done_before:
+            err.print(
+                f"resuming: {report.shards_done_before} of {report.shards} shards already in "
+                f"{output}"
+            )
+        progress.update(task, total=pending)
+
+    try:
+        with progress:
+            report = run(
+                source,
+                output,
+                model,
+                engine=engine,
+                workers=workers,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                backend=backend,
+                threshold=threshold,
+                device=device,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                address=address,
+                on_start=on_start,
+                on_rows=lambda n: progress.update(task, advance=n),
+            )
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    err.print(
+        f"{report.scored} scored, {report.failed} failed, {report.total} inputs in "
+        f"{report.shards} shards ({report.shards_done_before} done before) -> {output}"
+        + (f"; {report.images_per_s:.1f} images/s" if report.scored + report.failed else "")
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def serve(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),

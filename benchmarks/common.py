@@ -1,0 +1,76 @@
+"""Helpers the benchmark scripts share: test images, timing, and the JSON they write."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    """A photo-like image (smooth colour fields, edges and sensor noise), so JPEG sizes and
+    decode costs are those of real photographs rather than of white noise or flat colour."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), np.float32)
+    noise = rng.normal(0.0, 6.0, (height, width, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def write_jpegs(folder: Path, n: int, sizes: list[tuple[int, int]], quality: int = 90) -> Path:
+    """N JPEGs cycling through ``sizes`` (re-used when already there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = folder / f"img{i:06d}.jpg"
+        if not path.exists():
+            w, h = sizes[i % len(sizes)]
+            photo(w, h, i).save(path, quality=quality)
+    return folder
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def save(path: str, rows: list[dict[str, Any]], **extra: Any) -> None:
+    Path(path).write_text(json.dumps({"machine": machine(), **extra, "rows": rows}, indent=1))
+    print(f"wrote {path}")
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    """Print rows as an aligned table: columns are (key, header, format)."""
+    widths = [max(len(h), 10) for _, h, _ in columns]
+    print("  ".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths, strict=True)))
+    for row in rows:
+        cells = []
+        for (key, _, fmt), w in zip(columns, widths, strict=True):
+            value = row.get(key)
+            cells.append(f"{'-' if value is None else format(value, fmt):>{w}}")
+        print("  ".join(cells))
