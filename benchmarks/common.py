@@ -66,11 +66,11 @@ def save(path: str, rows: list[dict[str, Any]], **extra: Any) -> None:
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
     """Print rows as an aligned table: columns are (key, header, format)."""
-    widths = [max(len(h), 10) for _, h, _ in columns]
+    cells = [
+        ["-" if row.get(key) is None else format(row[key], fmt) for key, _, fmt in columns]
+        for row in rows
+    ]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, (_, h, _) in enumerate(columns)]
     print("  ".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths, strict=True)))
-    for row in rows:
-        cells = []
-        for (key, _, fmt), w in zip(columns, widths, strict=True):
-            value = row.get(key)
-            cells.append(f"{'-' if value is None else format(value, fmt):>{w}}")
-        print("  ".join(cells))
+    for r in cells:
+        print("  ".join(f"{c:>{w}}" for c, w in zip(r, widths, strict=True)))

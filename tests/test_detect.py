@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,30 @@ def test_detect_reports_provenance_beside_the_score(checkpoint, tmp_path):
     row = json.loads(result.stdout.splitlines()[0])
     assert row["declares_ai"] is True and row["fake_prob"] is not None
     assert "C2PA manifest declares AI generation" in row["provenance"]
+
+
+def test_draft_decode_of_large_jpegs_stays_within_tolerance(tiny, tmp_path):
+    """Reduced-scale JPEG decode (the default) moves the model input by < 0.01 on average and
+    p(fake) by < 1e-3; PNGs are decoded exactly as before."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from common import photo
+
+    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
+    paths = []
+    for i, size in enumerate([(1600, 1200), (2304, 1728), (1200, 1600)]):
+        paths.append(tmp_path / f"big{i}.jpg")
+        photo(*size, seed=i).save(paths[-1], quality=92)
+    png = tmp_path / "big.png"
+    photo(1600, 1200, seed=9).save(png)
+    exact, fast = Detector(model, draft=False), Detector(model, draft=True)
+    assert fast.draft_size == 2 * tiny.preprocess.resize_shortest and exact.draft_size is None
+    for path in paths:
+        a, b = exact._prepare(str(path)), fast._prepare(str(path))
+        assert a.shape == b.shape
+        assert 0 < (a - b).abs().mean() < 0.01  # really decoded differently, and close
+    assert torch.equal(exact._prepare(str(png)), fast._prepare(str(png)))
+    p_exact = np.array([p.fake_prob for p in exact.score([str(p) for p in paths])])
+    p_fast = np.array([p.fake_prob for p in fast.score([str(p) for p in paths])])
+    assert np.abs(p_exact - p_fast).max() < 1e-3

@@ -62,8 +62,11 @@ def _describe(item: Any, index: int) -> str:
     return f"<{type(item).__name__} #{index}>"
 
 
-def to_image(item: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Any supported input as an RGB Pillow image (arrays: HxW or HxWx3/4, uint8 or 0-1 float)."""
+def to_image(
+    item: ImageInput, max_pixels: int = MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
+    """Any supported input as an RGB Pillow image (arrays: HxW or HxWx3/4, uint8 or 0-1 float).
+    ``draft_size``: let the JPEG decoder reduce scale, never below that size."""
     if isinstance(item, np.ndarray):
         array = item
         if array.ndim == 2:
@@ -76,7 +79,8 @@ def to_image(item: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
             array = np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB")
     if isinstance(item, str | os.PathLike | bytes | bytearray | Image.Image):
-        return load_image(bytes(item) if isinstance(item, bytearray) else item, max_pixels)
+        source = bytes(item) if isinstance(item, bytearray) else item
+        return load_image(source, max_pixels, draft_size=draft_size)
     raise ImageDecodeError(f"unsupported input type {type(item).__name__}")
 
 
@@ -91,6 +95,7 @@ class Detector:
         device: str | torch.device | None = None,
         decode_threads: int = 4,
         model_id: str | None = None,
+        draft: bool = True,
     ) -> None:
         self.model = model.eval()
         self.device = torch.device(device) if device else model.clip.logit_scale.device
@@ -99,6 +104,7 @@ class Detector:
         self.batch_size = batch_size
         self.decode_threads = decode_threads
         self.preprocess = model.backbone.preprocess
+        self.draft = draft
         self.classes = model.classes
         self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
 
@@ -131,8 +137,14 @@ class Detector:
 
     # -- core -----------------------------------------------------------------------------------
 
+    @property
+    def draft_size(self) -> int | None:
+        """JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least twice
+        the model's resize target (see docs/performance.md for speed and score tolerance)."""
+        return 2 * self.preprocess.resize_shortest if getattr(self, "draft", False) else None
+
     def _prepare(self, item: ImageInput) -> torch.Tensor:
-        return self.preprocess(to_image(item))
+        return self.preprocess(to_image(item, draft_size=self.draft_size))
 
     def score_pil(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities (n, C) of decoded images, in one forward batch."""

@@ -98,6 +98,7 @@ class OnnxDetector(Detector):
         decode_threads: int = 4,
         providers: list[str] | None = None,
         model_id: str | None = None,
+        draft: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -110,6 +111,7 @@ class OnnxDetector(Detector):
         self.threshold = float(config.get("threshold", 0.5) if threshold is None else threshold)
         self.batch_size = batch_size
         self.decode_threads = decode_threads
+        self.draft = draft
         self.preprocess = Preprocess.from_dict(config["preprocess"])
         self.classes = list(config["model"]["classes"])
         digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]

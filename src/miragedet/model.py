@@ -166,9 +166,13 @@ class MiraGe(nn.Module):
         if prompts:
             hidden = torch.cat([hidden, _expand(prompts[0], hidden)], dim=1)
         hidden = vision.pre_layrnorm(hidden)
+        in_place = not torch.is_grad_enabled()  # inference: overwrite the slots, no copy
         for i, layer in enumerate(vision.encoder.layers):
             if 0 < i < len(prompts):
-                hidden = _splice(hidden, prompts[i], hidden.shape[1] - n, n)
+                if in_place:
+                    hidden[:, hidden.shape[1] - n :] = prompts[i].to(hidden.dtype)
+                else:
+                    hidden = _splice(hidden, prompts[i], hidden.shape[1] - n, n)
             hidden = layer(hidden, None)
         pooled = vision.post_layernorm(hidden[:, 0])
         return F.normalize(self.clip.visual_projection(pooled), dim=-1)

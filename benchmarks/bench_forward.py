@@ -1,0 +1,127 @@
+"""P1: MiraGe's inference forward against the bare CLIP vision tower, same batch and threads.
+
+The bare tower (embeddings -> encoder -> pooled -> projection) is the physical limit: MiraGe
+adds n_ctx prompt tokens to the first J vision layers and a 2-column matmul with text features
+that are computed once per loaded model. The ratio bare/MiraGe is the share of the limit reached
+(target >= 0.97). Also measured: bf16 autocast (CPU or CUDA), fp16 on CUDA, and the exported
+ONNX graph on ONNX Runtime (--onnx).
+    python benchmarks/bench_forward.py [--backbones tiny,vit-b-32,vit-l-14] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+
+import torch
+from common import save, table, timed
+
+from miragedet import MiraGe, ModelConfig, load_backbone
+
+
+def bare_tower(clip, pixels: torch.Tensor) -> torch.Tensor:
+    """What CLIP itself computes for an image embedding."""
+    pooled = clip.vision_model(pixel_values=pixels).pooler_output
+    return torch.nn.functional.normalize(clip.visual_projection(pooled), dim=-1)
+
+
+def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    rows: list[dict] = []
+    backbone = load_backbone(f"random:{name}")
+    model = MiraGe(backbone, ModelConfig.for_method("mirage")).to(device).eval()
+    size = backbone.preprocess.image_size
+    pixels = torch.randn(args.batch, 3, size, size, device=device)
+
+    def run(fn, dtype=None):
+        def call():
+            with torch.inference_mode():
+                if dtype is None:
+                    fn()
+                else:
+                    with torch.autocast(device.type, dtype=dtype):
+                        fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return timed(call, args.repeats) / args.batch * 1000
+
+    variants = [("fp32", None), ("bf16 autocast", torch.bfloat16)]
+    if device.type == "cuda":
+        variants.append(("fp16 autocast", torch.float16))
+    vision = backbone.model.config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    bound = tokens / (tokens + model.prompts.n_ctx)  # the extra tokens' share of the work
+    for label, dtype in variants:
+        bare = run(lambda: bare_tower(model.clip, pixels), dtype)
+        mirage = run(lambda: model(pixels), dtype)
+        rows.append(
+            {
+                "backbone": name,
+                "precision": label,
+                "bare_ms_per_image": bare,
+                "mirage_ms_per_image": mirage,
+                "p1_ratio": bare / mirage,
+                "token_bound": bound,
+            }
+        )
+    if args.onnx and device.type == "cpu":
+        from miragedet.export import OnnxDetector, export_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            export_checkpoint(tmp)
+            onnx = OnnxDetector.from_pretrained(tmp)
+            array = pixels.numpy()
+            ort = timed(lambda: onnx.session.run(None, {"pixel_values": array}), args.repeats)
+        rows.append(
+            {
+                "backbone": name,
+                "precision": "onnxruntime fp32",
+                "bare_ms_per_image": rows[-len(variants)]["bare_ms_per_image"],
+                "mirage_ms_per_image": ort / args.batch * 1000,
+                "p1_ratio": rows[-len(variants)]["bare_ms_per_image"] / (ort / args.batch * 1000),
+                "token_bound": bound,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbones", default="tiny,vit-b-32,vit-l-14")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--onnx", action="store_true", help="Also time the ONNX Runtime graph.")
+    parser.add_argument("--out", default="bench_forward.json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for name in args.backbones.split(","):
+        rows += measure(name, args, device)
+    print(
+        f"P1: ms per image, batch {args.batch}, {device}, {torch.get_num_threads()} threads "
+        f"(ratio = bare / MiraGe; target >= 0.97; "
+        "T/(T+n_ctx) is the bound set by the prompt tokens)"
+    )
+    table(
+        rows,
+        [
+            ("backbone", "backbone", ""),
+            ("precision", "precision", ""),
+            ("bare_ms_per_image", "bare tower", ".2f"),
+            ("mirage_ms_per_image", "MiraGe", ".2f"),
+            ("p1_ratio", "ratio", ".3f"),
+            ("token_bound", "tokens T/(T+n_ctx)", ".3f"),
+        ],
+    )
+    save(args.out, rows, batch=args.batch, device=str(device))
+
+
+if __name__ == "__main__":
+    main()

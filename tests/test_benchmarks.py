@@ -1,0 +1,46 @@
+"""Every benchmark script runs from a clone and writes its JSON (figures are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+
+CASES = {
+    "bench_forward.py": ["--backbones", "tiny", "--batch", "2", "--repeats", "1", "--onnx"],
+    "bench_train.py": ["--backbones", "tiny", "--batch", "4", "--repeats", "1"],
+    "bench_pipeline.py": ["--backbones", "tiny", "--images", "4", "--batch", "2"],
+    "bench_decode.py": ["--backbone", "tiny", "--images", "4"],
+    "bench_memory.py": ["--images", "1200", "--distinct", "8"],
+    "bench_stability.py": ["--backbones", "tiny", "--images", "2", "--repeats", "1"],
+}
+
+
+def test_every_benchmark_is_covered():
+    assert set(CASES) | {"bench_scoring.py", "bench_load.py"} >= {
+        p.name for p in BENCH.glob("bench_*.py")
+    }
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_runs_and_writes_json(script, tmp_path):
+    out = tmp_path / "out.json"
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *CASES[script], "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert data["rows"] and data["rows"][0]
+    assert "torch" in data.get("machine", data.get("meta", {}))
