@@ -6,6 +6,7 @@ a fingerprint of its shape and weights. Nothing is pickled: JSON and safetensors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -74,7 +75,10 @@ def save_pretrained(
         "metadata": metadata or {},
     }
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    recover(directory)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent)
+    )
     try:
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -86,6 +90,39 @@ def save_pretrained(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(directory: str | os.PathLike) -> None:
+    """Finish what a save killed midway left behind.
+
+    A save writes ``.NAME.tmp-PID-*`` and then swaps it in with two renames (NAME to
+    ``.NAME.old-PID``, the new one to NAME). A kill between the two leaves no NAME: the previous
+    checkpoint is renamed back. Leftovers of processes that no longer run are deleted.
+    """
+    directory = Path(directory)
+    parent, name = directory.parent, directory.name
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not directory.exists() and olds:
+        os.replace(olds.pop(), directory)
+    for leftover in [*olds, *parent.glob(f".{name}.tmp-*")]:
+        try:
+            pid = int(leftover.name.rsplit(".", 1)[1].split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -107,6 +144,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a miragedet checkpoint (format={config.get('format')!r})"
@@ -135,6 +174,9 @@ def set_threshold(
 
 def _resolve(path_or_id: str | os.PathLike) -> Path:
     path = Path(path_or_id)
+    if not path.exists():
+        with contextlib.suppress(OSError):  # a save killed between its two renames
+            recover(path)
     if path.is_dir():
         return path
     if path.exists() or str(path_or_id).startswith((".", "/", "~")):

@@ -245,7 +245,9 @@ def _prepare(
                 f"unsupported image format {fmt}; send one of "
                 + ", ".join(sorted(ALLOWED_FORMATS - {"MPO"})),
             )
-        image = load_image(data, max_pixels=max_pixels)
+        # re-deliveries (stability) start from the exact decode; plain scoring may draft JPEGs
+        draft = None if stability else detector.draft_size
+        image = load_image(data, max_pixels=max_pixels, draft_size=draft)
         images = [im for _, im in stability.redeliver(image)] if stability else [image]
         return [detector.preprocess(im) for im in images], 200, None
     except ImageDecodeError as exc:

@@ -461,6 +461,11 @@ class Trainer:
         c = self.config
         if self.dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            from .checkpoint import recover
+
+            for name in ("last", "best"):
+                recover(self.output / name)  # what a kill in the middle of a save left
         distributed.barrier()
         if c.resume and (self.output / "last" / "trainer_state.json").is_file():
             self._load_state(self.output / "last")
