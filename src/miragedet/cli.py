@@ -305,6 +305,12 @@ def detect(
     batch_size: int = typer.Option(32),
     threads: int = typer.Option(4, help="Decode threads."),
     device: str = typer.Option(None),
+    precision: str = typer.Option(
+        "fp32", help="fp32, or bf16/fp16 autocast (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+    ),
+    exact_decode: bool = typer.Option(
+        False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
+    ),
 ) -> None:
     """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error."""
     import sys
@@ -321,6 +327,8 @@ def detect(
             batch_size=batch_size,
             decode_threads=threads,
             device=device,
+            precision=precision,
+            draft=not exact_decode,
         )
         paths = list(expand_inputs(inputs, sys.stdin))
         counts = run_detect(
@@ -367,6 +375,9 @@ def score_dataset(
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     device: str = typer.Option(None),
+    precision: str = typer.Option(
+        "fp32", help="fp32, or bf16/fp16 autocast (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+    ),
 ) -> None:
     """Score a large collection into Parquet shards; rerun the same command to resume.
 
@@ -415,6 +426,7 @@ def score_dataset(
                 backend=backend,
                 threshold=threshold,
                 device=device,
+                precision=precision,
                 cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker,
                 address=address,
@@ -451,6 +463,9 @@ def serve(
     device: str = typer.Option(None),
     provenance: bool = typer.Option(True, help="Report C2PA/EXIF provenance."),
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, or bf16/fp16 autocast (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+    ),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
@@ -471,6 +486,7 @@ def serve(
         device=device,
         provenance=provenance,
         backend=backend,
+        precision=precision,
     )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
     run_server(settings, host=host, port=port, log_level=log_level)

@@ -23,6 +23,7 @@ from .data.dataset import MAX_PIXELS, ImageDecodeError, load_image
 from .model import MiraGe
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -96,7 +97,10 @@ class Detector:
         decode_threads: int = 4,
         model_id: str | None = None,
         draft: bool = True,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.model = model.eval()
         self.device = torch.device(device) if device else model.clip.logit_scale.device
         self.model.to(self.device)
@@ -105,6 +109,9 @@ class Detector:
         self.decode_threads = decode_threads
         self.preprocess = model.backbone.preprocess
         self.draft = draft
+        #: fp32, or bf16/fp16 autocast for the forward (bf16 on CPUs with AVX512-BF16/AMX,
+        #: either on CUDA); see docs/performance.md for what each costs and gains.
+        self.precision = precision
         self.classes = model.classes
         self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
 
@@ -153,7 +160,9 @@ class Detector:
     @torch.inference_mode()
     def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, C) of an already preprocessed batch."""
-        return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
 
     def _predictions(
         self, sources: list[str], probs: np.ndarray, errors: dict[int, str]

@@ -99,8 +99,12 @@ class OnnxDetector(Detector):
         providers: list[str] | None = None,
         model_id: str | None = None,
         draft: bool = True,
+        precision: str = "fp32",
     ) -> None:
         import onnxruntime as ort
+
+        if precision != "fp32":
+            raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")
 
         self.session = ort.InferenceSession(
             str(onnx_path), providers=providers or ["CPUExecutionProvider"]

@@ -126,6 +126,7 @@ class Scorer:
         batch_size: int = 32,
         device: str | None = None,
         threads: int = 2,
+        precision: str = "fp32",
     ) -> None:
         from .server import load_detector_for
 
@@ -136,6 +137,7 @@ class Scorer:
             batch_size=batch_size,
             decode_threads=threads,
             device=device,
+            precision=precision,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -269,6 +271,7 @@ def score_dataset(
     backend: str = "torch",
     threshold: float | None = None,
     device: str | None = None,
+    precision: str = "fp32",
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
     address: str | None = None,
@@ -298,7 +301,12 @@ def score_dataset(
         on_start(report, len(items))
     start = time.perf_counter()
     kwargs = dict(
-        model=model, backend=backend, threshold=threshold, batch_size=batch_size, device=device
+        model=model,
+        backend=backend,
+        threshold=threshold,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
     )
     batches = (
         _ray_batches(items, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)

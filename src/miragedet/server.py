@@ -57,6 +57,7 @@ class ServerSettings:
     provenance: bool = True
     retry_after_s: int = 1
     backend: str = "torch"  # torch | onnx (the checkpoint's model.onnx, ONNX Runtime)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; torch backend)
 
 
 class ImageResult(BaseModel):
@@ -284,7 +285,11 @@ def create_app(
 
     def default_loader() -> Detector:
         return load_detector_for(
-            settings.model, settings.backend, threshold=settings.threshold, device=settings.device
+            settings.model,
+            settings.backend,
+            threshold=settings.threshold,
+            device=settings.device,
+            precision=settings.precision,
         )
 
     loader = load_detector or default_loader
