@@ -19,6 +19,13 @@ from pathlib import Path
 
 PAPER_GPU_MS = 3.56  # ms per image, ViT-L/14 on an NVIDIA L40 (paper, section 6)
 DAY_S = 86_400
+VIT_L14_PARAMS = 427.6e6  # openai/clip-vit-large-patch14, both towers
+#: Training set sizes of the paper's protocols (images per epoch).
+PROTOCOLS = {
+    "Table 1, GenImage: train SDv1.4 (~162k ai + 162k nature), 10 epochs": 324_000,
+    "Table 2, UniversalFakeDetect: ProGAN 20k + 20k, 10 epochs": 40_000,
+    "Appendix G.2: ProGAN 100k + 100k, 10 epochs": 200_000,
+}
 
 
 def load(results: Path, name: str) -> dict:
@@ -85,6 +92,24 @@ def main() -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")
+
+    # Per paper table: one GPU, batch 128 (the recipe), 10 epochs.
+    saved = train["saved_for_backward_mib"] / train["batch"]  # MiB per image, fp32
+    weights = VIT_L14_PARAMS * 4 / 2**30
+    fp32 = weights + saved * 128 / 1024
+    half = weights / 2 + saved * 128 / 2 / 1024
+    print()
+    print(
+        f"Per table, one GPU at {gpu_ms:.2f} ms/image forward, batch 128, 10 epochs; memory = "
+        f"weights + activations saved for backward ({saved:.0f} MiB/image fp32, measured):"
+    )
+    for name, images in PROTOCOLS.items():
+        hours = 10 * images * train_ms / 1000 / 3600
+        print(f"  {name}: {hours:.1f} h")
+    print(
+        f"  GPU memory: ~{fp32:.0f} GiB in fp32, ~{half:.0f} GiB with --amp bf16/fp16, "
+        f"~{weights + saved * 64 / 1024:.0f} GiB with --grad-accum 2 (fp32)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,3 +44,27 @@ def test_benchmark_runs_and_writes_json(script, tmp_path):
     data = json.loads(out.read_text())
     assert data["rows"] and data["rows"][0]
     assert "torch" in data.get("machine", data.get("meta", {}))
+
+
+def test_cost_model_runs_on_the_kept_results():
+    command = [sys.executable, str(BENCH / "cost_model.py"), "--results", str(BENCH / "results")]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "GPUs to score" in done.stdout and "GPU memory" in done.stdout
+    faster = subprocess.run(
+        [*command, "--gpu-forward-ms", "1.78"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # half the forward time, half the GPUs (42 -> 21 for a billion images a day)
+    def gpus(text):
+        return int(next(line for line in text.splitlines() if "GPUs to score" in line).split()[-1])
+
+    assert gpus(faster.stdout) * 2 == gpus(done.stdout)

@@ -201,12 +201,29 @@ class Detector:
         from .provenance import read_provenance
 
         pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
+        prepare = _safe(self._prepare)
+
+        def submit(chunk: list[Any] | None) -> Any:
+            """Start decoding a batch (in the pool: it runs while the previous batch is in the
+            model, so decode and forward overlap)."""
+            if chunk is None:
+                return None
+            items = [item for _, item in chunk]
+            futures = [pool.submit(prepare, item) for item in items] if pool else None
+            return chunk, items, futures
+
+        chunks = _chunks(enumerate(inputs), self.batch_size)
+        job = submit(next(chunks, None))
         try:
-            for chunk in _chunks(enumerate(inputs), self.batch_size):
-                items = [item for _, item in chunk]
+            while job is not None:
+                upcoming = submit(next(chunks, None))  # at most two batches in flight
+                chunk, items, futures = job
+                job = upcoming
                 sources = [_describe(item, i) for i, item in chunk]
-                mapper = pool.map if pool else map
-                prepared = list(mapper(_safe(self._prepare), items))
+                if futures is None:
+                    prepared = [prepare(item) for item in items]
+                else:
+                    prepared = [future.result() for future in futures]
                 errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
                 good = [i for i in range(len(items)) if i not in errors]
                 probs = np.zeros((len(items), len(self.classes)))
@@ -220,7 +237,7 @@ class Detector:
                 yield from predictions
         finally:
             if pool is not None:
-                pool.shutdown()
+                pool.shutdown(cancel_futures=True)
 
     def _iter_stable(
         self, inputs: Iterable[ImageInput], provenance: bool, stability: Any
