@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +148,20 @@ def _initial(data) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def test_a_rank_whose_share_is_all_unreadable_still_steps_with_the_others(tmp_path):
+    data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=8)
+    images = sorted(p for p in data.rglob("*.png"))
+    for path in images[::2]:  # half the files are junk: some rank shares are all junk
+        path.write_bytes(b"junk")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "miragedet", "train", str(data), "-o", str(out)]
+    command += ["--backbone", "tiny", "--batch-size", "2", "--epochs", "1", "--depth", "2"]
+    command += ["--workers", "0", "--nproc", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["global_step"] == 8
+    assert len(report["skipped"]) == len(images[::2])  # gathered from both ranks

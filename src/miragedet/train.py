@@ -559,15 +559,21 @@ class Trainer:
                     continue
                 pixels = batch["pixel_values"].to(self.device, non_blocking=True)
                 labels = batch["labels"].to(self.device)
+                empty = not len(labels)
+                if empty:  # every image of this rank's share was unreadable: run one blank
+                    size = self.backbone.preprocess.image_size  # image through the model, count
+                    pixels = torch.zeros(1, 3, size, size, device=self.device)  # none of it,
+                    # and still join the collectives (gathers, gradient all-reduce)
                 sync = contextlib.nullcontext()
                 if self.dist.enabled and k < c.grad_accum - 1:
                     sync = self.forward.no_sync()  # all-reduce once, after the last micro-batch
                 with sync:
                     with self._autocast():
                         out = self.forward(pixels)
-                        losses = self.loss_fn(
-                            out.logits, out.image_embeds.float(), out.text_embeds.float(), labels
-                        )
+                        logits, embeds = out.logits, out.image_embeds.float()
+                        if empty:
+                            logits, embeds = logits[:0], embeds[:0]
+                        losses = self.loss_fn(logits, embeds, out.text_embeds.float(), labels)
                     # With several ranks each loss is this rank's share of the global batch's
                     # loss; DDP averages gradients, so scale by the world size to sum the shares.
                     self.scaler.scale(losses.loss * self.dist.world / c.grad_accum).backward()
@@ -576,7 +582,7 @@ class Trainer:
                         losses.loss.item(),
                         losses.ce.item(),
                         losses.dis.item(),
-                        float((out.logits.argmax(1) == labels).sum()),
+                        float((logits.argmax(1) == labels).sum()),
                         float(len(labels)),
                     ],
                     self.device,
