@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 import warnings
 
+import numpy as np
 import torch
 from common import save, table, timed
 
@@ -26,6 +28,21 @@ def bare_tower(clip, pixels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(clip.visual_projection(pooled), dim=-1)
 
 
+def profile_forward(fn, dtype, device: torch.device, title: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+    ):
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                fn()
+    print(f"profile of MiraGe's forward ({title}):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+
+
 def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
     rows: list[dict] = []
     backbone = load_backbone(f"random:{name}")
@@ -33,8 +50,12 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
     size = backbone.preprocess.image_size
     pixels = torch.randn(args.batch, 3, size, size, device=device)
 
-    def run(fn, dtype=None):
-        def call():
+    def pair(first, second, dtype=None) -> tuple[float, float]:
+        """Median ms/image of each function, calls alternating so that a slower or faster
+        stretch of a shared machine hits both alike."""
+
+        def call(fn) -> float:
+            start = time.perf_counter()
             with torch.inference_mode():
                 if dtype is None:
                     fn()
@@ -43,8 +64,12 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
                         fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            return time.perf_counter() - start
 
-        return timed(call, args.repeats) / args.batch * 1000
+        call(first), call(second)  # warm-up
+        times = [(call(first), call(second)) for _ in range(args.repeats)]
+        a, b = (float(np.median(t)) / args.batch * 1000 for t in zip(*times, strict=True))
+        return a, b
 
     variants = [("fp32", None), ("bf16 autocast", torch.bfloat16)]
     if device.type == "cuda":
@@ -53,8 +78,9 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
     bound = tokens / (tokens + model.prompts.n_ctx)  # the extra tokens' share of the work
     for label, dtype in variants:
-        bare = run(lambda: bare_tower(model.clip, pixels), dtype)
-        mirage = run(lambda: model(pixels), dtype)
+        bare, mirage = pair(lambda: bare_tower(model.clip, pixels), lambda: model(pixels), dtype)
+        if args.profile:
+            profile_forward(lambda: model(pixels), dtype, device, f"{name}, {label}")
         rows.append(
             {
                 "backbone": name,
@@ -95,6 +121,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--onnx", action="store_true", help="Also time the ONNX Runtime graph.")
+    parser.add_argument(
+        "--profile", action="store_true", help="Print the top operators of MiraGe's forward."
+    )
     parser.add_argument("--out", default="bench_forward.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -12,7 +12,7 @@ run() {
     echo "== $name $*"
     python "$name.py" "$@" --out "$out/$name.json" 2>/dev/null | grep -v '^\[torch.onnx\]' | tee "$out/$name.txt"
 }
-run bench_forward --backbones tiny,vit-b-32,vit-l-14 --batch 8 --onnx
+run bench_forward --backbones tiny,vit-b-32,vit-l-14 --batch 8 --repeats 7 --onnx
 run bench_train --backbones tiny,vit-b-32,vit-l-14 --batch 8
 run bench_pipeline --backbones tiny,vit-b-32 --images 32
 run bench_decode --backbone vit-b-32 --images 32

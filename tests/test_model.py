@@ -240,6 +240,27 @@ def test_text_features_cached_at_inference_and_refreshed_when_prompts_change(tin
     handle.remove()
 
 
+def test_vision_prompts_cached_at_inference_and_refreshed_when_maps_change(tiny):
+    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2)).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        first = model.vision_prompts()
+        assert model.vision_prompts() is first  # no recomputation
+        out = model(pixels).logits
+    with torch.no_grad():
+        model.prompts.maps[1].weight.mul_(3.0)  # what an optimizer step or a load does
+    with torch.inference_mode():
+        fresh = model.prompts.vision_prompts()
+        cached = model.vision_prompts()
+        changed = model(pixels).logits
+    assert cached is not first
+    for a, b in zip(cached, fresh, strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(out, changed)
+    model.train()  # training recomputes with gradients, never from the cache
+    assert all(t.requires_grad for t in model.vision_prompts())
+
+
 def test_depth_beyond_the_backbone_is_lowered_with_a_warning(tiny):
     with pytest.warns(UserWarning, match="exceeds"):
         model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=9))

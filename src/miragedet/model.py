@@ -80,6 +80,7 @@ class MiraGe(nn.Module):
                 self.head.weight.copy_(self.clip.logit_scale.exp() * text)
                 self.head.bias.zero_()
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
+        self._vision_cache: tuple[tuple, list[torch.Tensor]] | None = None
         #: Decision threshold on p(fake); set from the checkpoint when loaded.
         self.threshold = 0.5
 
@@ -157,11 +158,24 @@ class MiraGe(nn.Module):
 
     # -- vision tower ---------------------------------------------------------------------------
 
+    def vision_prompts(self) -> list[torch.Tensor]:
+        """[F_1(P_1), ..., F_J(P_J)]: recomputed while training, cached (in fp32, outside any
+        autocast) while the prompts and maps are unchanged and no gradient is needed."""
+        params = list(self.prompts.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self.prompts.vision_prompts()
+        ref = self.clip.text_projection.weight
+        key = (ref.device, ref.dtype, *(p._version for p in params), *(id(p) for p in params))
+        if self._vision_cache is None or self._vision_cache[0] != key:
+            with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
+                self._vision_cache = (key, self.prompts.vision_prompts())
+        return self._vision_cache[1]
+
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings, (B, D), for a batch of preprocessed images (B, 3, S, S)."""
         vision = self.clip.vision_model
         hidden = vision.embeddings(pixel_values.to(self.clip.logit_scale.dtype))
-        prompts = self.prompts.vision_prompts()
+        prompts = self.vision_prompts()
         n = self.prompts.n_ctx
         if prompts:
             hidden = torch.cat([hidden, _expand(prompts[0], hidden)], dim=1)
