@@ -11,6 +11,7 @@ ONNX graph on ONNX Runtime (--onnx).
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 import warnings
@@ -91,6 +92,24 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
                 "token_bound": bound,
             }
         )
+    halves = [("bf16 weights", torch.bfloat16)]
+    if device.type == "cuda":
+        halves.append(("fp16 weights", torch.float16))
+    for label, dtype in halves:  # the network cast once, as `--precision bf16|fp16` does
+        half = copy.deepcopy(model).to(dtype)
+        x = pixels.to(dtype)
+        bare, mirage = pair(lambda h=half, x=x: bare_tower(h.clip, x), lambda h=half, x=x: h(x))
+        rows.append(
+            {
+                "backbone": name,
+                "precision": label,
+                "bare_ms_per_image": bare,
+                "mirage_ms_per_image": mirage,
+                "p1_ratio": bare / mirage,
+                "token_bound": bound,
+            }
+        )
+        del half
     if args.onnx and device.type == "cpu":
         from miragedet.export import OnnxDetector, export_checkpoint
 
@@ -104,9 +123,10 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
             {
                 "backbone": name,
                 "precision": "onnxruntime fp32",
-                "bare_ms_per_image": rows[-len(variants)]["bare_ms_per_image"],
+                "bare_ms_per_image": rows[-len(variants) - len(halves)]["bare_ms_per_image"],
                 "mirage_ms_per_image": ort / args.batch * 1000,
-                "p1_ratio": rows[-len(variants)]["bare_ms_per_image"] / (ort / args.batch * 1000),
+                "p1_ratio": rows[-len(variants) - len(halves)]["bare_ms_per_image"]
+                / (ort / args.batch * 1000),
                 "token_bound": bound,
             }
         )

@@ -62,8 +62,13 @@ def main() -> None:
     gpus_score = math.ceil(args.score_images_per_day * gpu_ms / 1000 / DAY_S)
     decode_cores = math.ceil(args.score_images_per_day * decode["ms_per_image"] / 1000 / DAY_S)
     cpu_ms = forward["mirage_ms_per_image"]
-    cpu_threads = load(results, "bench_forward")["machine"]["torch_threads"]
+    fwd_data = load(results, "bench_forward")
+    cpu_threads = fwd_data["machine"]["torch_threads"]
     cpu_machines = math.ceil(args.score_images_per_day * cpu_ms / 1000 / DAY_S)
+    half = [
+        r for r in fwd_data["rows"] if r["backbone"] == "vit-l-14" and "weights" in r["precision"]
+    ]
+    half_ms = half[0]["mirage_ms_per_image"] if half else None
 
     lines = [
         ("GPU forward, ViT-L/14", f"{gpu_ms:.2f} ms/image ({source})"),
@@ -89,6 +94,11 @@ def main() -> None:
             f"{cpu_machines} ({cpu_ms:.0f} ms/image, ViT-L/14 fp32, measured)",
         ),
     ]
+    if half_ms:
+        machines = math.ceil(args.score_images_per_day * half_ms / 1000 / DAY_S)
+        lines.append(
+            ("... with --precision bf16", f"{machines} ({half_ms:.0f} ms/image, measured)")
+        )
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")

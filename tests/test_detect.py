@@ -234,11 +234,14 @@ def test_draft_decode_of_large_jpegs_stays_within_tolerance(tiny, tmp_path):
     assert np.abs(p_exact - p_fast).max() < 1e-3
 
 
-def test_bf16_autocast_scores_close_to_fp32_and_bad_precision_is_refused(tiny, tmp_path):
+def test_bf16_scores_close_to_fp32_and_bad_precision_is_refused(tiny, tmp_path):
     model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
     images = [np.random.default_rng(i).integers(0, 256, (40, 48, 3), np.uint8) for i in range(4)]
+    half = Detector(model, precision="bf16")
+    assert half.model.clip.logit_scale.dtype == torch.bfloat16
+    assert model.clip.logit_scale.dtype == torch.float32  # the caller's model is not changed
     fp32 = Detector(model).predict_proba(images)
-    bf16 = Detector(model, precision="bf16").predict_proba(images)
-    assert np.abs(fp32 - bf16).max() < 0.02
+    bf16 = half.predict_proba(images)
+    assert np.abs(fp32 - bf16).max() < 0.02 and not np.array_equal(fp32, bf16)
     with pytest.raises(ValueError, match="precision"):
         Detector(model, precision="int4")

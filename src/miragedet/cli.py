@@ -306,7 +306,7 @@ def detect(
     threads: int = typer.Option(4, help="Decode threads."),
     device: str = typer.Option(None),
     precision: str = typer.Option(
-        "fp32", help="fp32, or bf16/fp16 autocast (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+        "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
     ),
     exact_decode: bool = typer.Option(
         False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
@@ -376,7 +376,7 @@ def score_dataset(
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     device: str = typer.Option(None),
     precision: str = typer.Option(
-        "fp32", help="fp32, or bf16/fp16 autocast (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+        "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
     ),
 ) -> None:
     """Score a large collection into Parquet shards; rerun the same command to resume.
@@ -464,7 +464,7 @@ def serve(
     provenance: bool = typer.Option(True, help="Report C2PA/EXIF provenance."),
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     precision: str = typer.Option(
-        "fp32", help="fp32, or bf16/fp16 autocast (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+        "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
     ),
     log_level: str = typer.Option("info"),
 ) -> None:

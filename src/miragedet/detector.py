@@ -6,6 +6,7 @@ rest of the batch is still scored.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import warnings
@@ -24,6 +25,7 @@ from .model import MiraGe
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -98,9 +100,15 @@ class Detector:
         model_id: str | None = None,
         draft: bool = True,
         precision: str = "fp32",
+        _owns_model: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision != "fp32":
+            # The frozen network in half precision, cast once: autocast would re-cast every
+            # frozen weight on every call (it caches casts only of weights that need gradients).
+            # A model handed in by the caller is copied first, never changed under their feet.
+            model = (model if _owns_model else copy.deepcopy(model)).to(_DTYPES[precision])
         self.model = model.eval()
         self.device = torch.device(device) if device else model.clip.logit_scale.device
         self.model.to(self.device)
@@ -109,8 +117,8 @@ class Detector:
         self.decode_threads = decode_threads
         self.preprocess = model.backbone.preprocess
         self.draft = draft
-        #: fp32, or bf16/fp16 autocast for the forward (bf16 on CPUs with AVX512-BF16/AMX,
-        #: either on CUDA); see docs/performance.md for what each costs and gains.
+        #: fp32, or the network in bf16/fp16 (bf16 on CPUs with AVX512-BF16/AMX, either on
+        #: CUDA); see docs/performance.md for what each costs and gains.
         self.precision = precision
         self.classes = model.classes
         self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
@@ -127,7 +135,7 @@ class Detector:
         if weights.is_file():
             digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         model_id = f"{Path(str(path_or_id)).name}@{digest or model.config.method}"
-        return cls(model, device=device, model_id=model_id, **kwargs)
+        return cls(model, device=device, model_id=model_id, _owns_model=True, **kwargs)
 
     def info(self) -> dict[str, Any]:
         """What is being served: id, method, classes, threshold, backbone, preprocessing."""
@@ -160,9 +168,7 @@ class Detector:
     @torch.inference_mode()
     def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, C) of an already preprocessed batch."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
+        return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
 
     def _predictions(
         self, sources: list[str], probs: np.ndarray, errors: dict[int, str]

@@ -199,7 +199,8 @@ class MiraGe(nn.Module):
         if self.head is not None:
             logits = self.head(image.to(self.head.weight.dtype))
         else:
-            logits = self.clip.logit_scale.exp() * image @ text.t()
+            # in fp32 even when the network runs in half precision: logit_scale is ~100
+            logits = self.clip.logit_scale.float().exp() * image.float() @ text.float().t()
         return MiraGeOutput(logits=logits.float(), image_embeds=image, text_embeds=text)
 
 

@@ -57,7 +57,7 @@ class ServerSettings:
     provenance: bool = True
     retry_after_s: int = 1
     backend: str = "torch"  # torch | onnx (the checkpoint's model.onnx, ONNX Runtime)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; torch backend)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (network cast once; torch backend)
 
 
 class ImageResult(BaseModel):
