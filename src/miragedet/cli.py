@@ -316,11 +316,11 @@ def detect(
     import sys
 
     from .detect import expand_inputs, run_detect
-    from .server import load_detector_for
+    from .detector import load_detector
     from .stability import Stability
 
     try:
-        detector = load_detector_for(
+        detector = load_detector(
             model,
             backend,
             threshold=threshold,

@@ -337,3 +337,16 @@ def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def load_detector(model: str, backend: str = "torch", **kwargs: Any) -> Detector:
+    """A Detector for a checkpoint, on PyTorch (``torch``) or on ONNX Runtime (``onnx``: the
+    checkpoint's model.onnx, see `miragedet export`)."""
+    if backend == "onnx":
+        from .export import OnnxDetector
+
+        kwargs.pop("device", None)
+        return OnnxDetector.from_pretrained(model, **kwargs)
+    if backend != "torch":
+        raise ValueError(f"backend must be torch or onnx, not {backend!r}")
+    return Detector.from_pretrained(model, **kwargs)

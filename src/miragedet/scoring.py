@@ -128,9 +128,9 @@ class Scorer:
         threads: int = 2,
         precision: str = "fp32",
     ) -> None:
-        from .server import load_detector_for
+        from .detector import load_detector
 
-        self.detector = load_detector_for(
+        self.detector = load_detector(
             model,
             backend,
             threshold=threshold,

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .data.dataset import ImageDecodeError, load_image
 from .detector import Detector
+from .detector import load_detector as load_detector_for
 from .stability import Stability
 
 STATIC = Path(__file__).parent / "static"
@@ -263,18 +264,6 @@ def _prepare(
 
 def _float(text: str | None) -> float | None:
     return float(text) if text else None
-
-
-def load_detector_for(model: str, backend: str = "torch", **kwargs: Any) -> Detector:
-    """A Detector for a checkpoint, on PyTorch or on ONNX Runtime (its model.onnx)."""
-    if backend == "onnx":
-        from .export import OnnxDetector
-
-        kwargs.pop("device", None)
-        return OnnxDetector.from_pretrained(model, **kwargs)
-    if backend != "torch":
-        raise ValueError(f"backend must be torch or onnx, not {backend!r}")
-    return Detector.from_pretrained(model, **kwargs)
 
 
 def create_app(
