@@ -67,8 +67,19 @@ def measure(name: str, paths: list[str], args: argparse.Namespace, tmp: Path) ->
     model = MiraGe(backbone, ModelConfig.for_method("zero-shot", template="a photo of a {}."))
     rows = []
     pixels = None
-    for label, draft in (("miragedet detect", True), ("miragedet detect (full decode)", False)):
-        detector = Detector(model, batch_size=args.batch, decode_threads=args.threads, draft=draft)
+    variants = [
+        ("miragedet detect --precision bf16", True, "bf16"),
+        ("miragedet detect", True, "fp32"),
+        ("miragedet detect (full decode)", False, "fp32"),  # last: its rows are compared below
+    ]
+    for label, draft, precision in variants:
+        detector = Detector(
+            model,
+            batch_size=args.batch,
+            decode_threads=args.threads,
+            draft=draft,
+            precision=precision,
+        )
         run_detect(detector, paths[: args.batch], output=tmp / "warm.jsonl", fmt="jsonl")
         start = time.perf_counter()
         run_detect(detector, paths, output=tmp / "detect.jsonl", fmt="jsonl")
