@@ -79,6 +79,10 @@ def test_manifests_and_bad_inputs(folder, tmp_path):
             list_inputs(str(tmp_path / "missing"))
         with pytest.raises(ScoringError, match="engine must be"):
             score_dataset(str(folder), tmp_path / "o", "ckpt", engine="spark")
+        # a checkpoint that cannot load is refused before any worker starts or anything is written
+        with pytest.raises(ValueError, match="does not exist"):
+            score_dataset(str(folder), tmp_path / "o", str(tmp_path / "no-ckpt"), engine="ray")
+        assert not (tmp_path / "o").exists()
     finally:
         for name in ("list.txt", "manifest.csv", "manifest.parquet"):
             (folder / name).unlink()

@@ -216,6 +216,22 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def _check_model(model: str, backend: str) -> None:
+    """Refuse a checkpoint that cannot load before any worker starts (the workers would retry
+    the failure on every actor, burying the reason under their logs)."""
+    from .checkpoint import _resolve, read_config
+
+    directory = _resolve(model)  # a hub id is downloaded here once; the workers reuse the cache
+    read_config(directory)
+    if backend == "onnx":
+        from .export import ONNX_NAME
+
+        if not (directory / ONNX_NAME).is_file():
+            raise ScoringError(
+                f"{model} has no {ONNX_NAME}; run `miragedet export --model {model}` first"
+            )
+
+
 def shard_path(output: Path, shard: int) -> Path:
     return output / f"part-{shard:05d}.parquet"
 
@@ -284,6 +300,7 @@ def score_dataset(
     if shard_size < 1 or batch_size < 1 or workers < 1:
         raise ScoringError("shard_size, batch_size and workers must be at least 1")
     output = Path(output)
+    _check_model(model, backend)
     paths = list(dict.fromkeys(list_inputs(source)))
     _plan(paths, shard_size, output, model)
     for stale in output.glob(".part-*.tmp"):  # a kill between write and rename
