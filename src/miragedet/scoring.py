@@ -308,14 +308,11 @@ def score_dataset(
     n_shards = (len(paths) + shard_size - 1) // shard_size
     pending = [s for s in range(n_shards) if not shard_path(output, s).is_file()]
     report = ScoreReport(output, len(paths), n_shards, n_shards - len(pending))
-    items = [
-        {"shard": s, "index": i, "path": paths[i]}
-        for s in pending
-        for i in range(s * shard_size, min((s + 1) * shard_size, len(paths)))
-    ]
-    expected = {s: min((s + 1) * shard_size, len(paths)) - s * shard_size for s in pending}
+    work = _work_table(paths, pending, shard_size)  # shard, index, path of what is left
+    del paths  # the listing now lives in Arrow buffers (a few tens of bytes per input)
+    expected = {s: min((s + 1) * shard_size, report.total) - s * shard_size for s in pending}
     if on_start is not None:
-        on_start(report, len(items))
+        on_start(report, work.num_rows)
     start = time.perf_counter()
     kwargs = dict(
         model=model,
@@ -326,9 +323,9 @@ def score_dataset(
         precision=precision,
     )
     batches = (
-        _ray_batches(items, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)
+        _ray_batches(work, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)
         if engine == "ray"
-        else _local_batches(items, kwargs, batch_size)
+        else _local_batches(work, kwargs, batch_size)
     )
     buffers: dict[int, dict[str, list[Any]]] = {}
     try:
@@ -354,19 +351,37 @@ def score_dataset(
     return report
 
 
+def _work_table(paths: list[str], pending: list[int], shard_size: int) -> Any:
+    """The inputs of the pending shards as an Arrow table (shard, index, path)."""
+    import pyarrow as pa
+
+    spans = [np.arange(s * shard_size, min((s + 1) * shard_size, len(paths))) for s in pending]
+    index = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
+    return pa.table(
+        {
+            "shard": pa.array(index // shard_size, pa.int64()),
+            "index": pa.array(index, pa.int64()),
+            "path": pa.array(paths, pa.string()).take(pa.array(index, pa.int64())),
+        }
+    )
+
+
+def _columns(table: Any) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
 def _local_batches(
-    items: list[dict[str, Any]], kwargs: dict[str, Any], batch_size: int
+    work: Any, kwargs: dict[str, Any], batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    if not items:
+    if not work.num_rows:
         return
     scorer = Scorer(**kwargs)
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        yield scorer({k: np.array([it[k] for it in chunk]) for k in ("shard", "index", "path")})
+    for i in range(0, work.num_rows, batch_size):
+        yield scorer(_columns(work.slice(i, batch_size)))
 
 
 def _ray_batches(
-    items: list[dict[str, Any]],
+    work: Any,
     kwargs: dict[str, Any],
     workers: int,
     batch_size: int,
@@ -374,7 +389,7 @@ def _ray_batches(
     gpus: float,
     address: str | None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    if not items:
+    if not work.num_rows:
         return
     try:
         import ray
@@ -402,7 +417,10 @@ def _ray_batches(
 
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
+        # blocks small enough that every actor gets work, large enough to keep them few
+        rows = max(batch_size, min(1024, -(-work.num_rows // (workers * 32))))
+        blocks = [work.slice(i, rows) for i in range(0, work.num_rows, rows)]
+        dataset = ray.data.from_arrow(blocks)
         scored = dataset.map_batches(
             Scorer,
             fn_constructor_kwargs=kwargs,
