@@ -78,10 +78,8 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
     vision = backbone.model.config.vision_config
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
     bound = tokens / (tokens + model.prompts.n_ctx)  # the extra tokens' share of the work
-    for label, dtype in variants:
-        bare, mirage = pair(lambda: bare_tower(model.clip, pixels), lambda: model(pixels), dtype)
-        if args.profile:
-            profile_forward(lambda: model(pixels), dtype, device, f"{name}, {label}")
+
+    def add(label: str, bare: float, mirage: float) -> None:
         rows.append(
             {
                 "backbone": name,
@@ -92,23 +90,19 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
                 "token_bound": bound,
             }
         )
+
+    for label, dtype in variants:
+        bare, mirage = pair(lambda: bare_tower(model.clip, pixels), lambda: model(pixels), dtype)
+        if args.profile:
+            profile_forward(lambda: model(pixels), dtype, device, f"{name}, {label}")
+        add(label, bare, mirage)
     halves = [("bf16 weights", torch.bfloat16)]
     if device.type == "cuda":
         halves.append(("fp16 weights", torch.float16))
     for label, dtype in halves:  # the network cast once, as `--precision bf16|fp16` does
         half = copy.deepcopy(model).to(dtype)
         x = pixels.to(dtype)
-        bare, mirage = pair(lambda h=half, x=x: bare_tower(h.clip, x), lambda h=half, x=x: h(x))
-        rows.append(
-            {
-                "backbone": name,
-                "precision": label,
-                "bare_ms_per_image": bare,
-                "mirage_ms_per_image": mirage,
-                "p1_ratio": bare / mirage,
-                "token_bound": bound,
-            }
-        )
+        add(label, *pair(lambda h=half, x=x: bare_tower(h.clip, x), lambda h=half, x=x: h(x)))
         del half
     if args.onnx and device.type == "cpu":
         from miragedet.export import OnnxDetector, export_checkpoint
@@ -119,17 +113,8 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
             onnx = OnnxDetector.from_pretrained(tmp)
             array = pixels.numpy()
             ort = timed(lambda: onnx.session.run(None, {"pixel_values": array}), args.repeats)
-        rows.append(
-            {
-                "backbone": name,
-                "precision": "onnxruntime fp32",
-                "bare_ms_per_image": rows[-len(variants) - len(halves)]["bare_ms_per_image"],
-                "mirage_ms_per_image": ort / args.batch * 1000,
-                "p1_ratio": rows[-len(variants) - len(halves)]["bare_ms_per_image"]
-                / (ort / args.batch * 1000),
-                "token_bound": bound,
-            }
-        )
+        # against the fp32 bare tower, this backbone's first row
+        add("onnxruntime fp32", rows[0]["bare_ms_per_image"], ort / args.batch * 1000)
     return rows
 
 

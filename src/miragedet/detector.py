@@ -156,7 +156,7 @@ class Detector:
     def draft_size(self) -> int | None:
         """JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least twice
         the model's resize target (see docs/performance.md for speed and score tolerance)."""
-        return 2 * self.preprocess.resize_shortest if getattr(self, "draft", False) else None
+        return 2 * self.preprocess.resize_shortest if self.draft else None
 
     def _prepare(self, item: ImageInput) -> torch.Tensor:
         return self.preprocess(to_image(item, draft_size=self.draft_size))

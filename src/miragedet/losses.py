@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .config import LossConfig
 
 
@@ -118,8 +119,6 @@ class MiraGeLoss(nn.Module):
         labels: torch.Tensor,
         update_bank: bool = True,
     ) -> LossOutput:
-        from . import distributed
-
         if distributed.active():
             return self._forward_distributed(logits, image_embeds, text_embeds, labels, update_bank)
         ce = F.cross_entropy(logits, labels)
@@ -152,11 +151,7 @@ class MiraGeLoss(nn.Module):
         divided by the global number of anchors. Gradients of the gathered embeddings flow back
         to the rank that owns them.
         """
-        import torch.distributed as dist
-
-        from . import distributed
-
-        rank = dist.get_rank()
+        rank = torch.distributed.get_rank()
         sizes = distributed.gathered_sizes(labels.shape[0], labels.device)
         total = sum(sizes)
         all_feats = distributed.interleave(

@@ -7,7 +7,9 @@ what goes in between: prompt tokens spliced into the sequence at layers 1..J.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,8 @@ from transformers.masking_utils import create_causal_mask
 from .backbone import Backbone
 from .config import ModelConfig
 from .prompts import PromptLearner
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -147,14 +151,22 @@ class MiraGe(nn.Module):
         Cached while the prompts are unchanged and no gradient is needed (inference).
         """
         params = self._text_params()
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        if _needs_grad(params):
             return self._encode_text()
+        return self._cached("_text_cache", params, self._encode_text)
+
+    def _cached(self, slot: str, params: list[nn.Parameter], compute: Callable[[], T]) -> T:
+        """``compute()`` kept in ``self.<slot>`` until one of ``params`` changes (their version
+        counters move on every in-place update: optimizer steps, loads) or the model is moved or
+        cast (device and dtype are part of the key)."""
         ref = self.clip.text_projection.weight
         key = (ref.device, ref.dtype, *(p._version for p in params), *(id(p) for p in params))
-        if self._text_cache is None or self._text_cache[0] != key:
+        cached = getattr(self, slot)
+        if cached is None or cached[0] != key:
             with torch.no_grad():
-                self._text_cache = (key, self._encode_text())
-        return self._text_cache[1]
+                cached = (key, compute())
+            setattr(self, slot, cached)
+        return cached[1]
 
     # -- vision tower ---------------------------------------------------------------------------
 
@@ -162,14 +174,15 @@ class MiraGe(nn.Module):
         """[F_1(P_1), ..., F_J(P_J)]: recomputed while training, cached (in fp32, outside any
         autocast) while the prompts and maps are unchanged and no gradient is needed."""
         params = list(self.prompts.parameters())
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        if _needs_grad(params):
             return self.prompts.vision_prompts()
-        ref = self.clip.text_projection.weight
-        key = (ref.device, ref.dtype, *(p._version for p in params), *(id(p) for p in params))
-        if self._vision_cache is None or self._vision_cache[0] != key:
-            with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
-                self._vision_cache = (key, self.prompts.vision_prompts())
-        return self._vision_cache[1]
+
+        def compute() -> list[torch.Tensor]:
+            device = self.clip.text_projection.weight.device
+            with torch.autocast(device.type, enabled=False):
+                return self.prompts.vision_prompts()
+
+        return self._cached("_vision_cache", params, compute)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings, (B, D), for a batch of preprocessed images (B, 3, S, S)."""
@@ -202,6 +215,10 @@ class MiraGe(nn.Module):
             # in fp32 even when the network runs in half precision: logit_scale is ~100
             logits = self.clip.logit_scale.float().exp() * image.float() @ text.float().t()
         return MiraGeOutput(logits=logits.float(), image_embeds=image, text_embeds=text)
+
+
+def _needs_grad(params: list[nn.Parameter]) -> bool:
+    return torch.is_grad_enabled() and any(p.requires_grad for p in params)
 
 
 def _expand(prompt: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
