@@ -103,7 +103,7 @@ def server(served_checkpoint):
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # a hang guard: readiness, not speed, ends the wait
     while time.time() < deadline:
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:

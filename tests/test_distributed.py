@@ -112,7 +112,7 @@ def _train(data, out, *extra):
     command = [sys.executable, "-m", "miragedet", "train", str(data), "-o", str(out)]
     command += ["--backbone", "tiny", "--batch-size", "16", "--epochs", "2", "--depth", "2"]
     command += ["--bank-size", "24", "--workers", "0", "--lr", "0.05", *extra]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -160,7 +160,7 @@ def test_a_rank_whose_share_is_all_unreadable_still_steps_with_the_others(tmp_pa
     command += ["--backbone", "tiny", "--batch-size", "2", "--epochs", "1", "--depth", "2"]
     command += ["--workers", "0", "--nproc", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "train_report.json").read_text())
     assert report["global_step"] == 8
