@@ -23,7 +23,7 @@ from miragedet import MiraGe, ModelConfig
 from miragedet.data.dataset import ImageDecodeError, load_image
 from miragedet.detector import Detector, to_image
 
-BOUND_S = 10.0  # no single file may take longer than this to be decoded or refused
+BOUND_S = 10.0  # CPU seconds: no single file may cost more to be decoded or refused
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +46,11 @@ def test_python_api_scores_or_refuses_every_file(corpus, tiny):
     detector = Detector(MiraGe(tiny, ModelConfig.for_method("mirage", depth=2)), batch_size=32)
     paths = sorted(files)
     slowest = 0.0
-    for path in paths:  # the decode path alone, file by file, timed
-        start = time.perf_counter()
+    for path in paths:  # the decode path alone, file by file, in CPU time (not the wall clock,
+        start = time.process_time()  # which a busy machine stretches)
         with contextlib.suppress(ImageDecodeError):
             to_image(str(path), draft_size=detector.draft_size)
-        slowest = max(slowest, time.perf_counter() - start)
+        slowest = max(slowest, time.process_time() - start)
     assert slowest < BOUND_S
     results = detector.score([str(p) for p in paths])  # batches mixing good and bad files
     assert [r.source for r in results] == [str(p) for p in paths]

@@ -1,8 +1,7 @@
-"""MiraGe learns a generator fingerprint on a frozen random tiny CLIP, within a CPU minute."""
+"""MiraGe learns a generator fingerprint on a frozen random tiny CLIP within 400 steps (the work
+is bounded by steps, never by the clock: the run time is a benchmark matter)."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ def test_mirage_learns_the_fingerprint(tiny, method):
     test_images, test_labels = make_set(200, size, SEEN, seed=2)
     model = MiraGe(tiny, ModelConfig.for_method(method, depth=2))
     loss_fn = MiraGeLoss(LossConfig.for_method(method, bank_size=256), dim=64)
-    start = time.perf_counter()
     before = binary_metrics(
         test_labels, predict_fake_prob(model, tiny.preprocess.batch(test_images)).numpy()
     )
@@ -36,11 +34,9 @@ def test_mirage_learns_the_fingerprint(tiny, method):
     after = binary_metrics(
         test_labels, predict_fake_prob(model, tiny.preprocess.batch(test_images)).numpy()
     )
-    elapsed = time.perf_counter() - start
     assert after["accuracy"] >= 0.90, after
     assert before["accuracy"] < 0.75  # untrained: near chance, so the gain is learned
     assert min(after["real_accuracy"], after["fake_accuracy"]) >= 0.8
     losses = np.array([r.loss for r in history])
     # The bank fills within the first 4 steps; after that the loss must fall.
     assert losses[-50:].mean() < losses[5:55].mean()
-    assert elapsed < 60
