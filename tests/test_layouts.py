@@ -116,8 +116,13 @@ def test_non_images_are_listed_at_listing_time(tmp_path):
     write_layout(tmp_path, "chameleon", n_per_class=3)
     (tmp_path / "0_real" / "notes.txt").write_text("not an image")
     (tmp_path / "1_fake" / ".DS_Store").write_text("hidden")
+    # an image is found by its content whatever its name says
+    first = sorted((tmp_path / "1_fake").glob("*.png"))[0]
+    (tmp_path / "1_fake" / "download").write_bytes(first.read_bytes())
     found = find_images(tmp_path)
-    assert len(found.samples) == 6
+    assert len(found.samples) == 7
+    assert str(tmp_path / "1_fake" / "download") in [s.path for s in found.samples]
     assert found.skipped == [
-        (str(tmp_path / "0_real" / "notes.txt"), "not an image file extension")
+        (str(tmp_path / "0_real" / "notes.txt"), "not an image"),
+        (str(tmp_path / "1_fake" / ".DS_Store"), "hidden"),
     ]

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .data.formats import summarize_skipped
 
 app = typer.Typer(
     add_completion=False,
@@ -311,11 +312,17 @@ def detect(
     exact_decode: bool = typer.Option(
         False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
     ),
+    list_skipped: bool = typer.Option(
+        False, help="Name each file of the folders not scored (not an image, video, hidden)."
+    ),
 ) -> None:
-    """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error."""
+    """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error.
+
+    Folders are walked for images by content (any extension or none); what else they hold is
+    counted in the summary and named with --list-skipped."""
     import sys
 
-    from .detect import expand_inputs, run_detect
+    from .detect import discover, run_detect
     from .detector import load_detector
     from .stability import Stability
 
@@ -330,10 +337,10 @@ def detect(
             precision=precision,
             draft=not exact_decode,
         )
-        paths = list(expand_inputs(inputs, sys.stdin))
+        found = discover(inputs, sys.stdin)
         counts = run_detect(
             detector,
-            paths,
+            found.paths,
             output=output,
             fmt=fmt,
             resume=resume,
@@ -348,9 +355,20 @@ def detect(
     err.print(
         f"{counts['scored']} scored, {counts['failed']} failed"
         + (f", {counts['skipped']} already in {output}" if counts["skipped"] else "")
+        + (f", {summarize_skipped(found.skipped)}" if found.skipped else ""),
+        highlight=False,
     )
+    _list_skipped(err, found.skipped, list_skipped)
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _list_skipped(err: Console, skipped: list[tuple[str, str]], requested: bool) -> None:
+    if requested:
+        for path, reason in skipped:
+            err.print(f"skipped  {escape(path)}: {reason}", highlight=False)
+    elif skipped:
+        err.print("[dim](--list-skipped names them)[/dim]")
 
 
 @app.command("score-dataset")
@@ -377,6 +395,9 @@ def score_dataset(
     device: str = typer.Option(None),
     precision: str = typer.Option(
         "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+    ),
+    list_skipped: bool = typer.Option(
+        False, help="Name each file of the input not scored (not an image, video, hidden)."
     ),
 ) -> None:
     """Score a large collection into Parquet shards; rerun the same command to resume.
@@ -439,7 +460,10 @@ def score_dataset(
         f"{report.scored} scored, {report.failed} failed, {report.total} inputs in "
         f"{report.shards} shards ({report.shards_done_before} done before) -> {output}"
         + (f"; {report.images_per_s:.1f} images/s" if report.scored + report.failed else "")
+        + (f"; {summarize_skipped(report.skipped)}" if report.skipped else ""),
+        highlight=False,
     )
+    _list_skipped(err, report.skipped, list_skipped)
     if report.failed:
         raise typer.Exit(1)
 

@@ -15,32 +15,43 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .data.layouts import IMAGE_EXTENSIONS
+from .data.formats import Found, walk
 from .detector import Detector, Prediction
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
 
-def expand_inputs(args: Iterable[str], stdin: IO[str] | None = None) -> Iterator[str]:
-    """Files as given; folders walked recursively for image files; globs expanded; ``-`` reads
-    one path per line from ``stdin``. A path that does not exist is passed on (it becomes an
-    error row)."""
+def discover(args: Iterable[str], stdin: IO[str] | None = None) -> Found:
+    """The inputs named by ``args``: files as given (whatever they are: a file that is not an
+    image becomes an error row); folders walked recursively for images by content (the rest of
+    their files listed in ``skipped`` with the reason); globs expanded; ``-`` reads one path per
+    line from ``stdin``, where a folder is walked like one on the command line."""
+    found = Found()
     for arg in args:
         if arg == "-":
-            if stdin is not None:
-                yield from (line.strip() for line in stdin if line.strip())
-            continue
-        path = Path(arg).expanduser()
-        if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                        yield str(Path(dirpath) / name)
-        elif not path.exists() and any(ch in arg for ch in "*?["):
-            yield from sorted(glob.glob(arg, recursive=True))
+            for line in stdin or ():
+                if line.strip():
+                    found.extend(_expand(line.strip(), globs=False))
         else:
-            yield str(path)
+            found.extend(_expand(arg, globs=True))
+    return found
+
+
+def _expand(arg: str, globs: bool) -> Found:
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        return walk(path)
+    if globs and not path.exists() and any(ch in arg for ch in "*?["):
+        found = Found()
+        for match in sorted(glob.glob(arg, recursive=True)):
+            found.extend(walk(match) if os.path.isdir(match) else Found([match]))
+        return found
+    return Found([str(path)])
+
+
+def expand_inputs(args: Iterable[str], stdin: IO[str] | None = None) -> Iterator[str]:
+    """The input paths of :func:`discover` (without what it skipped)."""
+    return iter(discover(args, stdin).paths)
 
 
 def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
@@ -50,6 +61,8 @@ def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
         "label": prediction.label,
         "threshold": prediction.threshold,
         "top_class": prediction.top_class,
+        "verdict": prediction.verdict,
+        "basis": prediction.basis,
     }
     if len(classes) > 2:
         row.update({f"p_{c}": prediction.probs.get(c) for c in classes})
@@ -132,11 +145,11 @@ class RowWriter:
                 f"{'-':>8}  [red]{'error':<9}[/red] {escape(row['path'])}: {escape(row['error'])}"
             )
         else:
-            color = {"fake": "red", "real": "green"}.get(row["label"], "yellow")
-            line = (
-                f"{row['fake_prob']:>8.4f}  [{color}]{row['label']:<9}[/{color}] "
-                f"{escape(row['path'])}"
-            )
+            shown = row.get("verdict") or row["label"]
+            color = {"fake": "red", "real": "green"}.get(shown, "yellow")
+            line = f"{row['fake_prob']:>8.4f}  [{color}]{shown:<9}[/{color}] {escape(row['path'])}"
+            if row.get("basis") not in (None, "pixels"):
+                line += f"  [bold]{escape(row['basis'])}[/bold] (pixels: {row['label']})"
             if any(c.startswith("p_") for c in self.columns):  # attribution: name the class
                 line += f"  ({escape(str(row['top_class']))})"
         if row.get("stability_reason"):

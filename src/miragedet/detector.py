@@ -44,6 +44,20 @@ class Prediction:
     #: With ``stability``: the scores of the re-deliveries, their spread and the reason for an
     #: "uncertain" label.
     stability: dict[str, Any] | None = None
+    #: The pixel label weighed with the metadata (see :func:`miragedet.provenance.combine`), and
+    #: what decided it: "pixels", or "declared (c2pa|xmp|parameters|exif)".
+    verdict: str | None = None
+    basis: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict is None and self.basis is None and self.label is not None:
+            self.verdict, self.basis = self.label, "pixels"
+
+    def set_provenance(self, provenance: dict[str, Any]) -> None:
+        from .provenance import combine
+
+        self.provenance = provenance
+        self.verdict, self.basis = combine(self.label, provenance)
 
     @property
     def ok(self) -> bool:
@@ -239,7 +253,7 @@ class Detector:
                 if provenance:
                     for prediction, item in zip(predictions, items, strict=True):
                         if prediction.ok:
-                            prediction.provenance = read_provenance(item)
+                            prediction.set_provenance(read_provenance(item))
                 yield from predictions
         finally:
             if pool is not None:
@@ -264,9 +278,9 @@ class Detector:
             )
             prediction.stability = report
             if report["uncertain"]:
-                prediction.label = "uncertain"
+                prediction.label = prediction.verdict = "uncertain"
             if provenance:
-                prediction.provenance = read_provenance(item)
+                prediction.set_provenance(read_provenance(item))
             yield prediction
 
     # -- public API -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Provenance read beside the pixel score: C2PA manifests (c2pa-python) and EXIF fields.
+"""Provenance read beside the pixel score: C2PA manifests (c2pa-python), generator parameters
+(:mod:`miragedet.generators`) and EXIF fields.
 
 It is reported next to the detector's probability and never replaces it: metadata is easy to
 strip or forge, pixels are what the detector judges.
@@ -6,19 +7,46 @@ strip or forge, pixels are what the detector judges.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 from typing import Any
 
 from PIL import Image
 
-#: IPTC digital source types that declare generative AI.
-AI_SOURCE_TYPES = (
-    "trainedAlgorithmicMedia",
-    "compositeWithTrainedAlgorithmicMedia",
-    "algorithmicMedia",
-)
+from . import generators
+from .data import formats
+
+formats.register()  # HEIF and JPEG XL files carry metadata too
+
+#: The IPTC Digital Source Type vocabulary (https://cv.iptc.org/newscodes/digitalsourcetype/),
+#: each term with what it tells. Only the two "trained" terms declare generative AI:
+#: ``algorithmicMedia`` is "created purely by an algorithm not based on any sampled training
+#: data" (a gradient, a fractal, a render), not generative AI.
+IPTC_SOURCE_TYPES = {
+    "trainedAlgorithmicMedia": "generative AI",
+    "compositeWithTrainedAlgorithmicMedia": "contains generative AI",
+    "algorithmicallyEnhanced": "edited by an algorithm",
+    "algorithmicMedia": "synthetic, not generative AI",
+    "compositeSynthetic": "synthetic composite",
+    "digitalArt": "digital art",
+    "virtualRecording": "virtual recording",
+    "dataDrivenMedia": "data-driven media",
+    "digitalCapture": "camera capture",
+    "computationalCapture": "camera capture (computational)",
+    "negativeFilm": "scan of film",
+    "positiveFilm": "scan of film",
+    "print": "scan of a print",
+    "screenCapture": "screen capture",
+    "compositeCapture": "composite of captures",
+    "composite": "composite",
+    "minorHumanEdits": "edited",
+    "humanEdits": "edited",
+    "digitalCreation": "digital creation",
+}
+AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia")
 #: Words in an EXIF Software/Make field that name a generative tool.
 AI_SOFTWARE = (
     "firefly",
@@ -72,16 +100,97 @@ def _read_bytes(item: Any) -> bytes | None:
     return None
 
 
-def read_exif(image: Image.Image) -> dict[str, str]:
+_AI_WORDS = re.compile(
+    r"(?<![\w])(" + "|".join(re.escape(w) for w in AI_SOFTWARE) + r")(?![\w])", re.IGNORECASE
+)
+
+
+def ai_tool_in(text: str) -> str | None:
+    """The generative tool named in ``text`` as a whole word ("Imagenomic" is not "imagen",
+    "Influx" is not "flux"), or None."""
+    match = _AI_WORDS.search(text)
+    return match.group(1) if match else None
+
+
+def _raw_exif(image: Image.Image) -> dict[int, Any]:
+    """IFD0 tags, and UserComment from the Exif IFD."""
     try:
         exif = image.getexif()
+        out = dict(exif.items())
+        with contextlib.suppress(Exception):
+            comment = exif.get_ifd(0x8769).get(0x9286)
+            if comment is not None:
+                out[0x9286] = comment
+        return out
     except Exception:
         return {}
+
+
+def read_exif(image: Image.Image, raw: dict[int, Any] | None = None) -> dict[str, str]:
+    """Make, Model, Software, DateTime, Artist as short text; a field holding a generator's JSON
+    (ComfyUI's WebP writes its graphs into Make and Model) is left out: it is parsed by
+    :mod:`miragedet.generators`, never shown raw."""
+    raw = _raw_exif(image) if raw is None else raw
     out = {}
     for tag, name in _EXIF_TAGS.items():
-        value = exif.get(tag)
+        value = raw.get(tag)
         if value:
-            out[name] = str(value).strip("\x00 ").strip()
+            text = str(value).strip("\x00 ").strip()
+            if text and not generators.is_blob(text):
+                out[name] = text[:120]
+    return out
+
+
+_IPTC_EXT = "{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}"
+_XMP_NS = "{http://ns.adobe.com/xap/1.0/}"
+_XMP_FIELDS = {
+    _IPTC_EXT + "DigitalSourceType": "digital_source_type",
+    _IPTC_EXT + "AISystemUsed": "ai_system",  # IPTC Photo Metadata 2025.1 AI fields
+    _IPTC_EXT + "AISystemVersionUsed": "ai_system_version",
+    _XMP_NS + "CreatorTool": "creator_tool",
+}
+MAX_XMP = 4_000_000
+
+
+def read_xmp(image: Image.Image) -> dict[str, Any]:
+    """IPTC digital source type, IPTC AI-system fields and CreatorTool from an image's XMP packet
+    (JPEG APP1, PNG iTXt ``XML:com.adobe.xmp``, WebP, HEIF), parsed with defusedxml: XMP is
+    attacker-controlled, so entity declarations (billion laughs) and external references are
+    refused, and a packet over 4 MB is not parsed."""
+    packet = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    if not packet:
+        return {}
+    if len(packet) > MAX_XMP:
+        return {"error": f"XMP packet of {len(packet)} bytes not parsed (limit {MAX_XMP})"}
+    from defusedxml import ElementTree
+    from defusedxml.common import DefusedXmlException
+
+    if isinstance(packet, str):
+        packet = packet.encode("utf-8", "replace")
+    if b"<!DOCTYPE" in packet or b"<!ENTITY" in packet:  # XMP never needs a DTD (ISO 16684-1)
+        return {"error": "XMP refused: it declares a DTD or entities"}
+    start, end = packet.find(b"<x:xmpmeta"), packet.rfind(b"</x:xmpmeta>")
+    body = packet[start : end + len(b"</x:xmpmeta>")] if 0 <= start < end else packet
+    try:
+        root = ElementTree.fromstring(body, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        return {"error": f"XMP refused: {type(exc).__name__}"}
+    except Exception as exc:  # malformed XML
+        return {"error": f"XMP not parsed: {str(exc)[:120]}"}
+    out: dict[str, Any] = {}
+    for element in root.iter():
+        for key, value in [*element.attrib.items(), (element.tag, element.text)]:
+            name = _XMP_FIELDS.get(key)
+            if name and isinstance(value, str) and value.strip() and name not in out:
+                out[name] = value.strip()[:200]
+        if element.tag == _IPTC_EXT + "DigitalSourceType" and "digital_source_type" not in out:
+            text = " ".join(t.strip() for t in element.itertext() if t.strip())
+            if text:
+                out["digital_source_type"] = text[:200]
+    term = out.get("digital_source_type", "").rsplit("/", 1)[-1]
+    if term:
+        out["source_claim"] = IPTC_SOURCE_TYPES.get(term, f"unknown ({term})")
+        out["declares_ai"] = term in AI_SOURCE_TYPES
     return out
 
 
@@ -109,13 +218,15 @@ def read_c2pa(data: bytes, image_format: str | None) -> dict[str, Any]:
             for action in assertion.get("data", {}).get("actions", []):
                 if action.get("digitalSourceType"):
                     source_types.append(action["digitalSourceType"])
-    declares_ai = any(t.rsplit("/", 1)[-1] in AI_SOURCE_TYPES for t in source_types)
+    terms = [str(t).rsplit("/", 1)[-1] for t in source_types]
+    declares_ai = any(t in AI_SOURCE_TYPES for t in terms)
     signer = manifest.get("signature_info", {})
     return {
         "checked": True,
         "present": True,
         "claim_generator": ", ".join(generators) or manifest.get("claim_generator"),
         "digital_source_types": source_types,
+        "source_claims": [IPTC_SOURCE_TYPES.get(t, f"unknown ({t})") for t in terms],
         "declares_ai": declares_ai,
         "signed_by": signer.get("issuer") or signer.get("common_name"),
         "validation_state": report.get("validation_state"),
@@ -124,7 +235,8 @@ def read_c2pa(data: bytes, image_format: str | None) -> dict[str, Any]:
 
 
 def read_provenance(item: Any) -> dict[str, Any]:
-    """C2PA and EXIF provenance of an input (path, bytes or Pillow image), with a summary."""
+    """C2PA, generator parameters and EXIF of an input (path, bytes or Pillow image), with a
+    one-line summary (never raw JSON)."""
     data = _read_bytes(item)
     image = item if isinstance(item, Image.Image) else None
     if image is None and data is not None:
@@ -132,15 +244,23 @@ def read_provenance(item: Any) -> dict[str, Any]:
             image = Image.open(io.BytesIO(data))
         except Exception:
             image = None
-    exif = read_exif(image) if image is not None else {}
+    raw = _raw_exif(image) if image is not None else {}
+    exif = read_exif(image, raw) if image is not None else {}
+    xmp = read_xmp(image) if image is not None else {}
+    try:
+        params = generators.read(dict(image.info), raw) if image is not None else []
+    except Exception as exc:  # a reader tripping over hostile metadata: say so, keep going
+        params = [{"source": "parameters", "error": f"{type(exc).__name__}: {exc}"[:200]}]
     fmt = image.format if image is not None else None
     c2pa_info = (
         read_c2pa(data, fmt)
         if data is not None
         else {"checked": False, "reason": "no file bytes (decoded image or array input)"}
     )
-    software = " ".join(exif.get(k, "") for k in ("software", "make", "model")).lower()
-    ai_software = next((w for w in AI_SOFTWARE if w in software), None)
+    software = " ".join(exif.get(k, "") for k in ("software", "make", "model"))
+    ai_software = ai_tool_in(software)
+    xmp_tool = ai_tool_in(" ".join(xmp.get(k, "") for k in ("creator_tool", "ai_system")))
+    declared = [p for p in params if p.get("tool")]
     if c2pa_info.get("present") and c2pa_info.get("declares_ai"):
         state = c2pa_info.get("validation_state") or "unknown"
         if "signingCredential.untrusted" in c2pa_info.get("validation_codes", []):
@@ -149,17 +269,78 @@ def read_provenance(item: Any) -> dict[str, Any]:
             f"C2PA manifest declares AI generation ({c2pa_info['claim_generator']}; "
             f"signature {state})"
         )
+    elif xmp.get("declares_ai"):
+        named = xmp.get("ai_system") or xmp.get("creator_tool")
+        summary = f"XMP declares {xmp['source_claim']}" + (f" ({named})" if named else "")
+    elif declared:
+        first = declared[0]
+        details = ", ".join(
+            f"{k} {v}" for k, v in first.get("details", {}).items() if k != "prompt"
+        )[:160]
+        summary = (
+            f"generator parameters from {first['tool']}"
+            + (f": {first['generator']}" if first.get("generator") else "")
+            + (f" ({details})" if details else "")
+        )
     elif c2pa_info.get("present"):
-        summary = f"C2PA manifest by {c2pa_info['claim_generator']}, no AI declaration"
+        claims = ", ".join(dict.fromkeys(c2pa_info.get("source_claims", [])))
+        summary = f"C2PA manifest by {c2pa_info['claim_generator']}, no AI declaration" + (
+            f" (source: {claims})" if claims else ""
+        )
     elif ai_software:
         summary = f"EXIF names a generative tool: {exif.get('software') or exif.get('make')}"
+    elif xmp_tool:
+        summary = f"XMP names a generative tool: {xmp.get('ai_system') or xmp['creator_tool']}"
+    elif xmp.get("source_claim"):
+        summary = f"XMP source: {xmp['source_claim']}"
     elif exif:
         summary = "EXIF: " + ", ".join(f"{k} {v}" for k, v in exif.items())
     else:
         summary = "no provenance metadata (no C2PA manifest, no camera or software EXIF)"
     return {
         "c2pa": c2pa_info,
+        "parameters": params,
+        "xmp": xmp,
         "exif": exif,
-        "declares_ai": bool(c2pa_info.get("declares_ai")) or ai_software is not None,
+        "declares_ai": bool(
+            c2pa_info.get("declares_ai")
+            or xmp.get("declares_ai")
+            or declared
+            or ai_software
+            or xmp_tool
+        ),
         "summary": summary,
     }
+
+
+def declared_basis(provenance: dict[str, Any] | None) -> str | None:
+    """Which declaration of generative AI the metadata holds, strongest first, or None:
+    "declared (c2pa)", "declared (xmp)", "declared (parameters)", "declared (exif)"."""
+    if not provenance:
+        return None
+    xmp = provenance.get("xmp") or {}
+    exif = provenance.get("exif") or {}
+    checks = [
+        ("c2pa", bool((provenance.get("c2pa") or {}).get("declares_ai"))),
+        ("xmp", bool(xmp.get("declares_ai"))),
+        ("parameters", any(p.get("tool") for p in provenance.get("parameters") or [])),
+        ("exif", ai_tool_in(" ".join(exif.get(k, "") for k in ("software", "make", "model")))),
+        ("xmp", ai_tool_in(" ".join(xmp.get(k, "") for k in ("creator_tool", "ai_system")))),
+    ]
+    return next((f"declared ({name})" for name, hit in checks if hit), None)
+
+
+def combine(label: str | None, provenance: dict[str, Any] | None) -> tuple[str | None, str]:
+    """One verdict from the pixel label and the metadata, and its basis.
+
+    A declaration of generative AI (C2PA, XMP, generator parameters, a generative tool named in
+    EXIF) makes the verdict "fake" whatever the pixels say: such metadata is written by the tools
+    themselves and nobody adds it to a real photo by accident, while stripping it is trivial, so
+    its presence is strong evidence and its absence none. Metadata claiming a camera never turns a
+    pixel "fake" into "real" (it is easy to forge in that direction); only a valid C2PA capture
+    claim from a signer on the user's own trust list could, and miragedet does not yet check
+    signers against a trust list, so the pixels decide."""
+    basis = declared_basis(provenance)
+    if basis is not None and label is not None:
+        return "fake", basis
+    return label, "pixels"

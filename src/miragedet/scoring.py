@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.layouts import IMAGE_EXTENSIONS
+from .data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, Found, walk
 
 PLAN_NAME = "_plan.json"
 COLUMNS = ("path", "fake_prob", "label", "top_class", "threshold", "error")
@@ -45,16 +45,22 @@ def _is_uri(text: str) -> bool:
 
 
 def list_inputs(source: str) -> list[str]:
-    """The image paths of a folder (recursive, sorted), a manifest (.csv/.parquet/.jsonl with a
-    ``path`` column; relative paths are relative to the manifest), a .txt list (one per line),
-    or a storage URI that ``pyarrow.fs`` can list (``s3://``, ``gs://``, ``hdfs://``, ...)."""
+    """The image paths of :func:`discover_inputs` (without what it skipped)."""
+    return discover_inputs(source).paths
+
+
+def discover_inputs(source: str) -> Found:
+    """The image paths of a folder (recursive, sorted, images found by content like `detect`),
+    a manifest (.csv/.parquet/.jsonl with a ``path`` column; relative paths are relative to the
+    manifest), a .txt list (one per line), or a storage URI that ``pyarrow.fs`` can list
+    (``s3://``, ``gs://``, ``hdfs://``, ...; objects are judged by their names there, since
+    reading the head of each would cost a request per object). What a folder or bucket holds
+    besides images is in ``skipped``, with the reason."""
     if _is_uri(source):
         return _list_uri(source)
     path = Path(source).expanduser()
     if path.is_dir():
-        from .detect import expand_inputs
-
-        return list(expand_inputs([str(path)]))
+        return walk(path)
     if not path.is_file():
         raise ScoringError(f"{source}: no such folder or manifest")
     suffix = path.suffix.lower()
@@ -67,7 +73,7 @@ def list_inputs(source: str) -> list[str]:
             f"{source}: expected a folder, a .csv/.parquet/.jsonl manifest with a 'path' column, "
             "a .txt list of paths or a storage URI"
         )
-    return [e if _is_uri(e) or os.path.isabs(e) else str(path.parent / e) for e in entries]
+    return Found([e if _is_uri(e) or os.path.isabs(e) else str(path.parent / e) for e in entries])
 
 
 def _manifest_paths(path: Path) -> list[str]:
@@ -89,18 +95,20 @@ def _manifest_paths(path: Path) -> list[str]:
     return [str(p) for p in table.column("path").to_pylist() if p]
 
 
-def _list_uri(uri: str) -> list[str]:
+def _list_uri(uri: str) -> Found:
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(uri)
     scheme = uri.split("://", 1)[0]
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
-    return sorted(
-        f"{scheme}://{info.path}"
-        for info in infos
-        if info.type == pyarrow.fs.FileType.File
-        and Path(info.path).suffix.lower() in IMAGE_EXTENSIONS
-    )
+    files = sorted(f"{scheme}://{i.path}" for i in infos if i.type == pyarrow.fs.FileType.File)
+    found = Found()
+    for name in files:
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            found.paths.append(name)
+        else:
+            found.skipped.append((name, NOT_IMAGE))
+    return found
 
 
 def read_input(path: str) -> Any:
@@ -183,6 +191,7 @@ class ScoreReport:
     failed: int = 0
     seconds: float = 0.0
     written: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # not images, with the reason
 
     @property
     def images_per_s(self) -> float:
@@ -301,13 +310,15 @@ def score_dataset(
         raise ScoringError("shard_size, batch_size and workers must be at least 1")
     output = Path(output)
     _check_model(model, backend)
-    paths = list(dict.fromkeys(list_inputs(source)))
+    found = discover_inputs(source)
+    paths = list(dict.fromkeys(found.paths))
     _plan(paths, shard_size, output, model)
     for stale in output.glob(".part-*.tmp"):  # a kill between write and rename
         stale.unlink()
     n_shards = (len(paths) + shard_size - 1) // shard_size
     pending = [s for s in range(n_shards) if not shard_path(output, s).is_file()]
     report = ScoreReport(output, len(paths), n_shards, n_shards - len(pending))
+    report.skipped = found.skipped
     work = _work_table(paths, pending, shard_size)  # shard, index, path of what is left
     del paths  # the listing now lives in Arrow buffers (a few tens of bytes per input)
     expected = {s: min((s + 1) * shard_size, report.total) - s * shard_size for s in pending}

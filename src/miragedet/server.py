@@ -32,13 +32,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from . import __version__
+from .data import formats
 from .data.dataset import ImageDecodeError, load_image
 from .detector import Detector
 from .detector import load_detector as load_detector_for
 from .stability import Stability
 
 STATIC = Path(__file__).parent / "static"
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
+ALLOWED_FORMATS = formats.ACCEPTED  # one table with the decoder and the web page
 STATUS_OF_KIND = {"format": 415, "size": 413, "corrupt": 422, "missing": 422}
 
 
@@ -71,6 +72,13 @@ class ImageResult(BaseModel):
     probs: dict[str, float] = {}
     model_id: str
     provenance: dict[str, Any] | None = None
+    verdict: str | None = Field(
+        None,
+        description='The label weighed with the metadata: "fake" when it declares generative AI',
+    )
+    basis: str | None = Field(
+        None, description='"pixels", or "declared (c2pa|xmp|parameters|exif)"'
+    )
     stability: dict[str, Any] | None = Field(
         None,
         description="With ?stability=true: scores of the re-deliveries and the reason "
@@ -238,14 +246,18 @@ def _prepare(
 
     With ``stability`` the list holds the image as given and then each re-delivery."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format
+        fmt = formats.sniff(formats.read_head(data))
+        if fmt is None:  # no signature we know: ask Pillow what it is (TGA, PPM, ...)
+            with Image.open(io.BytesIO(data)) as probe:
+                fmt = probe.format
+        if fmt == "VIDEO":
+            return None, 415, "video is not supported: send frames as images"
         if fmt not in ALLOWED_FORMATS:
             return (
                 None,
                 415,
                 f"unsupported image format {fmt}; send one of "
-                + ", ".join(sorted(ALLOWED_FORMATS - {"MPO"})),
+                + ", ".join(f.title for f in formats.FORMATS),
             )
         # re-deliveries (stability) start from the exact decode; plain scoring may draft JPEGs
         draft = None if stability else detector.draft_size
@@ -472,10 +484,12 @@ def create_app(
                     result.stability = report
                     if report["uncertain"]:
                         result.label = "uncertain"
+                result.verdict, result.basis = result.label, "pixels"
                 if settings.provenance:
-                    from .provenance import read_provenance
+                    from .provenance import combine, read_provenance
 
                     result.provenance = await asyncio.to_thread(read_provenance, data)
+                    result.verdict, result.basis = combine(result.label, result.provenance)
             metrics.images.labels("scored" if i in by_index else "error").inc()
             results.append(result)
         body = DetectResponse(results=results).model_dump()

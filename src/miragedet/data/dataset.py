@@ -6,13 +6,17 @@ import io
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from . import formats
 from .layouts import Sample
+
+formats.register()
 
 #: Images above this many pixels are refused (decompression bombs); 2 x 89.5 MP by default.
 MAX_PIXELS = 179_000_000
@@ -35,31 +39,18 @@ def load_image(
     max_pixels: int = MAX_PIXELS,
     draft_size: int | None = None,
 ) -> Image.Image:
-    """Open an image as RGB: EXIF orientation applied, first frame of animations, 16-bit scaled.
+    """Open an image as people see it, in RGB: EXIF orientation applied, the embedded ICC profile
+    converted to sRGB, the first frame of animations, 16-bit scaled; HEIC/HEIF, AVIF, JPEG XL and
+    camera RAW/DNG through the decoders of :mod:`miragedet.data.formats`.
 
     ``draft_size`` lets the JPEG decoder reduce scale while decoding (never below that size),
-    which is much faster for large photos. Raises :class:`ImageDecodeError` with a readable
-    reason for anything that is not a decodable image.
+    which is much faster for large photos (RAW: LibRaw's half size). Raises
+    :class:`ImageDecodeError` with a readable reason for anything that is not a decodable image.
     """
     try:
-        if isinstance(source, Image.Image):
-            image = source
-        else:
-            stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(stream)
-            w, h = image.size
-            if w * h > max_pixels:
-                raise ImageDecodeError(
-                    f"image too large: {w}x{h} pixels (limit {max_pixels})", "size"
-                )
-            if w == 0 or h == 0:
-                raise ImageDecodeError(f"image has no pixels ({w}x{h})")
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-        image = ImageOps.exif_transpose(image)
+        image = source if isinstance(source, Image.Image) else _open(source, max_pixels, draft_size)
+        icc = image.info.get("icc_profile")
+        image = formats.to_srgb(ImageOps.exif_transpose(image), icc)
         return _to_rgb(image)
     except ImageDecodeError:
         raise
@@ -69,8 +60,64 @@ def load_image(
         raise ImageDecodeError("not a recognised image format", "format") from exc
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"file not found: {exc.filename}", "missing") from exc
+    except IsADirectoryError as exc:
+        raise ImageDecodeError(f"is a folder, not an image: {exc.filename}", "format") from exc
     except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
+    except Exception as exc:  # plugin decoders (libjxl, libheif, LibRaw) raise their own types
+        raise ImageDecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from exc
+
+
+def _open(source: str | os.PathLike | bytes, max_pixels: int, draft_size: int | None):
+    """Decode ``source`` (path or bytes), choosing the decoder by the file's signature."""
+    kind = formats.sniff(formats.read_head(source))
+    if kind == "VIDEO":
+        raise ImageDecodeError(
+            "video is not supported: save the frames to check as images", "format"
+        )
+    if kind is not None and (missing := formats.missing_decoder(kind)):
+        raise ImageDecodeError(missing, "format")
+    named_raw = not isinstance(source, bytes | bytearray) and (
+        Path(source).suffix.lower() in formats.RAW_EXTENSIONS
+    )
+    if kind == "RAW" or (kind in (None, "TIFF") and named_raw):
+        return formats.decode_raw(_readable(source), max_pixels, draft_size)
+    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+    except Image.UnidentifiedImageError:
+        if kind != "TIFF":
+            raise
+        # TIFF-structured but no TIFF Pillow reads: a RAW whose first IFD holds the sensor data
+        if missing := formats.missing_decoder("RAW"):
+            raise ImageDecodeError(
+                f"a TIFF-based file Pillow cannot read; if it is a camera RAW: {missing}", "format"
+            ) from None
+        return formats.decode_raw(_readable(source), max_pixels, draft_size)
+    if image.format == "TIFF" and formats.looks_like_raw_tiff(image):
+        # a DNG or TIFF-based RAW: Pillow would give the small preview of its first IFD
+        if missing := formats.missing_decoder("RAW"):
+            raise ImageDecodeError(missing, "format")
+        try:
+            return formats.decode_raw(_readable(source), max_pixels, draft_size)
+        except ImageDecodeError as exc:
+            if exc.kind != "format":
+                raise  # an ordinary TIFF whose first IFD is flagged reduced: Pillow reads it
+    w, h = image.size
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"image too large: {w}x{h} pixels (limit {max_pixels})", "size")
+    if w == 0 or h == 0:
+        raise ImageDecodeError(f"image has no pixels ({w}x{h})")
+    if draft_size and image.format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
+    image.load()
+    return image
+
+
+def _readable(source: str | os.PathLike | bytes) -> bytes | str:
+    return source if isinstance(source, bytes | bytearray) else os.fspath(source)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

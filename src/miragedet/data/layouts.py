@@ -8,8 +8,10 @@
 | generic | `<root>/<class>/*` | one class per folder |
 | manifest | a CSV or JSONL file with `path,label[,subset]` | label as name or index |
 
-Only file names are read here (no image is opened), so listing a million files is quick;
-unreadable images are found, skipped and reported when they are decoded.
+Files with an image extension are taken on their name; any other file is recognised by its content
+(see :mod:`miragedet.data.formats`), so listing a million files stays quick and an image without
+(or with a wrong) extension is still found. Unreadable images are found, skipped and reported when
+they are decoded; everything else is listed in ``skipped`` with its reason.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".ppm"}
-)
+from .formats import IMAGE_EXTENSIONS, classify, walk
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "LayoutError", "Sample", "detect_layout", "find_images"]
+
 LAYOUTS = ("auto", "genimage", "ufd", "chameleon", "generic", "manifest")
 LAYOUT_HELP = {
     "genimage": "<root>/<subset>/{train,val}/{ai,nature}/*",
@@ -80,18 +83,9 @@ class ImageSet:
 
 
 def _list_files(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith("."):
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(path)
-            else:
-                skipped.append((str(path), "not an image file extension"))
-    return files
+    found = walk(folder)
+    skipped += found.skipped
+    return [Path(p) for p in found.paths]
 
 
 def _dirs(path: Path) -> list[Path]:
@@ -132,7 +126,10 @@ def detect_layout(root: str | os.PathLike) -> str:
     ):
         return "ufd"
     if level1 and any(
-        p.suffix.lower() in IMAGE_EXTENSIONS for d in level1 for p in d.iterdir() if p.is_file()
+        classify(p) == "image"
+        for d in level1
+        for p in d.iterdir()
+        if p.is_file() and not p.name.startswith(".")
     ):
         return "generic"
     raise LayoutError(
@@ -298,8 +295,5 @@ def _manifest(root: Path, split: str | None, classes: list[str] | None) -> Image
     for row, label in zip(rows, labels, strict=True):
         path = Path(row["path"])
         path = path if path.is_absolute() else root.parent / path
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append((str(path), "not an image file extension"))
-            continue
         samples.append(Sample(str(path), label, str(row.get("subset") or root.stem)))
     return ImageSet(root, "manifest", order, samples, skipped)

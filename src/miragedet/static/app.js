@@ -44,6 +44,12 @@ function card(file, result) {
   bar.innerHTML = `<div style="width:${pct}%"></div><span class="mark" style="left:${(100 * result.threshold).toFixed(1)}%"></span>`;
   bar.title = `p(AI) ${pct}% · threshold ${(100 * result.threshold).toFixed(1)}%`;
   el.appendChild(bar);
+  if (result.basis && result.basis.startsWith("declared")) {
+    const badge = document.createElement("div");
+    badge.className = "badge declared";
+    badge.textContent = `AI-generated: metadata ${result.basis}`;
+    el.appendChild(badge);
+  }
   if (result.provenance) {
     const prov = document.createElement("div");
     prov.className = "prov";

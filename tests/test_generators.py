@@ -1,0 +1,256 @@
+"""Provenance from what real generators write: files built the way each tool saves them."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from miragedet.generators import parse_a1111, user_comment
+from miragedet.provenance import ai_tool_in, read_provenance
+
+IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+A1111 = (
+    "a lighthouse at dusk, oil painting\n"
+    "Negative prompt: blurry, lowres\n"
+    "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1234567, Size: 832x1216, "
+    'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Lora hashes: "detail: 0a1b2c", '
+    "Version: v1.10.1"
+)
+# ComfyUI's API graph as its SaveImage node writes it (json.dumps of {id: {inputs, class_type}})
+COMFY_PROMPT = {
+    "4": {
+        "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"},
+        "class_type": "CheckpointLoaderSimple",
+    },
+    "10": {
+        "inputs": {"lora_name": "film-grain.safetensors", "strength_model": 0.8},
+        "class_type": "LoraLoader",
+    },
+    "3": {
+        "inputs": {
+            "seed": 42,
+            "steps": 20,
+            "cfg": 1.0,
+            "sampler_name": "euler",
+            "model": ["10", 0],
+        },
+        "class_type": "KSampler",
+    },
+    "9": {"inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}, "class_type": "SaveImage"},
+}
+COMFY_WORKFLOW = {"last_node_id": 9, "nodes": [{"id": 4, "type": "CheckpointLoaderSimple"}]}
+
+
+def _image() -> Image.Image:
+    return Image.new("RGB", (48, 32), (90, 120, 150))
+
+
+def _png(info: PngInfo | None = None) -> bytes:
+    buf = io.BytesIO()
+    _image().save(buf, "PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def _save(fmt: str, exif: Image.Exif) -> bytes:
+    buf = io.BytesIO()
+    _image().save(buf, fmt, exif=exif)
+    return buf.getvalue()
+
+
+def test_a1111_png_parameters_name_the_model_and_settings():
+    info = PngInfo()
+    info.add_text("parameters", A1111)
+    result = read_provenance(_png(info))
+    assert result["declares_ai"]
+    [signal] = result["parameters"]
+    assert signal["tool"] == "AUTOMATIC1111/Forge" and signal["generator"] == "sd_xl_base_1.0"
+    assert (
+        signal["details"]["Seed"] == "1234567" and signal["details"]["Sampler"] == "DPM++ 2M Karras"
+    )
+    assert signal["details"]["prompt"] == "a lighthouse at dusk, oil painting"
+    assert result["summary"].startswith(
+        "generator parameters from AUTOMATIC1111/Forge: sd_xl_base_1.0"
+    )
+    assert "{" not in result["summary"] and "Negative" not in result["summary"]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_a1111_exif_user_comment_on_jpeg_and_webp(fmt):
+    exif = Image.Exif()
+    # as A1111 writes it with piexif.helper.UserComment.dump(text, encoding="unicode")
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + A1111.encode("utf-16-be")
+    result = read_provenance(_save(fmt, exif))
+    assert [s["tool"] for s in result["parameters"]] == ["AUTOMATIC1111/Forge"]
+    assert result["parameters"][0]["generator"] == "sd_xl_base_1.0" and result["declares_ai"]
+
+
+def test_comfyui_png_chunks_and_webp_exif_name_the_checkpoint_without_dumping_json():
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(COMFY_PROMPT))
+    info.add_text("workflow", json.dumps(COMFY_WORKFLOW))
+    exif = Image.Exif()  # ComfyUI's animated-WebP form: Model = prompt, Make = workflow
+    exif[0x0110] = "prompt:" + json.dumps(COMFY_PROMPT)
+    exif[0x010F] = "workflow:" + json.dumps(COMFY_WORKFLOW)
+    for data in (_png(info), _save("WEBP", exif)):
+        result = read_provenance(data)
+        [signal] = result["parameters"]
+        assert signal["tool"] == "ComfyUI"
+        assert signal["generator"] == "flux1-dev-fp8.safetensors, film-grain.safetensors (LoRA)"
+        assert signal["details"] == {"sampler": "euler", "steps": 20, "seed": 42}
+        assert result["declares_ai"] and "{" not in result["summary"]
+        assert result["summary"].startswith("generator parameters from ComfyUI: flux1-dev-fp8")
+        assert "make" not in result["exif"] and "model" not in result["exif"]  # not shown raw
+
+
+@pytest.mark.parametrize(
+    "software, tool",
+    [
+        ("Imagenomic Portraiture 3", None),
+        ("Influx Studio", None),
+        ("Adobe Photoshop 25.0 (Macintosh)", None),
+        ("Adobe Firefly", "Firefly"),
+        ("FLUX.1 [dev]", "FLUX"),
+        ("Made with Midjourney", "Midjourney"),
+    ],
+)
+def test_generative_tool_words_match_whole_words_only(software, tool):
+    assert ai_tool_in(software) == tool
+    exif = Image.Exif()
+    exif[0x0131] = software
+    assert read_provenance(_save("JPEG", exif))["declares_ai"] is (tool is not None)
+
+
+@pytest.mark.parametrize(
+    "term, declares, claim",
+    [
+        ("trainedAlgorithmicMedia", True, "generative AI"),
+        ("compositeWithTrainedAlgorithmicMedia", True, "contains generative AI"),
+        ("algorithmicMedia", False, "synthetic, not generative AI"),
+        ("digitalCapture", False, "camera capture"),
+    ],
+)
+def test_c2pa_source_types_follow_the_iptc_vocabulary(term, declares, claim):
+    pytest.importorskip("c2pa")
+    from signing import sign_jpeg
+
+    buf = io.BytesIO()
+    _image().save(buf, "JPEG")
+    result = read_provenance(sign_jpeg(buf.getvalue(), source_type=IPTC + term))
+    assert result["c2pa"]["declares_ai"] is declares and result["declares_ai"] is declares
+    assert result["c2pa"]["source_claims"] == [claim]
+    if not declares:
+        assert claim in result["summary"] and "AI generation" not in result["summary"]
+
+
+def test_stripped_copies_and_hostile_metadata_give_no_claim_and_no_hang():
+    stripped = _png()
+    assert read_provenance(stripped)["parameters"] == []
+    hostile = PngInfo()
+    hostile.add_text("parameters", "Steps: 1, " + "x" * 10_000_000)  # 10 MB text chunk
+    hostile.add_text("prompt", '{"4": {"inputs": ')  # truncated JSON
+    hostile.add_itxt("workflow", "[1, 2")
+    start = time.process_time()
+    result = read_provenance(_png(hostile))
+    assert time.process_time() - start < 30  # CPU seconds: a bound on work, generous for any CPU
+    assert result["parameters"] == [] and not result["declares_ai"]
+    assert parse_a1111("just a caption") is None
+    # EXIF UserComment bytes that are not valid UTF-16 still decode to text, never raise
+    assert isinstance(user_comment(b"UNICODE\0\xd8\x00\xd8"), str)
+    exif = Image.Exif()
+    exif[0x0110] = "prompt:{not json"
+    exif[0x010F] = "workflow:" + "[" * 100_000  # nesting bomb
+    result = read_provenance(_save("WEBP", exif))
+    assert result["parameters"] == [] and "{" not in result["summary"]
+
+
+def _xmp(term: str, tool: str = "Some Editor 2.0") -> str:
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+        'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+        'xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        f'xmp:CreatorTool="{tool}"><Iptc4xmpExt:DigitalSourceType>{IPTC}{term}'
+        "</Iptc4xmpExt:DigitalSourceType></rdf:Description></rdf:RDF></x:xmpmeta>"
+        '<?xpacket end="w"?>'
+    )
+
+
+def _with_xmp(fmt: str, packet: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        info = PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", packet)
+        _image().save(buf, "PNG", pnginfo=info)
+    else:
+        _image().save(buf, fmt, xmp=packet.encode())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "HEIF"])
+@pytest.mark.parametrize(
+    "term, declares",
+    [
+        ("trainedAlgorithmicMedia", True),
+        ("compositeWithTrainedAlgorithmicMedia", True),
+        ("algorithmicMedia", False),
+        ("digitalCapture", False),
+    ],
+)
+def test_xmp_digital_source_type_in_every_container(fmt, term, declares):
+    if fmt == "HEIF":
+        pytest.importorskip("pillow_heif")
+    result = read_provenance(_with_xmp(fmt, _xmp(term)))
+    assert result["xmp"]["digital_source_type"] == IPTC + term
+    assert result["xmp"]["declares_ai"] is declares and result["declares_ai"] is declares
+    assert result["xmp"]["creator_tool"] == "Some Editor 2.0"
+
+
+def test_xmp_entity_expansion_is_refused_and_the_pixels_still_score(served_checkpoint):
+    from miragedet.detector import Detector
+
+    bomb = (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        + "".join(f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, 10))
+        + "]>"
+        + _xmp("trainedAlgorithmicMedia").replace("Some Editor 2.0", "&lol9;")
+    ).replace('<!ENTITY lol1 "&lol0;', '<!ENTITY lol1 "&lol;')
+    data = _with_xmp("JPEG", bomb)
+    result = read_provenance(data)
+    assert result["xmp"]["error"].startswith("XMP refused") and not result["declares_ai"]
+    [prediction] = Detector.from_pretrained(served_checkpoint).score([data], provenance=True)
+    assert prediction.fake_prob is not None and prediction.basis == "pixels"
+
+
+def test_declared_metadata_decides_the_verdict_and_says_why(served_checkpoint, tmp_path):
+    from miragedet.detector import Detector
+
+    info = PngInfo()
+    info.add_text("parameters", A1111)
+    files = {
+        "a1111.png": _png(info),
+        "xmp.jpg": _with_xmp("JPEG", _xmp("trainedAlgorithmicMedia")),
+        "algorithmic.jpg": _with_xmp("JPEG", _xmp("algorithmicMedia")),
+        "stripped.png": _png(),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    detector = Detector.from_pretrained(served_checkpoint, threshold=0.999)  # pixels: all "real"
+    got = {
+        p.source.rsplit("/", 1)[-1]: p
+        for p in detector.score(sorted(str(p) for p in tmp_path.iterdir()), provenance=True)
+    }
+    assert {n: (p.label, p.verdict, p.basis) for n, p in got.items()} == {
+        "a1111.png": ("real", "fake", "declared (parameters)"),
+        "xmp.jpg": ("real", "fake", "declared (xmp)"),
+        "algorithmic.jpg": ("real", "real", "pixels"),
+        "stripped.png": ("real", "real", "pixels"),
+    }
+    # without provenance the verdict is the pixels' label
+    [plain] = detector.score([str(tmp_path / "a1111.png")])
+    assert (plain.verdict, plain.basis) == ("real", "pixels")
