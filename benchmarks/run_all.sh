@@ -17,6 +17,7 @@ run bench_train --backbones tiny,vit-b-32,vit-l-14 --batch 8
 run bench_pipeline --backbones tiny,vit-b-32 --images 32
 run bench_decode --backbone vit-b-32 --images 32
 run bench_formats --backbone vit-b-32 --sizes 1,4,12
+run bench_provenance --backbone vit-b-32 --images 16
 run bench_memory --images 100000
 run bench_scoring --backbone vit-b-32 --images 512 --workers 1,2
 run bench_stability --backbones tiny,vit-b-32

@@ -81,12 +81,27 @@ def throwaway_chain() -> tuple[bytes, bytes]:
     return chain, key_pem
 
 
-def sign_jpeg(jpeg: bytes, source_type: str = AI, generator: str = "test-generator") -> bytes:
+def root_of(chain: bytes) -> bytes:
+    """The CA certificate (last PEM block) of a chain from :func:`throwaway_chain`."""
+    blocks = [b for b in chain.split(b"-----END CERTIFICATE-----") if b.strip()]
+    return blocks[-1].strip() + b"\n-----END CERTIFICATE-----\n"
+
+
+def sign_jpeg(
+    jpeg: bytes,
+    source_type: str = AI,
+    generator: str = "test-generator",
+    chain: tuple[bytes, bytes] | None = None,
+    ingredient: bytes | None = None,
+) -> bytes:
+    """``jpeg`` with a signed C2PA manifest. With ``ingredient`` (a signed JPEG) the manifest
+    records an edit of that parent (c2pa.opened + c2pa.color_adjustments) instead of a creation
+    with ``source_type``."""
     import c2pa
 
-    chain, key_pem = throwaway_chain()
+    chain_pem, key_pem = chain or throwaway_chain()
     signer = c2pa.Signer.from_info(
-        c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, key_pem, None)
+        c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain_pem, key_pem, None)
     )
     manifest = {
         "claim_generator_info": [{"name": generator, "version": "1.0"}],
@@ -98,6 +113,18 @@ def sign_jpeg(jpeg: bytes, source_type: str = AI, generator: str = "test-generat
             }
         ],
     }
+    builder = c2pa.Builder(manifest)
+    if ingredient is not None:
+        manifest["assertions"][0]["data"]["actions"] = [
+            {"action": "c2pa.opened", "parameters": {"ingredientIds": ["parent"]}},
+            {"action": "c2pa.color_adjustments"},
+        ]
+        builder = c2pa.Builder(manifest)
+        builder.add_ingredient(
+            {"title": "original.jpg", "relationship": "parentOf", "label": "parent"},
+            "image/jpeg",
+            io.BytesIO(ingredient),
+        )
     out = io.BytesIO()
-    c2pa.Builder(manifest).sign(signer, "image/jpeg", io.BytesIO(jpeg), out)
+    builder.sign(signer, "image/jpeg", io.BytesIO(jpeg), out)
     return out.getvalue()

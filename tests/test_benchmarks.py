@@ -20,6 +20,7 @@ CASES = {
     "bench_memory.py": ["--images", "1200", "--distinct", "8"],
     "bench_stability.py": ["--backbones", "tiny", "--images", "2", "--repeats", "1"],
     "bench_formats.py": ["--backbone", "tiny", "--sizes", "1", "--repeats", "1"],
+    "bench_provenance.py": ["--backbone", "tiny", "--sizes", "1", "--images", "2"],
 }
 
 

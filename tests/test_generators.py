@@ -254,3 +254,143 @@ def test_declared_metadata_decides_the_verdict_and_says_why(served_checkpoint, t
     # without provenance the verdict is the pixels' label
     [plain] = detector.score([str(tmp_path / "a1111.png")])
     assert (plain.verdict, plain.basis) == ("real", "pixels")
+
+
+def _jpeg(color=(90, 120, 150)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), color).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_c2pa_edit_of_an_ai_image_keeps_the_claim_through_its_ingredient():
+    pytest.importorskip("c2pa")
+    from signing import sign_jpeg
+
+    original = sign_jpeg(_jpeg(), source_type=IPTC + "trainedAlgorithmicMedia")
+    edited = sign_jpeg(_jpeg((60, 60, 60)), ingredient=original, generator="Photo Editor")
+    result = read_provenance(edited)
+    assert result["c2pa"]["digital_source_types"] == []  # the edit itself claims nothing
+    assert result["c2pa"]["ingredients_declaring_ai"] == ["original.jpg"]
+    assert result["declares_ai"] and "ingredient declaring AI generation" in result["summary"]
+    # an edit of a camera capture does not
+    capture = sign_jpeg(_jpeg(), source_type=IPTC + "digitalCapture")
+    assert not read_provenance(sign_jpeg(_jpeg(), ingredient=capture))["declares_ai"]
+
+
+def test_a_trusted_capture_claim_overrules_the_pixels_and_an_untrusted_one_does_not(
+    served_checkpoint, tmp_path
+):
+    pytest.importorskip("c2pa")
+    from miragedet.detector import Detector
+    from miragedet.provenance import load_trust_anchors
+    from signing import root_of, sign_jpeg, throwaway_chain
+
+    chain = throwaway_chain()
+    photo = sign_jpeg(_jpeg(), source_type=IPTC + "digitalCapture", chain=chain)
+    detector = Detector.from_pretrained(served_checkpoint, threshold=0.0)  # pixels: all "fake"
+    [untrusted] = detector.score([photo], provenance=True)
+    assert untrusted.provenance["c2pa"]["validation_state"] == "Valid"
+    assert (untrusted.label, untrusted.verdict, untrusted.basis) == ("fake", "fake", "pixels")
+    (tmp_path / "trust.pem").write_bytes(root_of(chain[0]))
+    detector.trust_anchors = load_trust_anchors(tmp_path / "trust.pem")
+    [trusted] = detector.score([photo], provenance=True)
+    assert trusted.provenance["c2pa"]["validation_state"] == "Trusted"
+    assert (trusted.label, trusted.verdict) == ("fake", "real")
+    assert trusted.basis == "declared (c2pa capture, trusted signer)"
+    # another signer's capture claim is not on the list: the pixels decide
+    other = sign_jpeg(_jpeg(), source_type=IPTC + "digitalCapture")
+    [stranger] = detector.score([other], provenance=True)
+    assert (stranger.verdict, stranger.basis) == ("fake", "pixels")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        (tmp_path / "empty.pem").write_text("nothing")
+        load_trust_anchors(tmp_path / "empty.pem")
+
+
+def test_a_damaged_c2pa_manifest_is_a_signal_error_and_the_pixels_still_score(served_checkpoint):
+    pytest.importorskip("c2pa")
+    from miragedet.detector import Detector
+    from signing import sign_jpeg
+
+    signed = bytearray(sign_jpeg(_jpeg()))
+    at = signed.find(b"jumb")
+    signed[at + 40 : at + 240] = b"\x00" * 200  # inside the manifest store (JUMBF boxes)
+    [prediction] = Detector.from_pretrained(served_checkpoint).score(
+        [bytes(signed)], provenance=True
+    )
+    assert prediction.fake_prob is not None
+    c2pa_info = prediction.provenance["c2pa"]
+    assert c2pa_info.get("error") or c2pa_info.get("validation_state") != "Valid"
+    assert prediction.basis == "pixels"
+
+
+def _sdxl_marked(order: str = "rgb") -> Image.Image:
+    """A 1024 x 1024 image (SDXL's native size) watermarked as SDXL pipelines do: the
+    invisible-watermark encoder with the 48-bit message, dwtDct, on the RGB array (diffusers) or
+    a BGR one (Stability's scripts). At 512 px JPEG 90 left 81% of the bits: under the bar."""
+    import numpy as np
+    from imwatermark import WatermarkEncoder
+
+    from miragedet.watermark import SDXL_BITS
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(small).resize((1024, 1024), Image.Resampling.BICUBIC))
+    encoder = WatermarkEncoder()
+    encoder.set_watermark("bits", SDXL_BITS)
+    array = base if order == "rgb" else base[:, :, ::-1]
+    marked = encoder.encode(np.ascontiguousarray(array), "dwtDct")
+    return Image.fromarray(marked if order == "rgb" else marked[:, :, ::-1]), Image.fromarray(base)
+
+
+@pytest.mark.parametrize("order", ["rgb", "bgr"])
+def test_sdxl_invisible_watermark_is_found_and_survives_jpeg_90(order, served_checkpoint):
+    pytest.importorskip("imwatermark")
+    from miragedet.detector import Detector
+
+    marked, clean = _sdxl_marked(order)
+    png = io.BytesIO()
+    marked.save(png, "PNG")
+    jpeg = io.BytesIO()
+    marked.save(jpeg, "JPEG", quality=90)
+    plain = io.BytesIO()
+    clean.save(plain, "PNG")
+    detector = Detector.from_pretrained(served_checkpoint, threshold=0.999)  # pixels: "real"
+    detector.watermarks = True
+    got = detector.score([png.getvalue(), jpeg.getvalue(), plain.getvalue()], provenance=True)
+    for p in got[:2]:
+        assert p.provenance["watermark"]["generator"] == "Stable Diffusion XL"
+        assert p.provenance["watermark"]["bit_match"] >= 0.92
+        assert (p.verdict, p.basis) == ("fake", "declared (watermark)")
+        assert p.provenance["summary"].startswith("invisible watermark of Stable Diffusion XL")
+    assert got[2].provenance["watermark"]["found"] is False
+    assert got[2].provenance["watermark"]["bit_match"] < 0.92
+    assert (got[2].verdict, got[2].basis) == ("real", "pixels")
+    # off by default; small images are not applicable
+    assert "watermark" not in read_provenance(png.getvalue())
+    small = read_provenance(_png(), watermarks=True)["watermark"]
+    assert small == {"checked": False, "reason": "image smaller than 256 x 256: not applicable"}
+
+
+def test_evaluate_counts_what_metadata_decides_per_subset(served_checkpoint, tmp_path):
+    from miragedet import load_pretrained
+    from miragedet.evaluate import evaluate_dataset
+
+    info = PngInfo()
+    info.add_text("parameters", A1111)
+    for cls, count in (("real", 6), ("fake", 6)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(count):
+            buf = io.BytesIO()
+            tagged = cls == "fake" and i < 4  # 4 of the 6 fakes keep their generator's metadata
+            Image.new("RGB", (32, 32), (10 * i, 90, 40)).save(
+                buf, "PNG", pnginfo=info if tagged else None
+            )
+            (tmp_path / "data" / cls / f"{i}.png").write_bytes(buf.getvalue())
+    model = load_pretrained(served_checkpoint)
+    metrics = evaluate_dataset(
+        model, tmp_path / "data", tmp_path / "eval", workers=0, threshold=1.0
+    )
+    meta = metrics["metadata"]["all"]
+    assert (meta["n"], meta["decided"], meta["decided_fake"]) == (12, 4, 4)
+    assert meta["accuracy_pixels"] == 0.5  # threshold 1.0: the pixels call everything real
+    assert meta["accuracy_combined"] == 10 / 12

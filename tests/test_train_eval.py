@@ -54,6 +54,11 @@ def test_train_then_evaluate_metrics_match_sklearn_on_saved_scores(genimage, tmp
         broken.unlink()
     assert list(metrics["clean"]) == ["grid-2", "grid-2-faint", "mean"]
     assert any(p.endswith("broken.jpg") for p, _ in metrics["skipped"])
+    # synthetic files carry no metadata: nothing is decided by it, accuracy is the pixels'
+    meta = metrics["metadata"]
+    assert meta["all"]["n"] == 256 and meta["all"]["decided"] == 0
+    assert meta["grid-2"]["accuracy_combined"] == meta["grid-2"]["accuracy_pixels"]
+    assert "## Metadata" in (tmp_path / "eval" / "report.md").read_text()
     samples, probs, errors = read_scores_csv(tmp_path / "eval" / "scores.csv")
     assert len(samples) == 257 and list(errors.values()) == ["not a recognised image format"]
     ok = ~np.isnan(probs[:, 0])

@@ -286,7 +286,19 @@ def detect(
     fmt: str = typer.Option("table", "--format", "-f", help="table|json|jsonl|csv"),
     output: Path = typer.Option(None, "--output", "-o", help="Write rows here (streamed)."),
     resume: bool = typer.Option(False, help="Skip inputs already in --output; append the rest."),
-    provenance: bool = typer.Option(False, help="Also report C2PA and EXIF provenance."),
+    provenance: bool = typer.Option(
+        True,
+        help="Also read C2PA, XMP, generator parameters and EXIF; a declaration of generative "
+        "AI decides the verdict (basis column).",
+    ),
+    trust_anchors: Path = typer.Option(
+        None,
+        help="PEM file of C2PA signers you trust: their valid camera-capture claims may "
+        "overrule a 'fake' pixel label.",
+    ),
+    watermarks: bool = typer.Option(
+        False, help="Also look for generators' invisible watermarks (SDXL, SD 1.x; slower)."
+    ),
     stability: bool = typer.Option(
         False,
         help="Also score re-deliveries (thumbnails, JPEG "
@@ -337,6 +349,11 @@ def detect(
             precision=precision,
             draft=not exact_decode,
         )
+        if trust_anchors is not None:
+            from .provenance import load_trust_anchors
+
+            detector.trust_anchors = load_trust_anchors(trust_anchors)
+        detector.watermarks = watermarks
         found = discover(inputs, sys.stdin)
         counts = run_detect(
             detector,
@@ -485,7 +502,13 @@ def serve(
     cors: str = typer.Option(None, help="Comma-separated allowed origins."),
     threshold: float = typer.Option(None),
     device: str = typer.Option(None),
-    provenance: bool = typer.Option(True, help="Report C2PA/EXIF provenance."),
+    provenance: bool = typer.Option(
+        True, help="Report C2PA, XMP, generator parameters and EXIF; weigh them in the verdict."
+    ),
+    trust_anchors: Path = typer.Option(
+        None, help="PEM file of trusted C2PA signers (see detect --help)."
+    ),
+    watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     precision: str = typer.Option(
         "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
@@ -509,11 +532,22 @@ def serve(
         threshold=threshold,
         device=device,
         provenance=provenance,
+        trust_anchors=_trust(trust_anchors),
+        watermarks=watermarks,
         backend=backend,
         precision=precision,
     )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
     run_server(settings, host=host, port=port, log_level=log_level)
+
+
+def _trust(path: Path | None) -> str | None:
+    from .provenance import load_trust_anchors
+
+    try:
+        return load_trust_anchors(path) if path is not None else None
+    except (OSError, ValueError) as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()

@@ -154,7 +154,7 @@ class RowWriter:
                 line += f"  ({escape(str(row['top_class']))})"
         if row.get("stability_reason"):
             line += f"\n{'':>18}[yellow]{escape(row['stability_reason'])}[/yellow]"
-        if row.get("provenance"):
+        if row.get("provenance") and not row["provenance"].startswith("no provenance metadata"):
             line += f"\n{'':>18}[dim]{escape(row['provenance'])}[/dim]"
         self.console.print(line, soft_wrap=True)
 

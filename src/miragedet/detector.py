@@ -104,6 +104,13 @@ def to_image(
 class Detector:
     """Score images with a trained MiraGe checkpoint (scikit-learn-like ``predict`` API)."""
 
+    #: PEM certificates of the C2PA signers the user trusts (``--trust-anchors``), used with
+    #: ``provenance=True``: a valid capture claim by one of them may overrule a "fake" pixel label.
+    trust_anchors: str | None = None
+    #: With ``provenance=True``, also look for the invisible watermarks open generators embed
+    #: (:mod:`miragedet.watermark`; costs a full decode and tens of ms per megapixel).
+    watermarks: bool = False
+
     def __init__(
         self,
         model: MiraGe,
@@ -253,7 +260,9 @@ class Detector:
                 if provenance:
                     for prediction, item in zip(predictions, items, strict=True):
                         if prediction.ok:
-                            prediction.set_provenance(read_provenance(item))
+                            prediction.set_provenance(
+                                read_provenance(item, self.trust_anchors, self.watermarks)
+                            )
                 yield from predictions
         finally:
             if pool is not None:
@@ -280,7 +289,9 @@ class Detector:
             if report["uncertain"]:
                 prediction.label = prediction.verdict = "uncertain"
             if provenance:
-                prediction.set_provenance(read_provenance(item))
+                prediction.set_provenance(
+                    read_provenance(item, self.trust_anchors, self.watermarks)
+                )
             yield prediction
 
     # -- public API -----------------------------------------------------------------------------

@@ -202,6 +202,37 @@ def read_scores_csv(path: str | os.PathLike) -> tuple[list[Sample], np.ndarray, 
     return samples, probs.reshape(len(rows), len(prob_cols)), errors
 
 
+def metadata_table(scores: Scores, threshold: float) -> dict[str, dict[str, float]]:
+    """Per subset (and overall): how many images their metadata alone decides (a declaration of
+    generative AI: C2PA, XMP, generator parameters, a generative tool in EXIF), how many of those
+    are in fact fake, and accuracy with the pixels alone and with the combined verdict
+    (:func:`miragedet.provenance.combine`). Most benchmark sets have their metadata stripped, so
+    "decided" is often 0 there: that is the honest figure, not a failure."""
+    from .provenance import declared_basis, read_provenance
+
+    ok, labels, subsets = scores.ok, scores.labels, scores.subsets
+    declared = np.array(
+        [bool(k) and declared_basis(read_provenance(s.path)) is not None
+         for s, k in zip(scores.samples, ok, strict=True)]
+    )  # fmt: skip
+    pixels = (scores.fake_prob >= threshold).astype(int)
+    combined = np.where(declared, 1, pixels)
+    out: dict[str, dict[str, float]] = {}
+    for subset in [*dict.fromkeys(subsets.tolist()), "all"]:
+        mask = ok & ((subsets == subset) if subset != "all" else True)
+        n = int(mask.sum())
+        out[subset] = {
+            "n": n,
+            "decided": int(declared[mask].sum()),
+            "decided_fake": int((declared & (labels >= 1))[mask].sum()),
+            "accuracy_pixels": float((pixels[mask] == (labels[mask] >= 1)).mean()) if n else 0.0,
+            "accuracy_combined": float((combined[mask] == (labels[mask] >= 1)).mean())
+            if n
+            else 0.0,
+        }
+    return out
+
+
 def markdown_table(
     table: dict[str, dict[str, float]],
     title: str | None = None,
@@ -476,6 +507,7 @@ def evaluate_dataset(
         else:
             add_flip_rates(tables[name], clean_scores, scores, threshold)
     assert clean_scores is not None
+    metadata = metadata_table(clean_scores, threshold) if len(classes) == 2 else None
     paper = paper_rows(protocol, list(tables["clean"])) if protocol else None
     title = f"{model.config.method} on {Path(data).name} (threshold {threshold:g})"
     report = ["# Evaluation report", "", markdown_table(tables["clean"], title, paper)]
@@ -488,6 +520,24 @@ def evaluate_dataset(
             "If accuracy falls here, the detector was reading the file format, not the generator.",
             "",
             robustness_table({"clean": tables["clean"], aligned_name: tables[aligned_name]}),
+            "",
+        ]
+    if metadata is not None:
+        report += [
+            "## Metadata",
+            "",
+            "Images whose metadata declares generative AI (C2PA, XMP, generator parameters, a "
+            "generative tool in EXIF) are called fake whatever the pixels say; "
+            "`miragedet detect` does the same (the `basis` column).",
+            "",
+            "| subset | n | decided by metadata | of them fake | accuracy, pixels | "
+            "accuracy, combined |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            *[
+                f"| {k} | {v['n']} | {v['decided']} | {v['decided_fake']} | "
+                f"{100 * v['accuracy_pixels']:.1f} | {100 * v['accuracy_combined']:.1f} |"
+                for k, v in metadata.items()
+            ],
             "",
         ]
     if degraded:
@@ -528,6 +578,7 @@ def evaluate_dataset(
         "aligned": {"name": aligned_name, "table": tables[aligned_name]} if aligned_name else None,
         "paper": paper,
         "protocol": protocol,
+        "metadata": metadata,
         "skipped": [(p, r) for p, r in image_set.skipped]
         + [(clean_scores.samples[i].path, e) for i, e in clean_scores.errors.items()],
     }

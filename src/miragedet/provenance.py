@@ -113,9 +113,16 @@ def ai_tool_in(text: str) -> str | None:
 
 
 def _raw_exif(image: Image.Image) -> dict[int, Any]:
-    """IFD0 tags, and UserComment from the Exif IFD."""
+    """IFD0 tags, and UserComment from the Exif IFD. A PNG's eXIf chunk is read only when it
+    precedes the pixels (as writers put it): Pillow's ``getexif`` would decode the whole image to
+    look for one after them."""
     try:
-        exif = image.getexif()
+        if image.format == "PNG":
+            exif = Image.Exif()
+            if isinstance(image.info.get("exif"), bytes):
+                exif.load(image.info["exif"])
+        else:
+            exif = image.getexif()
         out = dict(exif.items())
         with contextlib.suppress(Exception):
             comment = exif.get_ifd(0x8769).get(0x9286)
@@ -194,49 +201,105 @@ def read_xmp(image: Image.Image) -> dict[str, Any]:
     return out
 
 
-def read_c2pa(data: bytes, image_format: str | None) -> dict[str, Any]:
-    """The active C2PA manifest's claim generator, AI declaration and validation state."""
+_CONTEXTS: dict[str, Any] = {}
+
+
+def _context(trust_anchors: str | None) -> Any:
+    """A c2pa Context that checks signers against ``trust_anchors`` (PEM text), cached."""
+    if not trust_anchors:
+        return None
+    import c2pa
+
+    if trust_anchors not in _CONTEXTS:
+        settings = c2pa.Settings.from_dict(
+            {"trust": {"trust_anchors": trust_anchors}, "verify": {"verify_trust": True}}
+        )
+        _CONTEXTS[trust_anchors] = c2pa.Context(settings)
+    return _CONTEXTS[trust_anchors]
+
+
+def load_trust_anchors(path: str | os.PathLike) -> str:
+    """The PEM certificates of a trust list file (what ``--trust-anchors`` reads)."""
+    text = open(path, encoding="ascii", errors="replace").read()  # noqa: SIM115 (read at once)
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"{path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
+    return text
+
+
+def _source_types(manifest: dict[str, Any]) -> list[str]:
+    types = []
+    for assertion in manifest.get("assertions", []):
+        if str(assertion.get("label", "")).startswith("c2pa.actions"):
+            for action in (assertion.get("data") or {}).get("actions", []) or []:
+                if isinstance(action, dict) and action.get("digitalSourceType"):
+                    types.append(str(action["digitalSourceType"]).rsplit("/", 1)[-1])
+    return types
+
+
+def read_c2pa(
+    data: bytes, image_format: str | None, trust_anchors: str | None = None
+) -> dict[str, Any]:
+    """The active C2PA manifest: claim generator, IPTC source types and what they declare,
+    validation state (``Trusted`` when the signer chains to ``trust_anchors``), and the AI claims
+    of its ingredients, followed down the ingredient tree (an AI image that was later edited keeps
+    its AI claim in the ingredient's manifest)."""
     try:
         import c2pa
     except ImportError:
         return {"checked": False, "reason": "c2pa-python is not installed"}
     mime = _MIME.get(image_format or "", "image/jpeg")
     try:
-        report = json.loads(c2pa.Reader(mime, io.BytesIO(data)).json())
+        reader = c2pa.Reader(mime, io.BytesIO(data), context=_context(trust_anchors))
+        report = json.loads(reader.json())
     except Exception as exc:
         if "ManifestNotFound" in type(exc).__name__ or "ManifestNotFound" in str(exc):
             return {"checked": True, "present": False}
         return {"checked": True, "present": False, "error": str(exc)[:200]}
-    manifest = report.get("manifests", {}).get(report.get("active_manifest"), {})
-    generators = [
+    manifests = report.get("manifests") or {}
+    manifest = manifests.get(report.get("active_manifest"), {})
+    generators_ = [
         g.get("name", "") + (f" {g['version']}" if g.get("version") else "")
         for g in manifest.get("claim_generator_info", [])
     ]
-    source_types = []
-    for assertion in manifest.get("assertions", []):
-        if str(assertion.get("label", "")).startswith("c2pa.actions"):
-            for action in assertion.get("data", {}).get("actions", []):
-                if action.get("digitalSourceType"):
-                    source_types.append(action["digitalSourceType"])
-    terms = [str(t).rsplit("/", 1)[-1] for t in source_types]
-    declares_ai = any(t in AI_SOURCE_TYPES for t in terms)
+    terms = _source_types(manifest)
+    ingredient_ai = []
+    seen = {report.get("active_manifest")}
+    stack = [(manifest, 0)]
+    while stack:  # the ingredient tree, each manifest once, 16 levels at most
+        current, depth = stack.pop()
+        for ingredient in current.get("ingredients", []) or []:
+            label = ingredient.get("active_manifest")
+            if not label or label in seen or label not in manifests or depth >= 16:
+                continue
+            seen.add(label)
+            child = manifests[label]
+            if any(t in AI_SOURCE_TYPES for t in _source_types(child)):
+                ingredient_ai.append(str(ingredient.get("title") or label))
+            stack.append((child, depth + 1))
     signer = manifest.get("signature_info", {})
+    state = report.get("validation_state")
     return {
         "checked": True,
         "present": True,
-        "claim_generator": ", ".join(generators) or manifest.get("claim_generator"),
-        "digital_source_types": source_types,
+        "claim_generator": ", ".join(generators_) or manifest.get("claim_generator"),
+        "digital_source_types": terms,
         "source_claims": [IPTC_SOURCE_TYPES.get(t, f"unknown ({t})") for t in terms],
-        "declares_ai": declares_ai,
+        "ingredients_declaring_ai": ingredient_ai,
+        "declares_ai": any(t in AI_SOURCE_TYPES for t in terms) or bool(ingredient_ai),
+        "trusted_capture": state == "Trusted"
+        and any(t in ("digitalCapture", "computationalCapture") for t in terms),
         "signed_by": signer.get("issuer") or signer.get("common_name"),
-        "validation_state": report.get("validation_state"),
+        "validation_state": state,
         "validation_codes": [s.get("code") for s in report.get("validation_status", [])],
     }
 
 
-def read_provenance(item: Any) -> dict[str, Any]:
-    """C2PA, generator parameters and EXIF of an input (path, bytes or Pillow image), with a
-    one-line summary (never raw JSON)."""
+def read_provenance(
+    item: Any, trust_anchors: str | None = None, watermarks: bool = False
+) -> dict[str, Any]:
+    """C2PA, XMP, generator parameters, EXIF and (with ``watermarks``) invisible generator
+    watermarks of an input (path, bytes or Pillow image), with a one-line summary (never raw
+    JSON)."""
     data = _read_bytes(item)
     image = item if isinstance(item, Image.Image) else None
     if image is None and data is not None:
@@ -252,8 +315,9 @@ def read_provenance(item: Any) -> dict[str, Any]:
     except Exception as exc:  # a reader tripping over hostile metadata: say so, keep going
         params = [{"source": "parameters", "error": f"{type(exc).__name__}: {exc}"[:200]}]
     fmt = image.format if image is not None else None
+    marks = _watermarks(item, image) if watermarks else None
     c2pa_info = (
-        read_c2pa(data, fmt)
+        read_c2pa(data, fmt, trust_anchors)
         if data is not None
         else {"checked": False, "reason": "no file bytes (decoded image or array input)"}
     )
@@ -265,9 +329,17 @@ def read_provenance(item: Any) -> dict[str, Any]:
         state = c2pa_info.get("validation_state") or "unknown"
         if "signingCredential.untrusted" in c2pa_info.get("validation_codes", []):
             state += ", signer not on a trust list"
+        ingredients = c2pa_info["ingredients_declaring_ai"]
+        what = (
+            "declares AI generation"
+            if any(t in AI_SOURCE_TYPES for t in c2pa_info["digital_source_types"])
+            else f"has an ingredient declaring AI generation ({ingredients[0]})"
+        )
+        summary = f"C2PA manifest {what} ({c2pa_info['claim_generator']}; signature {state})"
+    elif marks and marks.get("found"):
         summary = (
-            f"C2PA manifest declares AI generation ({c2pa_info['claim_generator']}; "
-            f"signature {state})"
+            f"invisible watermark of {marks['generator']} "
+            f"({100 * marks['bit_match']:.0f}% of its bits)"
         )
     elif xmp.get("declares_ai"):
         named = xmp.get("ai_system") or xmp.get("creator_tool")
@@ -302,8 +374,10 @@ def read_provenance(item: Any) -> dict[str, Any]:
         "parameters": params,
         "xmp": xmp,
         "exif": exif,
+        **({"watermark": marks} if marks is not None else {}),
         "declares_ai": bool(
-            c2pa_info.get("declares_ai")
+            (marks or {}).get("found")
+            or c2pa_info.get("declares_ai")
             or xmp.get("declares_ai")
             or declared
             or ai_software
@@ -313,15 +387,28 @@ def read_provenance(item: Any) -> dict[str, Any]:
     }
 
 
+def _watermarks(item: Any, image: Image.Image | None) -> dict[str, Any]:
+    from . import watermark
+    from .data.dataset import ImageDecodeError, load_image
+
+    try:
+        pixels = load_image(item if isinstance(item, Image.Image) or image is None else image)
+    except ImageDecodeError as exc:
+        return {"checked": False, "reason": str(exc)}
+    return watermark.read(pixels)
+
+
 def declared_basis(provenance: dict[str, Any] | None) -> str | None:
-    """Which declaration of generative AI the metadata holds, strongest first, or None:
-    "declared (c2pa)", "declared (xmp)", "declared (parameters)", "declared (exif)"."""
+    """Which declaration of generative AI the file holds, strongest first, or None:
+    "declared (c2pa)", "declared (watermark)", "declared (xmp)", "declared (parameters)",
+    "declared (exif)"."""
     if not provenance:
         return None
     xmp = provenance.get("xmp") or {}
     exif = provenance.get("exif") or {}
     checks = [
         ("c2pa", bool((provenance.get("c2pa") or {}).get("declares_ai"))),
+        ("watermark", bool((provenance.get("watermark") or {}).get("found"))),
         ("xmp", bool(xmp.get("declares_ai"))),
         ("parameters", any(p.get("tool") for p in provenance.get("parameters") or [])),
         ("exif", ai_tool_in(" ".join(exif.get(k, "") for k in ("software", "make", "model")))),
@@ -337,10 +424,12 @@ def combine(label: str | None, provenance: dict[str, Any] | None) -> tuple[str |
     EXIF) makes the verdict "fake" whatever the pixels say: such metadata is written by the tools
     themselves and nobody adds it to a real photo by accident, while stripping it is trivial, so
     its presence is strong evidence and its absence none. Metadata claiming a camera never turns a
-    pixel "fake" into "real" (it is easy to forge in that direction); only a valid C2PA capture
-    claim from a signer on the user's own trust list could, and miragedet does not yet check
-    signers against a trust list, so the pixels decide."""
+    pixel "fake" into "real" (it is easy to forge in that direction), except a valid C2PA
+    capture claim (``digitalCapture``) signed by a signer on the user's own trust list
+    (``--trust-anchors``): basis "declared (c2pa capture, trusted signer)"."""
     basis = declared_basis(provenance)
     if basis is not None and label is not None:
         return "fake", basis
+    if label is not None and (provenance or {}).get("c2pa", {}).get("trusted_capture"):
+        return "real", "declared (c2pa capture, trusted signer)"
     return label, "pixels"

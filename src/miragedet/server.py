@@ -57,6 +57,8 @@ class ServerSettings:
     threshold: float | None = None
     device: str | None = None
     provenance: bool = True
+    trust_anchors: str | None = None  # PEM text of trusted C2PA signers (--trust-anchors)
+    watermarks: bool = False  # look for generators' invisible watermarks (--watermarks)
     retry_after_s: int = 1
     backend: str = "torch"  # torch | onnx (the checkpoint's model.onnx, ONNX Runtime)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (network cast once; torch backend)
@@ -488,7 +490,9 @@ def create_app(
                 if settings.provenance:
                     from .provenance import combine, read_provenance
 
-                    result.provenance = await asyncio.to_thread(read_provenance, data)
+                    result.provenance = await asyncio.to_thread(
+                        read_provenance, data, settings.trust_anchors, settings.watermarks
+                    )
                     result.verdict, result.basis = combine(result.label, result.provenance)
             metrics.images.labels("scored" if i in by_index else "error").inc()
             results.append(result)
