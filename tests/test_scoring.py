@@ -28,7 +28,9 @@ def folder(tmp_path_factory):
 
 def _detect_scores(checkpoint, paths, tmp_path):
     out = tmp_path / "detect.jsonl"
-    run_detect(Detector.from_pretrained(checkpoint), paths, output=out, fmt="jsonl")
+    run_detect(
+        Detector.from_pretrained(checkpoint), paths, output=out, fmt="jsonl", provenance=True
+    )
     return {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
 
 
@@ -48,6 +50,9 @@ def test_local_engine_equals_detect_and_resumes_missing_shards(served_checkpoint
         else:
             assert row["fake_prob"] == pytest.approx(ref["fake_prob"], abs=1e-5)
             assert row["label"] == ref["label"] and row["error"] is None
+            # the verdict weighed with the metadata, as detect gives it
+            assert (row["verdict"], row["basis"]) == (ref["verdict"], ref["basis"])
+            assert row["provenance"] == ref["provenance"]
     # a kill between the write and the rename leaves a temp file; a lost shard is re-scored alone
     (out / "part-00002.parquet").unlink()
     (out / ".part-00002.parquet.999.tmp").write_bytes(b"half")

@@ -416,6 +416,9 @@ def score_dataset(
     list_skipped: bool = typer.Option(
         False, help="Name each file of the input not scored (not an image, video, hidden)."
     ),
+    provenance: bool = typer.Option(
+        True, help="Read C2PA, XMP, generator parameters, EXIF: verdict/basis/provenance columns."
+    ),
 ) -> None:
     """Score a large collection into Parquet shards; rerun the same command to resume.
 
@@ -465,6 +468,7 @@ def score_dataset(
                 threshold=threshold,
                 device=device,
                 precision=precision,
+                provenance=provenance,
                 cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker,
                 address=address,

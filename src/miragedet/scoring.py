@@ -32,7 +32,17 @@ import numpy as np
 from .data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, Found, walk
 
 PLAN_NAME = "_plan.json"
-COLUMNS = ("path", "fake_prob", "label", "top_class", "threshold", "error")
+COLUMNS = (
+    "path",
+    "fake_prob",
+    "label",
+    "top_class",
+    "threshold",
+    "verdict",
+    "basis",
+    "provenance",
+    "error",
+)
 ENGINES = ("ray", "local")
 
 
@@ -135,9 +145,11 @@ class Scorer:
         device: str | None = None,
         threads: int = 2,
         precision: str = "fp32",
+        provenance: bool = True,
     ) -> None:
         from .detector import load_detector
 
+        self.provenance = provenance
         self.detector = load_detector(
             model,
             backend,
@@ -159,15 +171,22 @@ class Scorer:
                 errors[i] = f"cannot read: {exc}"
                 items.append(None)
         good = [i for i in range(len(paths)) if i not in errors]
-        predictions = dict(
-            zip(good, self.detector.score([items[i] for i in good]) if good else [], strict=True)
+        scored = (
+            self.detector.score([items[i] for i in good], provenance=self.provenance)
+            if good
+            else []
         )
+        predictions = dict(zip(good, scored, strict=True))
         fake_prob, label, top_class, error = [], [], [], []
+        verdict, basis, summary = [], [], []
         for i in range(len(paths)):
             p = predictions.get(i)
             fake_prob.append(np.nan if p is None or p.fake_prob is None else p.fake_prob)
             label.append(None if p is None else p.label)
             top_class.append(None if p is None else p.top_class)
+            verdict.append(None if p is None else p.verdict)
+            basis.append(None if p is None else p.basis)
+            summary.append(None if p is None or not p.provenance else p.provenance["summary"])
             error.append(errors.get(i) if p is None else p.error)
         return {
             "shard": np.asarray(batch["shard"], dtype=np.int64),
@@ -177,6 +196,9 @@ class Scorer:
             "label": np.array(label, dtype=object),
             "top_class": np.array(top_class, dtype=object),
             "threshold": np.full(len(paths), self.detector.threshold, dtype=np.float64),
+            "verdict": np.array(verdict, dtype=object),
+            "basis": np.array(basis, dtype=object),
+            "provenance": np.array(summary, dtype=object),
             "error": np.array(error, dtype=object),
         }
 
@@ -261,7 +283,10 @@ def write_shard(output: Path, shard: int, rows: dict[str, list[Any]]) -> Path:
             "label": pa.array([_text(rows["label"][i]) for i in order], pa.string()),
             "top_class": pa.array([_text(rows["top_class"][i]) for i in order], pa.string()),
             "threshold": pa.array([rows["threshold"][i] for i in order], pa.float64()),
-            "error": pa.array([_text(rows["error"][i]) for i in order], pa.string()),
+            **{
+                name: pa.array([_text(rows[name][i]) for i in order], pa.string())
+                for name in ("verdict", "basis", "provenance", "error")
+            },
         }
     )
     final = shard_path(output, shard)
@@ -297,6 +322,7 @@ def score_dataset(
     threshold: float | None = None,
     device: str | None = None,
     precision: str = "fp32",
+    provenance: bool = True,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
     address: str | None = None,
@@ -332,6 +358,7 @@ def score_dataset(
         batch_size=batch_size,
         device=device,
         precision=precision,
+        provenance=provenance,
     )
     batches = (
         _ray_batches(work, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)
