@@ -3,7 +3,8 @@
 Writes photo-like JPEGs and PNGs of 1 and 4 MP carrying what real files carry (camera EXIF and an
 XMP packet; the PNGs an AUTOMATIC1111 `parameters` chunk; one set of JPEGs signed with a C2PA
 manifest), times each reader alone (C2PA, XMP, generator parameters, EXIF) and all of them
-(`read_provenance`), then scores the same files with the Detector (default decode, fp32, batch 16)
+(`read_provenance`), then scores the same files with the Detector (defaults: reduced-scale
+decode, --precision auto; batch 16)
 with and without provenance: the overhead column is what `detect` pays for it by default. The
 watermark column (off by default, `--watermarks`) is the decode and the watermark readers.
     python benchmarks/bench_provenance.py [--backbone vit-b-32] [--images 16]
@@ -120,7 +121,8 @@ def main() -> None:
                 print(f"{kind} {mp} MP done", file=sys.stderr)
     print(
         f"provenance per image (ms, one thread) and detect's loop with it ({args.backbone}, "
-        f"fp32, batch 16, {args.images} images per row)"
+        f"{detector.precision} ({detector.precision_reason}), batch 16, {args.images} images "
+        "per row)"
     )
     table(
         rows,

@@ -48,15 +48,42 @@ def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
+    from miragedet.precision import cpu_native, resolve
+
     return {
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_native("bf16"),
+        "auto_precision": resolve("auto", "cpu").precision,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def machine_line() -> str:
+    """One line naming the hardware, printed above every table (figures hold on it only)."""
+    m = machine()
+    return (
+        f"# {m['cpu_model']}, {m['cpus']} CPUs, {m['cpu_capability']}, native bf16: "
+        f"{'yes' if m['cpu_native_bf16'] else 'no'}, torch {m['torch']}"
+        + (f", GPU {m['cuda']}" if m["cuda"] else "")
+    )
 
 
 def save(path: str, rows: list[dict[str, Any]], **extra: Any) -> None:
@@ -65,7 +92,9 @@ def save(path: str, rows: list[dict[str, Any]], **extra: Any) -> None:
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
-    """Print rows as an aligned table: columns are (key, header, format)."""
+    """Print rows as an aligned table: columns are (key, header, format), under a line naming
+    the machine."""
+    print(machine_line())
     cells = [
         ["-" if row.get(key) is None else format(row[key], fmt) for key, _, fmt in columns]
         for row in rows

@@ -240,7 +240,7 @@ def test_bf16_scores_close_to_fp32_and_bad_precision_is_refused(tiny, tmp_path):
     half = Detector(model, precision="bf16")
     assert half.model.clip.logit_scale.dtype == torch.bfloat16
     assert model.clip.logit_scale.dtype == torch.float32  # the caller's model is not changed
-    fp32 = Detector(model).predict_proba(images)
+    fp32 = Detector(model, precision="fp32").predict_proba(images)
     bf16 = half.predict_proba(images)
     assert np.abs(fp32 - bf16).max() < 0.02 and not np.array_equal(fp32, bf16)
     with pytest.raises(ValueError, match="precision"):

@@ -61,10 +61,10 @@ def test_cli_export_then_detect_on_onnx_runtime(tiny, tmp_path):
         paths.append(str(path))
     rows = {}
     for backend in ("torch", "onnx"):
-        out = CliRunner().invoke(
-            app,
-            ["detect", *paths, "-m", str(tmp_path / "ckpt"), "-f", "jsonl", "--backend", backend],
-        )
+        command = ["detect", *paths, "-m", str(tmp_path / "ckpt"), "-f", "jsonl"]
+        # parity of the two fp32 graphs
+        command += ["--backend", backend, "--precision", "fp32"]
+        out = CliRunner().invoke(app, command)
         assert out.exit_code == 0, out.output
         rows[backend] = [json.loads(line) for line in out.stdout.splitlines()]
     for a, b in zip(rows["torch"], rows["onnx"], strict=True):

@@ -319,7 +319,8 @@ def detect(
     threads: int = typer.Option(4, help="Decode threads."),
     device: str = typer.Option(None),
     precision: str = typer.Option(
-        "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+        "auto",
+        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16.",
     ),
     exact_decode: bool = typer.Option(
         False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
@@ -354,6 +355,11 @@ def detect(
 
             detector.trust_anchors = load_trust_anchors(trust_anchors)
         detector.watermarks = watermarks
+        Console(stderr=True).print(
+            f"[dim]{escape(model)}: {detector.precision} "
+            f"({escape(detector.precision_reason)})[/dim]",
+            highlight=False,
+        )
         found = discover(inputs, sys.stdin)
         counts = run_detect(
             detector,
@@ -411,7 +417,8 @@ def score_dataset(
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     device: str = typer.Option(None),
     precision: str = typer.Option(
-        "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+        "auto",
+        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16.",
     ),
     list_skipped: bool = typer.Option(
         False, help="Name each file of the input not scored (not an image, video, hidden)."
@@ -515,7 +522,8 @@ def serve(
     watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     precision: str = typer.Option(
-        "fp32", help="fp32, or the network in bf16/fp16 (bf16: CPUs with AVX512-BF16/AMX, or CUDA)."
+        "auto",
+        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16.",
     ),
     log_level: str = typer.Option("info"),
 ) -> None:

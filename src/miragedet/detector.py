@@ -24,7 +24,7 @@ from .data.dataset import MAX_PIXELS, ImageDecodeError, load_image
 from .model import MiraGe
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -120,11 +120,15 @@ class Detector:
         decode_threads: int = 4,
         model_id: str | None = None,
         draft: bool = True,
-        precision: str = "fp32",
+        precision: str = "auto",
         _owns_model: bool = False,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        from .precision import resolve
+
+        choice = resolve(
+            precision, torch.device(device) if device else model.clip.logit_scale.device
+        )
+        precision = choice.precision
         if precision != "fp32":
             # The frozen network in half precision, cast once: autocast would re-cast every
             # frozen weight on every call (it caches casts only of weights that need gradients).
@@ -139,8 +143,10 @@ class Detector:
         self.preprocess = model.backbone.preprocess
         self.draft = draft
         #: fp32, or the network in bf16/fp16 (bf16 on CPUs with AVX512-BF16/AMX, either on
-        #: CUDA); see docs/performance.md for what each costs and gains.
+        #: CUDA), as resolved from the requested one (default ``auto``: see
+        #: :mod:`miragedet.precision`); ``precision_reason`` says why.
         self.precision = precision
+        self.precision_reason = choice.reason
         self.classes = model.classes
         self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
 
@@ -169,6 +175,8 @@ class Detector:
             "backbone": model.backbone.source,
             "backbone_description": model.backbone.describe(),
             "preprocess": self.preprocess.to_dict(),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
     # -- core -----------------------------------------------------------------------------------

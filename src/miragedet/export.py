@@ -99,12 +99,13 @@ class OnnxDetector(Detector):
         providers: list[str] | None = None,
         model_id: str | None = None,
         draft: bool = True,
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> None:
         import onnxruntime as ort
 
-        if precision != "fp32":
+        if precision not in ("auto", "fp32"):
             raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")
+        self.precision, self.precision_reason = "fp32", "ONNX Runtime graph (fp32)"
 
         self.session = ort.InferenceSession(
             str(onnx_path), providers=providers or ["CPUExecutionProvider"]
@@ -146,6 +147,8 @@ class OnnxDetector(Detector):
             "backbone": b["source"],
             "backbone_description": b["description"] + " (ONNX Runtime)",
             "preprocess": self.preprocess.to_dict(),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
 

@@ -236,6 +236,29 @@ def _source_types(manifest: dict[str, Any]) -> list[str]:
     return types
 
 
+def jpeg_has_app11(data: bytes) -> bool:
+    """Whether a JPEG has an APP11 segment (where C2PA embeds its JUMBF manifest store, C2PA
+    specification 2.1, A.3.1) before its image data: a walk over the marker segments, a few hundred
+    bytes, instead of handing the whole file to the C2PA reader."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return True  # not a marker where one should be: let the C2PA reader judge
+        marker = data[at + 1]
+        if marker == 0xFF:
+            at += 1
+            continue
+        if marker == 0xEB:
+            return True
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata segments
+            return False
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            at += 2
+            continue
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return False
+
+
 def read_c2pa(
     data: bytes, image_format: str | None, trust_anchors: str | None = None
 ) -> dict[str, Any]:
@@ -247,6 +270,8 @@ def read_c2pa(
         import c2pa
     except ImportError:
         return {"checked": False, "reason": "c2pa-python is not installed"}
+    if image_format in ("JPEG", "MPO") and data[:2] == b"\xff\xd8" and not jpeg_has_app11(data):
+        return {"checked": True, "present": False}
     mime = _MIME.get(image_format or "", "image/jpeg")
     try:
         reader = c2pa.Reader(mime, io.BytesIO(data), context=_context(trust_anchors))

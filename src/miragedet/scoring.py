@@ -144,7 +144,7 @@ class Scorer:
         batch_size: int = 32,
         device: str | None = None,
         threads: int = 2,
-        precision: str = "fp32",
+        precision: str = "auto",
         provenance: bool = True,
     ) -> None:
         from .detector import load_detector
@@ -321,7 +321,7 @@ def score_dataset(
     backend: str = "torch",
     threshold: float | None = None,
     device: str | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     provenance: bool = True,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,

@@ -61,7 +61,7 @@ class ServerSettings:
     watermarks: bool = False  # look for generators' invisible watermarks (--watermarks)
     retry_after_s: int = 1
     backend: str = "torch"  # torch | onnx (the checkpoint's model.onnx, ONNX Runtime)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (network cast once; torch backend)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (network cast once; torch backend)
 
 
 class ImageResult(BaseModel):

@@ -1,0 +1,72 @@
+"""Which precision the frozen network runs in: chosen from the hardware (``auto``), or as asked.
+
+``auto`` picks what is fast *on the machine it runs on*: bf16 on a GPU that supports it (else
+fp16), bf16 on a CPU that computes it natively (AVX512-BF16 or AMX: oneDNN reports it), fp32 on
+any other CPU. On a CPU without native bf16 (AVX2-only parts such as many AMD EPYC and older Xeons,
+most laptops) bf16 is emulated and runs several times *slower* than fp32 (7-9x measured with
+``benchmarks/bench_forward.py`` on an AMD EPYC with AVX2 only), so ``auto`` never picks it there and
+an explicit ``--precision bf16`` warns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class SlowPrecisionWarning(UserWarning):
+    """The precision asked for is emulated on this hardware: slower than fp32, not faster."""
+
+
+def cpu_native(kind: str) -> bool:
+    """Whether this CPU computes ``kind`` ("bf16" or "fp16") natively, as oneDNN sees it."""
+    probe = {
+        "bf16": "_is_mkldnn_bf16_supported",
+        "fp16": "_is_mkldnn_fp16_supported",
+    }[kind]
+    try:
+        return bool(getattr(torch.ops.mkldnn, probe)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Choice:
+    precision: str  # fp32 | bf16 | fp16
+    reason: str
+
+
+def resolve(requested: str, device: torch.device | str) -> Choice:
+    """The precision to run in on ``device`` for ``requested`` (``auto`` or an explicit one)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
+    device = torch.device(device)
+    if requested == "auto":
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+            if torch.cuda.is_bf16_supported():
+                return Choice("bf16", f"auto: {name} computes bf16")
+            return Choice("fp16", f"auto: {name} has no bf16, fp16 instead")
+        if device.type == "cpu":
+            capability = torch.backends.cpu.get_cpu_capability()
+            if cpu_native("bf16"):
+                return Choice("bf16", f"auto: this CPU computes bf16 natively ({capability})")
+            return Choice(
+                "fp32",
+                f"auto: this CPU ({capability}) has no native bf16; emulated bf16 would be "
+                "several times slower than fp32",
+            )
+        return Choice("fp32", f"auto: fp32 on {device.type}")
+    if device.type == "cpu" and requested in ("bf16", "fp16") and not cpu_native(requested):
+        warnings.warn(
+            f"--precision {requested} on a CPU without native {requested} "
+            f"({torch.backends.cpu.get_cpu_capability()}): it is emulated and several times "
+            "slower than fp32; use --precision auto (or fp32)",
+            SlowPrecisionWarning,
+            stacklevel=3,
+        )
+    return Choice(requested, "as requested")

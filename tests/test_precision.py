@@ -1,0 +1,66 @@
+"""Precision chosen by the hardware: `auto` never picks an emulated (slow) bf16."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from miragedet import MiraGe, ModelConfig, precision
+from miragedet.detector import Detector
+
+
+@pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
+def test_auto_follows_native_bf16_support_on_cpu(monkeypatch, tiny, native, expected):
+    monkeypatch.setattr(precision, "cpu_native", lambda kind: native)
+    choice = precision.resolve("auto", "cpu")
+    assert choice.precision == expected
+    assert ("natively" in choice.reason) is native and choice.reason.startswith("auto:")
+    detector = Detector(MiraGe(tiny, ModelConfig.for_method("mirage", depth=2)))
+    assert detector.precision == expected
+    assert (
+        detector.model.clip.logit_scale.dtype
+        == {"fp32": torch.float32, "bf16": torch.bfloat16}[expected]
+    )
+    assert detector.info()["precision"] == expected
+    assert detector.info()["precision_reason"] == choice.reason
+
+
+def test_explicit_bf16_without_native_support_warns_and_with_it_does_not(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_native", lambda kind: False)
+    with pytest.warns(precision.SlowPrecisionWarning, match="emulated"):
+        assert precision.resolve("bf16", "cpu").precision == "bf16"
+    monkeypatch.setattr(precision, "cpu_native", lambda kind: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert precision.resolve("bf16", "cpu") == precision.Choice("bf16", "as requested")
+        assert precision.resolve("fp32", "cpu").precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.resolve("int4", "cpu")
+
+
+def test_the_server_reports_the_choice(served_checkpoint):
+    import asyncio
+
+    import httpx
+
+    from miragedet.server import ServerSettings, create_app
+
+    app = create_app(ServerSettings(model=str(served_checkpoint)))
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            for _ in range(12_000):  # a hang guard: readiness ends the wait
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            return (await client.get("/v1/model")).json()
+
+    info = asyncio.run(scenario())
+    assert info["precision"] == precision.resolve("auto", "cpu").precision
+    assert info["precision_reason"].startswith("auto:")
