@@ -394,3 +394,86 @@ def test_evaluate_counts_what_metadata_decides_per_subset(served_checkpoint, tmp
     assert (meta["n"], meta["decided"], meta["decided_fake"]) == (12, 4, 4)
     assert meta["accuracy_pixels"] == 0.5  # threshold 1.0: the pixels call everything real
     assert meta["accuracy_combined"] == 10 / 12
+
+
+def _png_text(**chunks: str) -> bytes:
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    return _png(info)
+
+
+@pytest.mark.parametrize(
+    "chunks, tool, generator, details",
+    [
+        (  # Fooocus: JSON parameters + fooocus_scheme, as modules/private_logger.py saves them
+            {
+                "parameters": json.dumps(
+                    {"prompt": "a cat", "base_model": "juggernautXL_v8Rundiffusion.safetensors",
+                     "seed": 7, "sampler": "dpmpp_2m_sde_gpu", "steps": 30,
+                     "version": "Fooocus v2.5.5"}
+                ),
+                "fooocus_scheme": "fooocus",
+            },
+            "Fooocus", "juggernautXL_v8Rundiffusion.safetensors",
+            {"sampler": "dpmpp_2m_sde_gpu", "steps": 30, "seed": 7},
+        ),
+        (  # SwarmUI
+            {"parameters": json.dumps({"sui_image_params": {
+                "prompt": "a cat", "model": "Flux/flux1-dev-fp8", "seed": 123998, "steps": 25,
+                "sampler": "euler", "swarm_version": "0.9.1.1"}})},
+            "SwarmUI", "Flux/flux1-dev-fp8", {"sampler": "euler", "steps": 25, "seed": 123998},
+        ),
+        (  # InvokeAI
+            {
+                "invokeai_metadata": json.dumps({"positive_prompt": "a cat", "seed": 5,
+                    "steps": 30, "scheduler": "euler", "model": {"name": "juggernaut-xl",
+                    "hash": "blake3:abc"}}),
+                "invokeai_graph": "{}",
+            },
+            "InvokeAI", "juggernaut-xl", {"scheduler": "euler", "steps": 30, "seed": 5},
+        ),
+        (  # NovelAI
+            {
+                "Software": "NovelAI",
+                "Source": "NovelAI Diffusion V4.5 4BDE2A90",
+                "Description": "a cat",
+                "Comment": json.dumps({"prompt": "a cat", "steps": 28, "scale": 5,
+                    "seed": 99, "sampler": "k_euler_ancestral", "uc": "lowres"}),
+            },
+            "NovelAI", "NovelAI Diffusion V4.5 4BDE2A90",
+            {"sampler": "k_euler_ancestral", "steps": 28, "seed": 99},
+        ),
+        (  # Midjourney web download
+            {
+                "Description": "a cat on a roof --ar 2:1 --v 6.1 Job ID: "
+                "a7421d2f-b262-44f9-977c-ac23e9c7d3e3",
+                "Author": "someone",
+            },
+            "Midjourney", "Midjourney v 6.1",
+            {"job id": "a7421d2f-b262-44f9-977c-ac23e9c7d3e3", "author": "someone"},
+        ),
+    ],
+    ids=["fooocus", "swarmui", "invokeai", "novelai", "midjourney"],
+)  # fmt: skip
+def test_more_generators_are_named_with_their_model(chunks, tool, generator, details):
+    result = read_provenance(_png_text(**chunks))
+    [signal] = result["parameters"]
+    assert (signal["tool"], signal["generator"], signal["details"]) == (tool, generator, details)
+    assert result["declares_ai"] and "{" not in result["summary"]
+    [unified] = result["signals"]
+    assert unified["source"] == "parameters" and unified["declares_ai"]
+    assert unified["generator"] == f"{tool}: {generator}" and unified["verified"] is False
+
+
+def test_signals_list_every_source_in_one_shape():
+    pytest.importorskip("c2pa")
+    from signing import sign_jpeg
+
+    signed = read_provenance(sign_jpeg(_jpeg()))
+    [c2pa_signal] = signed["signals"]
+    assert c2pa_signal["source"] == "c2pa" and c2pa_signal["claim"] == "generative AI"
+    assert c2pa_signal["verified"] is True and c2pa_signal["generator"] == "test-generator 1.0"
+    assert read_provenance(_png())["signals"] == []
+    # a caption that merely mentions a job is not Midjourney's Description
+    assert read_provenance(_png_text(Description="Job ID: none here"))["parameters"] == []

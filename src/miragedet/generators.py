@@ -11,6 +11,18 @@ Each reader follows one tool's own saving code:
   "inputs"}}``) and ``workflow`` (the UI graph); on WebP, EXIF Model (0x0110) holds
   ``prompt:{json}`` and Make (0x010F, then 0x010E...) ``workflow:{json}``. Written by
   ``comfy_api/latest/_ui.py`` (PNG metadata, animated WebP EXIF).
+- Fooocus: PNG text ``parameters`` plus ``fooocus_scheme`` (``fooocus``: the parameters are a
+  JSON object with ``base_model``, ``seed``, ``sampler``, ``steps``, ``version``; ``a1111``: A1111
+  text). Written by its ``modules/private_logger.py`` with ``modules/meta_parser.py``.
+- SwarmUI: PNG text ``parameters`` holding JSON ``{"sui_image_params": {"model", "seed",
+  "steps", "sampler", "swarm_version", ...}}``.
+- InvokeAI: PNG text ``invokeai_metadata`` (JSON: ``model`` {``name``, ``hash``}, ``seed``,
+  ``steps``, ``scheduler``, ``positive_prompt``...) beside ``invokeai_graph``.
+- NovelAI: PNG text ``Software`` = ``NovelAI``, ``Source`` (the model, e.g. "NovelAI Diffusion
+  V4.5"), ``Description`` (the prompt) and ``Comment`` (JSON: ``steps``, ``sampler``, ``seed``,
+  ``scale``...). Its older "stealth" metadata in the alpha channel's low bits is not read.
+- Midjourney (web downloads): PNG text ``Description`` = the prompt and its ``--`` parameters
+  followed by ``Job ID: <uuid>``, and ``Author`` = the user.
 
 A value over :data:`MAX_TEXT` characters is not parsed (a 10 MB text chunk is a denial of service,
 not metadata), and every reader is defensive: malformed JSON or odd types give no signal.
@@ -124,7 +136,48 @@ def read(info: dict[str, Any], exif: dict[int, Any] | None = None) -> list[dict[
         add(parse_comfy(text.get("prompt"), text.get("workflow")), "PNG text prompt/workflow")
     params = text.get("parameters")
     if params is not None:
-        add(parse_a1111(params), "PNG text parameters")
+        data = _json(params) if params.lstrip().startswith("{") else None
+        if isinstance(data, dict) and isinstance(data.get("sui_image_params"), dict):
+            fields = data["sui_image_params"]
+            add(
+                _tool("SwarmUI", fields.get("model"), fields, ("sampler", "steps", "seed")),
+                "PNG text parameters",
+            )
+        elif isinstance(data, dict) and "fooocus_scheme" in text:
+            lower = {str(k).lower().replace(" ", "_"): v for k, v in data.items()}
+            add(
+                _tool("Fooocus", lower.get("base_model"), lower, ("sampler", "steps", "seed")),
+                "PNG text parameters (fooocus_scheme)",
+            )
+        else:
+            add(parse_a1111(params), "PNG text parameters")
+    invoke = _json(text.get("invokeai_metadata"))
+    if isinstance(invoke, dict):
+        model = invoke.get("model")
+        name = model.get("name") if isinstance(model, dict) else model
+        add(_tool("InvokeAI", name, invoke, ("scheduler", "steps", "seed")), "PNG text invokeai")
+    if str(text.get("Software", "")).strip().lower() == "novelai":
+        comment = _json(text.get("Comment"))
+        fields = comment if isinstance(comment, dict) else {}
+        add(
+            _tool("NovelAI", text.get("Source"), fields, ("sampler", "steps", "seed")),
+            "PNG text Software/Source/Comment",
+        )
+    description = text.get("Description", "")
+    job = re.search(r"Job ID: ([0-9a-f-]{36})", description[:20_000])
+    if job:
+        version = re.search(r"--(v|niji) ([\d.]+)", description[:20_000])
+        add(
+            {
+                "tool": "Midjourney",
+                "generator": f"Midjourney {version.group(1)} {version.group(2)}"
+                if version
+                else "Midjourney",
+                "details": {"job id": job.group(1)}
+                | ({"author": text["Author"][:80]} if text.get("Author") else {}),
+            },
+            "PNG text Description",
+        )
     if exif:
         # ComfyUI's WebP: Model = "prompt:{json}", Make (and downwards) = "workflow:{json}"
         blobs = {}
@@ -139,6 +192,14 @@ def read(info: dict[str, Any], exif: dict[int, Any] | None = None) -> list[dict[
         if comment:
             add(parse_a1111(comment), "EXIF UserComment")
     return found
+
+
+def _tool(tool: str, generator: Any, fields: dict, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "tool": tool,
+        "generator": generator[:200] if isinstance(generator, str) and generator else None,
+        "details": {k: fields[k] for k in keys if isinstance(fields.get(k), str | int | float)},
+    }
 
 
 def user_comment(value: Any) -> str | None:

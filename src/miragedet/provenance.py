@@ -395,6 +395,7 @@ def read_provenance(
     else:
         summary = "no provenance metadata (no C2PA manifest, no camera or software EXIF)"
     return {
+        "signals": _signals(c2pa_info, xmp, declared, marks, exif if ai_software else None),
         "c2pa": c2pa_info,
         "parameters": params,
         "xmp": xmp,
@@ -410,6 +411,77 @@ def read_provenance(
         ),
         "summary": summary,
     }
+
+
+def _signals(
+    c2pa_info: dict[str, Any],
+    xmp: dict[str, Any],
+    declared: list[dict[str, Any]],
+    marks: dict[str, Any] | None,
+    exif_tool: dict[str, str] | None,
+) -> list[dict[str, Any]]:
+    """Every signal found, in one shape: source, claim, generator, details, verified (a valid
+    signature: only C2PA can be), declares_ai."""
+    out = []
+    if c2pa_info.get("present"):
+        ingredients = c2pa_info.get("ingredients_declaring_ai") or []
+        out.append(
+            {
+                "source": "c2pa",
+                "claim": ", ".join(dict.fromkeys(c2pa_info.get("source_claims") or []))
+                or ("ingredient: generative AI" if ingredients else "no source type"),
+                "generator": c2pa_info.get("claim_generator"),
+                "details": {"ingredients declaring AI": ingredients} if ingredients else {},
+                "verified": c2pa_info.get("validation_state") in ("Valid", "Trusted"),
+                "declares_ai": bool(c2pa_info.get("declares_ai")),
+            }
+        )
+    if marks and marks.get("found"):
+        out.append(
+            {
+                "source": "watermark",
+                "claim": "generative AI",
+                "generator": marks["generator"],
+                "details": {"bit_match": round(marks["bit_match"], 3)},
+                "verified": False,
+                "declares_ai": True,
+            }
+        )
+    if xmp.get("source_claim") or xmp.get("ai_system"):
+        out.append(
+            {
+                "source": "xmp",
+                "claim": xmp.get("source_claim") or "AI system named",
+                "generator": xmp.get("ai_system") or xmp.get("creator_tool"),
+                "details": {},
+                "verified": False,
+                "declares_ai": bool(xmp.get("declares_ai") or xmp.get("ai_system")),
+            }
+        )
+    for found in declared:
+        out.append(
+            {
+                "source": "parameters",
+                "claim": "generative AI",
+                "generator": found["tool"]
+                + (f": {found['generator']}" if found["generator"] else ""),
+                "details": {k: v for k, v in found.get("details", {}).items() if k != "prompt"},
+                "verified": False,
+                "declares_ai": True,
+            }
+        )
+    if exif_tool:
+        out.append(
+            {
+                "source": "exif",
+                "claim": "generative tool named",
+                "generator": exif_tool.get("software") or exif_tool.get("make"),
+                "details": {},
+                "verified": False,
+                "declares_ai": True,
+            }
+        )
+    return out
 
 
 def _watermarks(item: Any, image: Image.Image | None) -> dict[str, Any]:
