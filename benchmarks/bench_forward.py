@@ -104,6 +104,15 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
         x = pixels.to(dtype)
         add(label, *pair(lambda h=half, x=x: bare_tower(h.clip, x), lambda h=half, x=x: h(x)))
         del half
+    if device.type == "cpu":  # `--precision int8`: the vision encoder's linears in int8
+        from miragedet.precision import quantize_int8
+
+        quantized = quantize_int8(copy.deepcopy(model))
+        add(
+            "int8 (dynamic)",
+            *pair(lambda q=quantized: bare_tower(q.clip, pixels), lambda q=quantized: q(pixels)),
+        )
+        del quantized
     if args.onnx and device.type == "cpu":
         from miragedet.export import OnnxDetector, export_checkpoint
 

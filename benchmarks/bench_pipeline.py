@@ -25,6 +25,7 @@ from common import save, table, write_jpegs
 from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.detect import run_detect
 from miragedet.detector import Detector
+from miragedet.precision import resolve
 
 SIZES = [(1280, 960), (1600, 1200), (2048, 1536), (2304, 1728)]  # 1.2 to 4 MP
 
@@ -69,7 +70,9 @@ def measure(name: str, paths: list[str], args: argparse.Namespace, tmp: Path) ->
     pixels = None
     variants = [
         ("miragedet detect --precision bf16", True, "bf16"),
-        ("miragedet detect", True, "fp32"),
+        ("miragedet detect --precision int8", True, "int8"),
+        (f"miragedet detect (auto: {resolve('auto', 'cpu').precision})", True, "auto"),
+        ("miragedet detect --precision fp32", True, "fp32"),
         ("miragedet detect (full decode)", False, "fp32"),  # last: its rows are compared below
     ]
     for label, draft, precision in variants:

@@ -97,7 +97,10 @@ def main() -> None:
     if half_ms:
         machines = math.ceil(args.score_images_per_day * half_ms / 1000 / DAY_S)
         lines.append(
-            ("... with --precision bf16", f"{machines} ({half_ms:.0f} ms/image, measured)")
+            (
+                "... bf16 (auto on native-bf16 CPUs only)",
+                f"{machines} ({half_ms:.0f} ms/image, measured)",
+            )
         )
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

@@ -64,3 +64,39 @@ def test_the_server_reports_the_choice(served_checkpoint):
     info = asyncio.run(scenario())
     assert info["precision"] == precision.resolve("auto", "cpu").precision
     assert info["precision_reason"].startswith("auto:")
+
+
+def test_int8_stays_within_tolerance_of_fp32_and_agrees_on_verdicts(tiny, tmp_path):
+    """A tiny MiraGe trained on the synthetic fingerprint task, saved, then loaded from the same
+    checkpoint in fp32 and int8 (no extra file): p(fake) within the stated tolerance and the
+    same verdict on >= 99% of a held-out synthetic set."""
+    import numpy as np
+
+    from miragedet import LossConfig, MiraGeLoss, OptimConfig
+    from miragedet.data.synthetic import SEEN, make_set
+    from miragedet.train import fit_tensors
+
+    size = tiny.preprocess.image_size
+    images, labels = make_set(600, size, SEEN, seed=1)
+    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
+    loss_fn = MiraGeLoss(LossConfig.for_method("mirage", bank_size=256), dim=64)
+    batch = tiny.preprocess.batch(images)
+    fit_tensors(
+        model, loss_fn, batch, torch.tensor(labels), OptimConfig(lr=0.02, batch_size=64), steps=200
+    )
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    test_images, test_labels = make_set(400, size, SEEN, seed=2)
+    arrays = [np.asarray(im) for im in test_images]
+    fp32 = Detector.from_pretrained(tmp_path / "ckpt", precision="fp32")
+    int8 = Detector.from_pretrained(tmp_path / "ckpt", precision="int8")
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before  # nothing written
+    a = fp32.predict_proba(arrays)[:, 1]
+    b = int8.predict_proba(arrays)[:, 1]
+    assert np.abs(a - b).max() <= precision.INT8_TOLERANCE
+    assert not np.array_equal(a, b)  # int8 really ran
+    assert ((a >= 0.5) == (b >= 0.5)).mean() >= 0.99
+    assert ((a >= 0.5) == np.asarray(test_labels)).mean() >= 0.9  # a model worth comparing
+    with pytest.raises(ValueError, match="CPU path"):
+        precision.resolve("int8", "cuda")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich import box
@@ -60,6 +61,40 @@ def quickstart(
         raise typer.BadParameter(str(exc), param_hint="--methods") from exc
     warnings.filterwarnings("ignore", message="prompt depth")
     run_quickstart(output=output, methods=chosen, steps=steps, seed=seed, console=console)
+
+
+@app.command()
+def doctor(
+    backbone: str = typer.Option(
+        "openai/clip-vit-large-patch14",
+        "--backbone",
+        help="The backbone you will train on: hub id or local folder.",
+    ),
+) -> None:
+    """What this machine can do and what is missing, with the line that fixes each.
+
+    Exit status 0 when the main job can run (PyTorch works and the backbone can be loaded)."""
+    from .doctor import can_run, run_checks
+
+    checks = run_checks(backbone)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("", "check", "found", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        mark = (
+            "[green]ok[/green]"
+            if check.ok
+            else ("[red]no[/red]" if check.required else "[yellow]-[/yellow]")
+        )
+        table.add_row(
+            mark, f"{check.group}: {escape(check.name)}", escape(check.found), escape(check.fix)
+        )
+    console.print(table)
+    if can_run(checks):
+        console.print("[green]ready[/green]: the main job can run on this machine")
+        return
+    console.print("[red]not ready[/red]: fix the rows marked 'no' (see 'fix')")
+    raise typer.Exit(1)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -122,6 +157,12 @@ def train(
         help="Train on N processes of this machine (one per GPU, or CPU processes with "
         "gloo) through torchrun; the same as `torchrun --nproc-per-node N -m miragedet train`.",
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check the data and the model, time a few real steps here, print the estimated "
+        "time per epoch and in all, and peak memory; write nothing.",
+    ),
 ) -> None:
     """Train a detector (MiraGe or a baseline) on a data set; checkpoints go to OUTPUT."""
     from . import distributed
@@ -174,6 +215,9 @@ def train(
         cfg = TrainConfig.from_yaml(config, **given) if config else TrainConfig.from_dict(given)
         if not cfg.data:
             raise ValueError("no training data: pass DATA or set `data:` in the --config file")
+        if dry_run:
+            _dry_run(Trainer(cfg, console=console))
+            return
         result = Trainer(cfg, console=console).fit()
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
@@ -185,6 +229,59 @@ def train(
         f"done: {result.global_step} steps; best {result.best}; "
         f"checkpoints in {result.output}/last and /best"
     )
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # nan: nothing was timed
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _dry_run(trainer: Any) -> None:
+    """Print what `train` would do: data, model, measured speed, estimates."""
+    c, data = trainer.config, trainer.train_set
+    console.print(
+        f"[bold]data[/bold] {escape(str(data.root))}: layout {data.layout}, classes {data.classes}"
+    )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("split", "subset", *data.classes):
+        table.add_column(column, justify="right" if column in data.classes else "left")
+    for name, image_set in (("train", data), ("val", trainer.val_set)):
+        for subset, counts in (image_set.counts() if image_set else {}).items():
+            table.add_row(name, escape(subset), *[str(counts.get(k, 0)) for k in data.classes])
+    console.print(table)
+    if data.skipped:
+        note = summarize_skipped(data.skipped)
+        console.print(f"[yellow]{len(data.skipped)} files not used[/yellow] ({note}):")
+        for path, reason in data.skipped[:20]:
+            console.print(f"  {escape(path)}: {reason}", highlight=False)
+    trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    console.print(
+        f"[bold]model[/bold] {c.method} on {escape(trainer.backbone.describe())}: "
+        f"{trained:,} trained parameters; batch {c.batch_size}, {c.epochs} epochs, "
+        f"{trainer.steps_per_epoch} steps per epoch"
+    )
+    report = trainer.dry_run()
+    if report["skipped"] and len(report["skipped"]) > len(data.skipped):
+        unread = report["skipped"][len(data.skipped) :]
+        console.print(f"[yellow]{len(unread)} unreadable images met in the timed steps[/yellow]")
+        for path, reason in unread[:20]:
+            console.print(f"  {escape(path)}: {escape(reason)}", highlight=False)
+    console.print(
+        f"[bold]measured[/bold] on {report['device']}: {report['seconds_per_step']:.2f} s per step "
+        f"({report['images_per_s']:.1f} images/s, {report['steps_timed']} steps after a warm-up)"
+    )
+    console.print(
+        f"[bold]estimate[/bold] {_duration(report['epoch_s'])} per epoch, "
+        f"{_duration(report['total_s'])} for {report['total_steps']} steps (training steps only; "
+        f"validation adds one pass over the val set per epoch); peak memory "
+        f"{report['peak_mib']:,.0f} MiB ({report['peak_kind']})"
+    )
+    console.print(f"nothing written ({escape(c.output)} untouched)")
 
 
 def _launch_torchrun(nproc: int) -> int:
@@ -320,7 +417,8 @@ def detect(
     device: str = typer.Option(None),
     precision: str = typer.Option(
         "auto",
-        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16.",
+        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, "
+        "int8 (CPU).",
     ),
     exact_decode: bool = typer.Option(
         False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
@@ -418,7 +516,8 @@ def score_dataset(
     device: str = typer.Option(None),
     precision: str = typer.Option(
         "auto",
-        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16.",
+        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, "
+        "int8 (CPU).",
     ),
     list_skipped: bool = typer.Option(
         False, help="Name each file of the input not scored (not an image, video, hidden)."
@@ -523,7 +622,8 @@ def serve(
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     precision: str = typer.Option(
         "auto",
-        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16.",
+        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, "
+        "int8 (CPU).",
     ),
     log_level: str = typer.Option("info"),
 ) -> None:

@@ -24,7 +24,7 @@ from .data.dataset import MAX_PIXELS, ImageDecodeError, load_image
 from .model import MiraGe
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -129,7 +129,11 @@ class Detector:
             precision, torch.device(device) if device else model.clip.logit_scale.device
         )
         precision = choice.precision
-        if precision != "fp32":
+        if precision == "int8":
+            from .precision import quantize_int8
+
+            model = quantize_int8(model if _owns_model else copy.deepcopy(model))
+        elif precision != "fp32":
             # The frozen network in half precision, cast once: autocast would re-cast every
             # frozen weight on every call (it caches casts only of weights that need gradients).
             # A model handed in by the caller is copied first, never changed under their feet.

@@ -446,6 +446,57 @@ class Trainer:
         dtype = torch.bfloat16 if c.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def dry_run(self, steps: int = 3) -> dict[str, Any]:
+        """Time ``steps`` real optimizer steps on this machine (after one warm-up step) and
+        estimate the run: per epoch and in all, with the peak memory. Writes nothing: no output
+        folder, no log, no checkpoint; the model's prompts are changed in memory only."""
+        import resource
+
+        from rich.progress import Progress
+
+        c = self.config
+        saved = c.max_steps, c.save_every
+        c.save_every = None
+        steps = max(1, min(steps, self.steps_per_epoch - 1)) if self.steps_per_epoch > 1 else 0
+        order = self._order(0)
+        progress = Progress(disable=True)
+        task = progress.add_task("dry run")
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            c.max_steps = 1  # warm-up: first-call costs (allocations, kernels) are not the rate
+            self._run_epoch(order[: c.batch_size], _NoLog(), progress, task)
+            start = time.perf_counter()
+            if steps:
+                c.max_steps = 1 + steps
+                self._run_epoch(
+                    order[c.batch_size : (1 + steps) * c.batch_size], _NoLog(), progress, task
+                )
+            per_step = (time.perf_counter() - start) / steps if steps else float("nan")
+        finally:
+            c.max_steps, c.save_every = saved
+        total_steps = (
+            self.total_steps if c.max_steps is None else min(c.max_steps, self.total_steps)
+        )
+        peak = (
+            torch.cuda.max_memory_allocated(self.device) / 2**20
+            if self.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
+        return {
+            "steps_timed": steps,
+            "seconds_per_step": per_step,
+            "images_per_s": c.batch_size / per_step if steps else float("nan"),
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_s": per_step * self.steps_per_epoch,
+            "total_steps": total_steps,
+            "total_s": per_step * total_steps,
+            "peak_mib": peak,
+            "peak_kind": "CUDA allocated" if self.device.type == "cuda" else "process RSS",
+            "device": str(self.device),
+            "skipped": list(self.skipped),
+        }
+
     def fit(self) -> TrainResult:
         from rich.progress import (
             BarColumn,
