@@ -157,6 +157,12 @@ def train(
         help="Train on N processes of this machine (one per GPU, or CPU processes with "
         "gloo) through torchrun; the same as `torchrun --nproc-per-node N -m miragedet train`.",
     ),
+    cache_features: bool = typer.Option(
+        None,
+        "--cache-features/--no-cache-features",
+        help="Compute frozen image features once (linear-probe, zero-shot, text-prompts without "
+        "augmentation); default on.",
+    ),
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -206,6 +212,7 @@ def train(
             output=output,
             log_every=log_every,
             save_every=save_every,
+            cache_features=cache_features,
         ).items()
         if v is not None
     }
@@ -281,6 +288,11 @@ def _dry_run(trainer: Any) -> None:
         f"validation adds one pass over the val set per epoch); peak memory "
         f"{report['peak_mib']:,.0f} MiB ({report['peak_kind']})"
     )
+    if report["cached_features"]:
+        console.print(
+            "frozen image features: computed once (about one epoch's forward), then every epoch "
+            "trains the head from them, so the whole run costs about that first pass"
+        )
     console.print(f"nothing written ({escape(c.output)} untouched)")
 
 

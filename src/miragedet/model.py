@@ -206,8 +206,17 @@ class MiraGe(nn.Module):
 
     # -- both -----------------------------------------------------------------------------------
 
+    @property
+    def image_features_frozen(self) -> bool:
+        """Whether nothing trained changes the image embeddings (no vision prompts, no unfrozen
+        vision blocks: zero-shot, linear probe, text prompts), so they can be computed once."""
+        return not self.config.vision_prompts and not self.config.finetune_blocks
+
     def forward(self, pixel_values: torch.Tensor) -> MiraGeOutput:
-        image = self.encode_image(pixel_values)
+        return self.forward_from_embeds(self.encode_image(pixel_values))
+
+    def forward_from_embeds(self, image: torch.Tensor) -> MiraGeOutput:
+        """The logits of unit image embeddings already computed by :meth:`encode_image`."""
         text = self.encode_text()
         if self.head is not None:
             logits = self.head(image.to(self.head.weight.dtype))

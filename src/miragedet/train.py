@@ -163,6 +163,8 @@ class TrainConfig:
     save_every: int = 0  # also write `last` every N steps (0: at epoch ends only)
     select_metric: str = "accuracy"
     resume: bool = False
+    # compute frozen image features once (linear probe, zero-shot, text prompts; see features.py)
+    cache_features: bool = True
 
     def __post_init__(self) -> None:
         self.method = canonical_method(self.method)
@@ -305,6 +307,64 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.skipped: list[tuple[str, str]] = list(self.train_set.skipped)
         self.history: list[dict[str, Any]] = []
+        #: Frozen image features of the training set, when they can be cached (see features.py);
+        #: ``features_computed`` counts the images encoded to fill the cache in this run.
+        self.features: torch.Tensor | None = None
+        self.feature_errors: dict[int, str] = {}
+        self.features_computed = 0
+
+    def can_cache_features(self) -> bool:
+        """Frozen features, no random augmentation, one process (DDP needs its own forward)."""
+        c = self.config
+        return (
+            c.cache_features
+            and self.model.image_features_frozen
+            and not self.transform.augment.active
+            and not self.dist.enabled
+        )
+
+    def _load_features(self) -> None:
+        from . import features
+
+        c = self.config
+        samples = self.train_set.samples
+        key = features.cache_key(
+            samples,
+            backbone=self.backbone.source,
+            shape=self.backbone.describe(),
+            preprocess=self.backbone.preprocess.to_dict(),
+            amp=c.amp,
+            align=c.align,
+        )
+
+        def batches():
+            return self._loader(list(range(len(samples))))
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.model.encode_image(pixels.to(self.device))
+
+        path = self.output / "features" / f"train-{key}.safetensors"
+        self.features, self.feature_errors, self.features_computed = features.load_or_compute(
+            path, batches, encode, len(samples)
+        )
+        self.console.print(
+            f"frozen image features: {'computed' if self.features_computed else 'reused'} "
+            f"({path}); epochs train the head from them"
+        )
+
+    def _feature_batches(self, indices: list[int]) -> Any:
+        """Micro-batches like the image loader's, from the cached features."""
+        labels = [s.label for s in self.train_set.samples]
+        for start in range(0, len(indices), self.micro):
+            chunk = indices[start : start + self.micro]
+            good = [i for i in chunk if i not in self.feature_errors]
+            yield {
+                "embeds": self.features[good],
+                "labels": torch.tensor([labels[i] for i in good], dtype=torch.long),
+                "indices": torch.tensor(good, dtype=torch.long),
+                "errors": [(i, self.feature_errors[i]) for i in chunk if i in self.feature_errors],
+            }
 
     def _find_val(self, find_images: Callable) -> Any:
         c = self.config
@@ -483,14 +543,17 @@ class Trainer:
             if self.device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         )
+        cached = self.can_cache_features()  # features once: later epochs cost next to nothing
         return {
+            "cached_features": cached,
             "steps_timed": steps,
             "seconds_per_step": per_step,
             "images_per_s": c.batch_size / per_step if steps else float("nan"),
             "steps_per_epoch": self.steps_per_epoch,
             "epoch_s": per_step * self.steps_per_epoch,
             "total_steps": total_steps,
-            "total_s": per_step * total_steps,
+            "total_s": per_step
+            * (min(total_steps, self.steps_per_epoch) if cached else total_steps),
             "peak_mib": peak,
             "peak_kind": "CUDA allocated" if self.device.type == "cuda" else "process RSS",
             "device": str(self.device),
@@ -526,6 +589,8 @@ class Trainer:
             )
         if self.dist.is_main:
             (self.output / "train_config.json").write_text(json.dumps(c.to_dict(), indent=2))
+        if self.can_cache_features():
+            self._load_features()
         self.console.print(
             f"training {c.method} on {len(self.train_set.samples)} images "
             f"({', '.join(self.train_set.subsets)}; layout {self.train_set.layout}); "
@@ -592,10 +657,10 @@ class Trainer:
     def _run_epoch(self, indices: list[int], log: Any, progress: Any, task: Any) -> bool:
         import contextlib
 
-        from . import distributed
-
         c = self.config
-        micro_batches = iter(self._loader(indices))
+        micro_batches = iter(
+            self._feature_batches(indices) if self.features is not None else self._loader(indices)
+        )
         samples = self.train_set.samples
         while self.step_in_epoch < self.steps_per_epoch:
             start = time.perf_counter()
@@ -607,6 +672,15 @@ class Trainer:
                 for index, error in batch["errors"]:
                     self.skipped.append((samples[index].path, error))
                 if not len(batch["labels"]) and not self.dist.enabled:
+                    continue
+                if "embeds" in batch:  # cached frozen features (one process, see features.py)
+                    with self._autocast():
+                        out = self.model.forward_from_embeds(batch["embeds"].to(self.device))
+                    labels = batch["labels"].to(self.device)
+                    logits, embeds = out.logits, out.image_embeds.float()
+                    losses = self.loss_fn(logits, embeds, out.text_embeds.float(), labels)
+                    self.scaler.scale(losses.loss / c.grad_accum).backward()
+                    self._add_totals(totals, losses, logits, labels)
                     continue
                 pixels = batch["pixel_values"].to(self.device, non_blocking=True)
                 labels = batch["labels"].to(self.device)
@@ -628,21 +702,7 @@ class Trainer:
                     # With several ranks each loss is this rank's share of the global batch's
                     # loss; DDP averages gradients, so scale by the world size to sum the shares.
                     self.scaler.scale(losses.loss * self.dist.world / c.grad_accum).backward()
-                parts = distributed.all_sum(
-                    [
-                        losses.loss.item(),
-                        losses.ce.item(),
-                        losses.dis.item(),
-                        float((logits.argmax(1) == labels).sum()),
-                        float(len(labels)),
-                    ],
-                    self.device,
-                )
-                totals["loss"] += parts[0] / c.grad_accum
-                totals["ce"] += parts[1] / c.grad_accum
-                totals["dis"] += parts[2] / c.grad_accum
-                totals["correct"] += int(parts[3])
-                totals["n"] += int(parts[4])
+                self._add_totals(totals, losses, logits, labels)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -672,6 +732,27 @@ class Trainer:
             if c.max_steps is not None and self.global_step >= c.max_steps:
                 return True
         return False
+
+    def _add_totals(self, totals: dict, losses: Any, logits: Any, labels: Any) -> None:
+        """Add a micro-batch's loss terms and accuracy, summed over ranks, to the step's."""
+        from . import distributed
+
+        grad_accum = self.config.grad_accum
+        parts = distributed.all_sum(
+            [
+                losses.loss.item(),
+                losses.ce.item(),
+                losses.dis.item(),
+                float((logits.argmax(1) == labels).sum()),
+                float(len(labels)),
+            ],
+            self.device,
+        )
+        totals["loss"] += parts[0] / grad_accum
+        totals["ce"] += parts[1] / grad_accum
+        totals["dis"] += parts[2] / grad_accum
+        totals["correct"] += int(parts[3])
+        totals["n"] += int(parts[4])
 
     def _end_of_epoch(self, log: Any) -> None:
         from . import distributed

@@ -1,0 +1,67 @@
+"""Frozen features computed once: the same head as training from pixels, and reused by reruns."""
+
+from __future__ import annotations
+
+import torch
+
+from miragedet.data.synthetic import write_layout
+from miragedet.train import TrainConfig, Trainer
+
+BASE = dict(backbone="tiny", batch_size=16, epochs=3, lr=0.05, workers=0, log_every=1, depth=2)
+
+
+def _train(data, output, **kw) -> Trainer:
+    trainer = Trainer(TrainConfig(data=str(data), output=str(output), **{**BASE, **kw}))
+    trainer.fit()
+    return trainer
+
+
+def test_cached_linear_probe_equals_the_uncached_one_and_a_rerun_reuses_the_cache(tmp_path):
+    data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=32)
+    (data / "real" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    plain = _train(data, tmp_path / "plain", method="linear-probe", cache_features=False)
+    cached = _train(data, tmp_path / "cached", method="linear-probe")
+    assert plain.features is None and cached.features is not None
+    assert cached.features_computed == 64  # every readable image encoded once, not per epoch
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(
+            getattr(cached.model.head, name), getattr(plain.model.head, name), atol=1e-5, rtol=0
+        )
+    assert [h["loss"] for h in cached.history if h["type"] == "train"] == pytest_approx(
+        [h["loss"] for h in plain.history if h["type"] == "train"]
+    )
+    assert any(p.endswith("broken.jpg") for p, _ in cached.skipped)
+    again = _train(data, tmp_path / "cached", method="linear-probe")
+    assert again.features_computed == 0  # the cache beside the run was reused
+    torch.testing.assert_close(again.model.head.weight, cached.model.head.weight)
+    # a changed image is a new cache
+    (data / "grid-2" / "00001.png").write_bytes((data / "grid-2" / "00003.png").read_bytes())
+    assert _train(data, tmp_path / "cached", method="linear-probe").features_computed == 64
+
+
+def test_methods_whose_features_train_never_use_the_cache(tmp_path):
+    data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=16)
+    mirage = Trainer(
+        TrainConfig(data=str(data), output=str(tmp_path / "m"), method="mirage", **BASE)
+    )
+    assert not mirage.can_cache_features()  # vision prompts change the features every step
+    augmented = Trainer(
+        TrainConfig(
+            data=str(data),
+            output=str(tmp_path / "a"),
+            method="linear-probe",
+            augment="robust",
+            **BASE,
+        )
+    )
+    assert not augmented.can_cache_features()  # random augmentations: new pixels every epoch
+    coop = Trainer(
+        TrainConfig(data=str(data), output=str(tmp_path / "t"), method="text-prompts", **BASE)
+    )
+    assert coop.can_cache_features()  # text prompts leave the image side frozen
+
+
+def pytest_approx(values):
+    import pytest
+
+    return pytest.approx(values, abs=1e-5)
