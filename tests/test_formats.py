@@ -287,3 +287,43 @@ def test_video_upload_is_415(served_checkpoint):
     )
     tensors, status, error = _prepare(ENCODED["HEIF"][1](_photo()), detector, 10**8)
     assert status == 200 and error is None and len(tensors) == 1
+
+
+def write_dng_with_preview(path: Path, w: int = 128, h: int = 96) -> Path:
+    """A DNG laid out as cameras, phones and Adobe's converter write them (DNG 1.4, 1.2 "file
+    structure"): IFD0 a small RGB preview (NewSubfileType 1) carrying the DNG tags, the Bayer data
+    in a SubIFD. Written with tifffile; the preview is red so that decoding it shows."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(200, 3800, (h, w)).astype(np.uint16)
+    preview = np.full((h // 4, w // 4, 3), (255, 0, 0), np.uint8)
+    ifd0 = [
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 2, 0, 0), True),  # DNGBackwardVersion
+        (50708, "s", 0, "miragedet test", True),  # UniqueCameraModel
+        (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),
+        (50778, "H", 1, (21,), True),  # CalibrationIlluminant1: D65
+        (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True),  # AsShotNeutral
+    ]
+    cfa = [
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: RGGB
+        (50714, "H", 1, (0,), True),  # BlackLevel
+        (50717, "H", 1, (4095,), True),  # WhiteLevel
+    ]
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(preview, photometric="rgb", subfiletype=1, subifds=1, extratags=ifd0)
+        tif.write(raw, photometric=32803, subfiletype=0, bitspersample=16, extratags=cfa)
+    return path
+
+
+def test_a_dng_with_a_preview_first_is_rendered_from_its_sensor_data(tmp_path):
+    path = write_dng_with_preview(tmp_path / "phone.dng")
+    assert Image.open(path).size == (32, 24)  # what Pillow alone would give: the preview
+    image = load_image(path)
+    assert image.size == (128, 96)
+    assert np.asarray(image)[..., 1].mean() > 60  # not the red preview
+    renamed = tmp_path / "no-extension"
+    renamed.write_bytes(path.read_bytes())
+    assert load_image(renamed).size == (128, 96) and load_image(path.read_bytes()).size == (128, 96)
