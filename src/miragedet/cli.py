@@ -16,6 +16,10 @@ from rich.table import Table
 from . import __version__
 from .data.formats import summarize_skipped
 
+PRECISION_HELP = (
+    "auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, int8 (CPU)."
+)
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -427,11 +431,7 @@ def detect(
     batch_size: int = typer.Option(32),
     threads: int = typer.Option(4, help="Decode threads."),
     device: str = typer.Option(None),
-    precision: str = typer.Option(
-        "auto",
-        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, "
-        "int8 (CPU).",
-    ),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
     exact_decode: bool = typer.Option(
         False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
     ),
@@ -526,11 +526,7 @@ def score_dataset(
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     device: str = typer.Option(None),
-    precision: str = typer.Option(
-        "auto",
-        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, "
-        "int8 (CPU).",
-    ),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
     list_skipped: bool = typer.Option(
         False, help="Name each file of the input not scored (not an image, video, hidden)."
     ),
@@ -632,11 +628,7 @@ def serve(
     ),
     watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
-    precision: str = typer.Option(
-        "auto",
-        help="auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, "
-        "int8 (CPU).",
-    ),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
