@@ -110,7 +110,7 @@ def _open(source: str | os.PathLike | bytes, max_pixels: int, draft_size: int | 
         raise ImageDecodeError(f"image too large: {w}x{h} pixels (limit {max_pixels})", "size")
     if w == 0 or h == 0:
         raise ImageDecodeError(f"image has no pixels ({w}x{h})")
-    if draft_size and image.format == "JPEG":
+    if draft_size and image.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEGs
         image.draft("RGB", (draft_size, draft_size))
     image.load()
     return image

@@ -264,7 +264,7 @@ def to_srgb(image: Any, icc: bytes | None = None) -> Any:
         mode = {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}.get(space)
         if mode is None:
             return image
-        if mode == "RGB" and image.mode != "RGB":
+        if mode == "RGB" and image.mode in ("RGBA", "P", "PA", "LA", "L", "RGBX"):
             image = image.convert("RGB")
         if image.mode != mode:
             return image
