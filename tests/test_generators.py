@@ -477,3 +477,20 @@ def test_signals_list_every_source_in_one_shape():
     assert read_provenance(_png())["signals"] == []
     # a caption that merely mentions a job is not Midjourney's Description
     assert read_provenance(_png_text(Description="Job ID: none here"))["parameters"] == []
+
+
+def test_comfyui_workflow_alone_still_names_the_checkpoint():
+    workflow = {
+        "last_node_id": 4,
+        "nodes": [
+            {
+                "id": 4,
+                "type": "CheckpointLoaderSimple",
+                "widgets_values": ["sdxl_lightning.safetensors"],
+            },
+            {"id": 5, "type": "EmptyLatentImage", "widgets_values": [1024, 1024, 1]},
+        ],
+    }
+    result = read_provenance(_png_text(workflow=json.dumps(workflow)))
+    [signal] = result["parameters"]
+    assert (signal["tool"], signal["generator"]) == ("ComfyUI", "sdxl_lightning.safetensors")

@@ -42,6 +42,7 @@ _COMFY_LOADERS = {
     "model_name": "model",
     "lora_name": "LoRA",
 }
+_MODEL_FILES = (".safetensors", ".ckpt", ".gguf", ".pt", ".pth", ".bin")
 _A1111_KEY = re.compile(r"(?:^|, )([A-Za-z][\w /-]*?): ")
 
 
@@ -113,6 +114,14 @@ def parse_comfy(prompt: Any, workflow: Any = None) -> dict[str, Any] | None:
                     details[name] = inputs[key]
             if isinstance(inputs.get("noise_seed"), int):
                 details.setdefault("seed", inputs["noise_seed"])
+    if not models and isinstance(ui, dict) and isinstance(ui.get("nodes"), list):
+        for node in ui["nodes"]:  # the UI graph alone: loader nodes keep the file in a widget
+            if not isinstance(node, dict) or "Loader" not in str(node.get("type", "")):
+                continue
+            values = node.get("widgets_values")
+            first = values[0] if isinstance(values, list) and values else None
+            if isinstance(first, str) and first.endswith(_MODEL_FILES):
+                models.append(first)
     if not models and not details and not isinstance(ui, dict):
         return None
     return {
