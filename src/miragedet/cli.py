@@ -438,6 +438,15 @@ def detect(
     list_skipped: bool = typer.Option(
         False, help="Name each file of the folders not scored (not an image, video, hidden)."
     ),
+    view: str = typer.Option(
+        "resize",
+        help="resize (CLIP's, the paper's), crop (native-resolution centre crop) or tiles "
+        "(native-resolution tiles covering the image; a where-map per image).",
+    ),
+    max_tiles: int = typer.Option(16, help="With --view tiles: at most this many per image."),
+    aggregate: str = typer.Option(
+        "mean-logit", help="With --view tiles: mean-logit or max (the most suspicious tile)."
+    ),
 ) -> None:
     """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error.
 
@@ -448,6 +457,7 @@ def detect(
     from .detect import discover, run_detect
     from .detector import load_detector
     from .stability import Stability
+    from .views import View
 
     try:
         detector = load_detector(
@@ -459,6 +469,7 @@ def detect(
             device=device,
             precision=precision,
             draft=not exact_decode,
+            view=View(kind=view, max_tiles=max_tiles, aggregate=aggregate),
         )
         if trust_anchors is not None:
             from .provenance import load_trust_anchors

@@ -73,6 +73,10 @@ def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
     if prediction.stability is not None:
         row["stability_spread"] = prediction.stability["spread"]
         row["stability_reason"] = prediction.stability["reason"]
+    if prediction.tiles is not None:
+        row["tiles"] = len(prediction.tiles["fake_probs"])
+        row["tile_max_fake_prob"] = max(prediction.tiles["fake_probs"])
+        row["where"] = prediction.tiles["grid"]  # JSON/JSONL only (CSV keeps the two columns)
     return row
 
 
@@ -152,6 +156,8 @@ class RowWriter:
                 line += f"  [bold]{escape(row['basis'])}[/bold] (pixels: {row['label']})"
             if any(c.startswith("p_") for c in self.columns):  # attribution: name the class
                 line += f"  ({escape(str(row['top_class']))})"
+        if row.get("tiles"):
+            line += f"  ({row['tiles']} tiles, most suspicious {row['tile_max_fake_prob']:.4f})"
         if row.get("stability_reason"):
             line += f"\n{'':>18}[yellow]{escape(row['stability_reason'])}[/yellow]"
         if row.get("provenance") and not row["provenance"].startswith("no provenance metadata"):
@@ -196,7 +202,9 @@ def run_detect(
         template.provenance = {"summary": "", "declares_ai": False}
     if stability is not None:
         template.stability = {"spread": 0.0, "reason": None}
-    columns = list(row_of(template, detector.classes))
+    if detector.view.kind != "resize":
+        template.tiles = {"fake_probs": [0.0], "grid": []}
+    columns = [c for c in row_of(template, detector.classes) if c != "where"]
     counts = {"scored": 0, "failed": 0, "skipped": len(inputs) - len(todo)}
     handle: IO[str]
     if output is not None:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from .data.dataset import MAX_PIXELS, ImageDecodeError, load_image
 from .model import MiraGe
+from .views import View
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -48,6 +49,9 @@ class Prediction:
     #: what decided it: "pixels", or "declared (c2pa|xmp|parameters|exif)".
     verdict: str | None = None
     basis: str | None = None
+    #: With the ``tiles``/``crop`` view: the per-tile p(fake) grid, boxes and coverage
+    #: (:func:`miragedet.views.where_map`).
+    tiles: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.verdict is None and self.basis is None and self.label is not None:
@@ -107,6 +111,8 @@ class Detector:
     #: PEM certificates of the C2PA signers the user trusts (``--trust-anchors``), used with
     #: ``provenance=True``: a valid capture claim by one of them may overrule a "fake" pixel label.
     trust_anchors: str | None = None
+    #: How an image becomes model inputs (see :mod:`miragedet.views`); the constructor sets it.
+    view: View = View()
     #: With ``provenance=True``, also look for the invisible watermarks open generators embed
     #: (:mod:`miragedet.watermark`; costs a full decode and tens of ms per megapixel).
     watermarks: bool = False
@@ -121,9 +127,14 @@ class Detector:
         model_id: str | None = None,
         draft: bool = True,
         precision: str = "auto",
+        view: str | Any = "resize",
         _owns_model: bool = False,
     ) -> None:
         from .precision import resolve
+
+        #: How an image becomes model inputs (:mod:`miragedet.views`): resize (default), a
+        #: native-resolution crop, or tiles covering the image.
+        self.view = view if isinstance(view, View) else View(kind=view)
 
         choice = resolve(
             precision, torch.device(device) if device else model.clip.logit_scale.device
@@ -188,11 +199,21 @@ class Detector:
     @property
     def draft_size(self) -> int | None:
         """JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least twice
-        the model's resize target (see docs/performance.md for speed and score tolerance)."""
-        return 2 * self.preprocess.resize_shortest if self.draft else None
+        the model's resize target (see docs/performance.md for speed and score tolerance).
+        Never with the crop and tiles views: they need the native pixels."""
+        if not self.draft or self.view.kind != "resize":
+            return None
+        return 2 * self.preprocess.resize_shortest
 
-    def _prepare(self, item: ImageInput) -> torch.Tensor:
-        return self.preprocess(to_image(item, draft_size=self.draft_size))
+    def _prepare(self, item: ImageInput) -> Any:
+        """A (3, S, S) tensor (resize view), or the :class:`~miragedet.views.Tiles` of the crop
+        and tiles views."""
+        image = to_image(item, draft_size=self.draft_size)
+        if self.view.kind == "resize":
+            return self.preprocess(image)
+        from .views import inputs
+
+        return inputs(image, self.preprocess, self.view)
 
     def score_pil(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities (n, C) of decoded images, in one forward batch."""
@@ -202,6 +223,27 @@ class Detector:
     def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, C) of an already preprocessed batch."""
         return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
+
+    def _forward_tiles(self, sets: list[Any], positions: list[int]) -> tuple[np.ndarray, dict]:
+        """Aggregated probabilities (n, C) of several images' tiles, forwarded together in
+        batches of ``batch_size`` tiles, and each image's where-map."""
+        from .views import aggregate, where_map
+
+        flat = torch.cat([t.pixels for t in sets])
+        chunks = [
+            self.forward_tensors(flat[i : i + self.batch_size])
+            for i in range(0, len(flat), self.batch_size)
+        ]
+        per_tile = np.concatenate(chunks)
+        out, maps, start = np.zeros((len(sets), len(self.classes))), {}, 0
+        for k, (tiles, position) in enumerate(zip(sets, positions, strict=True)):
+            rows = per_tile[start : start + len(tiles.pixels)]
+            start += len(tiles.pixels)
+            out[k] = aggregate(rows, self.view.aggregate)
+            maps[position] = where_map(tiles, 1.0 - rows[:, 0])
+            maps[position]["view"] = self.view.kind
+            maps[position]["aggregate"] = self.view.aggregate
+        return out, maps
 
     def _predictions(
         self, sources: list[str], probs: np.ndarray, errors: dict[int, str]
@@ -235,6 +277,8 @@ class Detector:
         labelled "uncertain" when the verdicts disagree or the score is near the threshold.
         """
         if stability is not None:
+            if self.view.kind != "resize":
+                raise ValueError("--stability works with the resize view only (for now)")
             yield from self._iter_stable(inputs, provenance, stability)
             return
         from .provenance import read_provenance
@@ -266,9 +310,14 @@ class Detector:
                 errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
                 good = [i for i in range(len(items)) if i not in errors]
                 probs = np.zeros((len(items), len(self.classes)))
-                if good:
+                tiled: dict[int, Any] = {}
+                if good and self.view.kind == "resize":
                     probs[good] = self.forward_tensors(torch.stack([prepared[i] for i in good]))
+                elif good:  # the tiles of all the batch's images share forward batches
+                    probs[good], tiled = self._forward_tiles([prepared[i] for i in good], good)
                 predictions = self._predictions(sources, probs, errors)
+                for i, where in tiled.items():
+                    predictions[i].tiles = where
                 if provenance:
                     for prediction, item in zip(predictions, items, strict=True):
                         if prediction.ok:

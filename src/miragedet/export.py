@@ -100,8 +100,13 @@ class OnnxDetector(Detector):
         model_id: str | None = None,
         draft: bool = True,
         precision: str = "auto",
+        view: Any = "resize",
     ) -> None:
         import onnxruntime as ort
+
+        from .views import View
+
+        self.view = view if isinstance(view, View) else View(kind=view)
 
         if precision not in ("auto", "fp32"):
             raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")

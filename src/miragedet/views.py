@@ -1,0 +1,152 @@
+"""Views: how an image becomes model inputs (resize, a native-resolution crop, or tiles).
+
+- ``resize`` (default, the paper's protocol): CLIP's resize of the short side and centre crop.
+  A 4000 x 3000 photo is shrunk about 13x, which averages away pixel-level generator traces.
+- ``crop``: one model-size crop from the centre of the image at native resolution.
+- ``tiles``: model-size crops at native resolution covering every pixel, neighbours overlapping
+  by ``overlap`` of a tile (the last row and column are placed flush with the far edges). More
+  than ``max_tiles`` are thinned evenly over the grid (rows and columns alike, corners kept): then
+  coverage is no longer complete, which the prediction says (``covered``).
+
+An image smaller than a tile on either side is first scaled up (bicubic) until its short side
+equals the tile, keeping its aspect ratio: padding would add borders that no camera or
+generator made (a 30 x 30 icon becomes one 224 x 224 tile). A sliver that this would make longer
+than 64 tiles (a 1 x 20000 strip would become 224 x 4,480,000) is instead resized and
+centre-cropped as the ``resize`` view does: one tile, never a memory blow-up.
+
+Tile scores become one p(fake) by ``aggregate``: ``mean-logit`` (the default: the mean of the
+tiles' log-probabilities, i.e. of their logits, then softmax; every tile counts, a confident tile
+counts more) or ``max`` (the most suspicious tile: for inpainted or pasted regions, at the price of
+more false alarms on large real photos). The per-tile p(fake) stay on the prediction as a grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+VIEWS = ("resize", "crop", "tiles")
+AGGREGATES = ("mean-logit", "max")
+
+
+@dataclass(frozen=True)
+class View:
+    kind: str = "resize"
+    max_tiles: int = 16
+    overlap: float = 0.25
+    aggregate: str = "mean-logit"
+
+    def __post_init__(self) -> None:
+        if self.kind not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(VIEWS)}, not {self.kind!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}")
+        if self.max_tiles < 1 or not 0 <= self.overlap < 1:
+            raise ValueError("max_tiles must be >= 1 and overlap in [0, 1)")
+
+
+@dataclass
+class Tiles:
+    """The inputs of one image under the ``crop`` or ``tiles`` view."""
+
+    pixels: torch.Tensor  # (n, 3, S, S)
+    boxes: list[tuple[int, int, int, int]]  # (left, top, right, bottom) in the image as scored
+    rows: int
+    cols: int
+    cells: list[tuple[int, int]]  # (row, col) of each tile in the full grid
+    size: tuple[int, int]  # the image's (width, height) as tiled (after any upscaling)
+    covered: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / stride) + 1
+    return [min(i * stride, length - tile) for i in range(n)]
+
+
+def _thin(values: list[int], keep: int) -> list[int]:
+    if len(values) <= keep:
+        return values
+    picks = np.linspace(0, len(values) - 1, keep).round().astype(int)
+    return [values[i] for i in sorted(set(picks.tolist()))]
+
+
+def tile_boxes(
+    width: int, height: int, tile: int, overlap: float = 0.25, max_tiles: int = 16
+) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]], int, int, bool]:
+    """Boxes of model-size tiles over a ``width`` x ``height`` image (each side >= ``tile``):
+    (boxes, (row, col) cells, rows, cols of the full grid, whether every pixel is covered)."""
+    stride = max(1, round(tile * (1 - overlap)))
+    xs, ys = _starts(width, tile, stride), _starts(height, tile, stride)
+    rows, cols = len(ys), len(xs)
+    keep_r, keep_c = rows, cols
+    while keep_r * keep_c > max_tiles:  # thin the longer direction first
+        if keep_c >= keep_r and keep_c > 1:
+            keep_c -= 1
+        elif keep_r > 1:
+            keep_r -= 1
+        else:
+            break
+    row_idx = _thin(list(range(rows)), keep_r)
+    col_idx = _thin(list(range(cols)), keep_c)
+    cells = [(r, c) for r in row_idx for c in col_idx]
+    boxes = [(xs[c], ys[r], xs[c] + tile, ys[r] + tile) for r, c in cells]
+    covered = len(row_idx) == rows and len(col_idx) == cols
+    return boxes, cells, rows, cols, covered
+
+
+def inputs(image: Image.Image, preprocess: Any, view: View) -> Tiles:
+    """The model inputs of ``image`` (RGB, native resolution) under a ``crop``/``tiles`` view."""
+    tile = preprocess.image_size
+    w, h = image.size
+    if min(w, h) < tile:  # smaller than a tile: scale up until the short side is one tile
+        scale = tile / min(w, h)
+        if max(w, h) * scale > 64 * tile:  # a sliver: one tile, as the resize view makes it
+            image = preprocess.resize_crop(image)
+        else:
+            image = image.resize(
+                (max(tile, round(w * scale)), max(tile, round(h * scale))),
+                Image.Resampling.BICUBIC,
+            )
+        w, h = image.size
+    if view.kind == "crop":
+        left, top = (w - tile) // 2, (h - tile) // 2
+        boxes, cells = [(left, top, left + tile, top + tile)], [(0, 0)]
+        rows, cols, covered = 1, 1, w == tile and h == tile
+    else:
+        boxes, cells, rows, cols, covered = tile_boxes(w, h, tile, view.overlap, view.max_tiles)
+    pixels = torch.stack([preprocess.to_tensor(image.crop(box)) for box in boxes])
+    return Tiles(pixels, boxes, rows, cols, cells, (w, h), covered)
+
+
+def aggregate(probs: np.ndarray, rule: str) -> np.ndarray:
+    """One probability vector (C,) from the tiles' (n, C)."""
+    if len(probs) == 1:
+        return probs[0]
+    if rule == "max":
+        return probs[int(np.argmax(1.0 - probs[:, 0]))]
+    log = np.log(np.clip(probs, 1e-12, 1.0)).mean(axis=0)
+    log -= log.max()
+    out = np.exp(log)
+    return out / out.sum()
+
+
+def where_map(tiles: Tiles, fake_probs: np.ndarray) -> dict[str, Any]:
+    """The per-tile p(fake) as a rows x cols grid (None where a tile was thinned out)."""
+    grid: list[list[float | None]] = [[None] * tiles.cols for _ in range(tiles.rows)]
+    for (r, c), p in zip(tiles.cells, fake_probs, strict=True):
+        grid[r][c] = float(p)
+    return {
+        "grid": grid,
+        "boxes": [list(b) for b in tiles.boxes],
+        "fake_probs": [float(p) for p in fake_probs],
+        "size": list(tiles.size),
+        "covered": tiles.covered,
+    }

@@ -1,0 +1,118 @@
+"""Views: resize unchanged, tiles cover the image at native resolution, and the where-map points
+at the region that carries a generator's trace."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig
+from miragedet.cli import app
+from miragedet.data.synthetic import SEEN, make_set, smooth_scene
+from miragedet.detector import Detector
+from miragedet.train import fit_tensors
+from miragedet.views import View, inputs, tile_boxes
+
+
+@pytest.mark.parametrize("size", [(224, 224), (225, 300), (1000, 700), (4000, 3000), (224, 5000)])
+def test_tiles_cover_every_pixel_when_not_thinned(size):
+    w, h = size
+    boxes, cells, rows, cols, covered = tile_boxes(w, h, 224, overlap=0.25, max_tiles=10_000)
+    assert covered and len(boxes) == rows * cols == len(cells)
+    seen = np.zeros((h, w), bool)
+    for left, top, right, bottom in boxes:
+        assert right - left == bottom - top == 224 and right <= w and bottom <= h
+        seen[top:bottom, left:right] = True
+    assert seen.all()
+
+
+def test_max_tiles_bounds_the_count_and_keeps_the_corners():
+    boxes, cells, rows, cols, covered = tile_boxes(4000, 3000, 224, max_tiles=16)
+    assert len(boxes) <= 16 and not covered and (rows, cols) == (18, 24)
+    assert (0, 0) in cells and (rows - 1, cols - 1) in cells
+
+
+def test_small_and_sliver_images_follow_the_stated_rules(tiny):
+    pre = tiny.preprocess  # 32 px tiles
+    icon = inputs(Image.new("RGB", (30, 30)), pre, View("tiles"))
+    assert icon.pixels.shape == (1, 3, 32, 32) and icon.size == (32, 32)
+    strip = inputs(Image.new("RGB", (1, 20000)), pre, View("tiles"))
+    assert strip.pixels.shape == (1, 3, 32, 32)  # squeezed like the resize view
+    wide = inputs(Image.new("RGB", (20, 200)), pre, View("tiles", max_tiles=100))
+    assert wide.size == (32, 320) and len(wide.pixels) == wide.rows * wide.cols
+
+
+def test_resize_view_scores_bit_identically_to_the_model(tiny):
+    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2)).eval()
+    images = [np.random.default_rng(i).integers(0, 256, (40, 50, 3), np.uint8) for i in range(3)]
+    detector = Detector(model, precision="fp32")
+    assert detector.view == View("resize")
+    got = detector.predict_proba(images)
+    with torch.inference_mode():
+        pixels = torch.stack([tiny.preprocess(Image.fromarray(a)) for a in images])
+        expected = model(pixels).probs.numpy()
+    assert np.array_equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def fingerprint_model():
+    """A tiny MiraGe trained on native-size (32 px) images with and without the 2 px trace."""
+    from miragedet.backbone import load_backbone
+
+    tiny = load_backbone("tiny")
+    size = tiny.preprocess.image_size
+    images, labels = make_set(600, size, SEEN, seed=1)
+    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
+    loss_fn = MiraGeLoss(LossConfig.for_method("mirage", bank_size=256), dim=64)
+    fit_tensors(
+        model,
+        loss_fn,
+        tiny.preprocess.batch(images),
+        torch.tensor(labels),
+        OptimConfig(lr=0.02, batch_size=64),
+        steps=300,
+    )
+    return model
+
+
+def _partial_fake(rng, quadrant: int, side: int = 128) -> Image.Image:
+    """A real-like scene with the generator's trace in one quadrant only (a pasted region)."""
+    pixels = smooth_scene(rng, side)
+    half = side // 2
+    top, left = (quadrant // 2) * half, (quadrant % 2) * half
+    pixels[top : top + half, left : left + half] += SEEN.pattern(half, half)[:, :, None]
+    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+
+
+def test_where_map_points_at_the_faked_quadrant(fingerprint_model):
+    detector = Detector(fingerprint_model, precision="fp32", view=View("tiles", overlap=0.0))
+    rng = np.random.default_rng(7)
+    hits, n = 0, 40
+    for k in range(n):
+        quadrant = k % 4
+        [p] = detector.score([_partial_fake(rng, quadrant)])
+        grid = np.array(p.tiles["grid"], dtype=float)  # 4 x 4 tiles of 32 px over 128 px
+        r, c = np.unravel_index(np.nanargmax(grid), grid.shape)
+        hits += (r // 2) * 2 + (c // 2) == quadrant
+    assert hits >= 0.9 * n, hits
+
+
+def test_cli_tiles_view_reports_the_grid(served_checkpoint, tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 70, 3), np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    out = tmp_path / "rows.jsonl"
+    args = ["detect", str(tmp_path / "a.png"), "-m", str(served_checkpoint), "-f", "jsonl"]
+    args += ["-o", str(out), "--view", "tiles", "--max-tiles", "4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["tiles"] == 4 and 0 <= row["tile_max_fake_prob"] <= 1
+    assert len(row["where"]) >= 2 and row["fake_prob"] is not None
+    bad = CliRunner().invoke(app, [*args[:6], "--view", "pyramid"])
+    assert bad.exit_code == 2 and "view must be one of" in bad.output
