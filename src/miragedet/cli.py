@@ -148,6 +148,11 @@ def train(
     max_steps: int = typer.Option(None),
     amp: str = typer.Option(None, help="none|bf16|fp16"),
     augment: str = typer.Option(None, help="none|robust"),
+    view: str = typer.Option(
+        None,
+        help="resize (CLIP's resize + centre crop, the paper's) or crop (random crops at "
+        "native resolution: keeps pixel-level traces; the checkpoint then scores with tiles).",
+    ),
     align: str = typer.Option(None, help="Re-encode every training image alike: jpeg:96 or png."),
     workers: int = typer.Option(None),
     seed: int = typer.Option(None),
@@ -209,6 +214,7 @@ def train(
             max_steps=max_steps,
             amp=amp,
             augment=augment,
+            view=view,
             align=align,
             workers=workers,
             seed=seed,
@@ -439,9 +445,10 @@ def detect(
         False, help="Name each file of the folders not scored (not an image, video, hidden)."
     ),
     view: str = typer.Option(
-        "resize",
+        None,
         help="resize (CLIP's, the paper's), crop (native-resolution centre crop) or tiles "
-        "(native-resolution tiles covering the image; a where-map per image).",
+        "(native-resolution tiles covering the image; a where-map per image). Default: the "
+        "checkpoint's (tiles for one trained with --view crop).",
     ),
     max_tiles: int = typer.Option(16, help="With --view tiles: at most this many per image."),
     aggregate: str = typer.Option(
@@ -469,7 +476,7 @@ def detect(
             device=device,
             precision=precision,
             draft=not exact_decode,
-            view=View(kind=view, max_tiles=max_tiles, aggregate=aggregate),
+            view=View(kind=view, max_tiles=max_tiles, aggregate=aggregate) if view else None,
         )
         if trust_anchors is not None:
             from .provenance import load_trust_anchors

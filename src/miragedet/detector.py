@@ -127,13 +127,15 @@ class Detector:
         model_id: str | None = None,
         draft: bool = True,
         precision: str = "auto",
-        view: str | Any = "resize",
+        view: str | Any = None,
         _owns_model: bool = False,
     ) -> None:
         from .precision import resolve
 
-        #: How an image becomes model inputs (:mod:`miragedet.views`): resize (default), a
-        #: native-resolution crop, or tiles covering the image.
+        #: How an image becomes model inputs (:mod:`miragedet.views`): by default the view the
+        #: checkpoint was trained with (resize; tiles for one trained on native crops).
+        if view is None:
+            view = "tiles" if model.backbone.preprocess.view == "crop" else "resize"
         self.view = view if isinstance(view, View) else View(kind=view)
 
         choice = resolve(

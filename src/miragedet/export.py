@@ -100,12 +100,15 @@ class OnnxDetector(Detector):
         model_id: str | None = None,
         draft: bool = True,
         precision: str = "auto",
-        view: Any = "resize",
+        view: Any = None,
     ) -> None:
         import onnxruntime as ort
 
         from .views import View
 
+        if view is None:  # the view the checkpoint was trained with
+            trained = config.get("preprocess", {}).get("view", "resize")
+            view = "tiles" if trained == "crop" else "resize"
         self.view = view if isinstance(view, View) else View(kind=view)
 
         if precision not in ("auto", "fp32"):

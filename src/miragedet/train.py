@@ -154,6 +154,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop (and checkpoint) after this many optimizer steps
     amp: str = "none"  # none | bf16 | fp16
     augment: str = "none"  # none | robust
+    view: str = "resize"  # resize (the paper's) | crop: random native-resolution crops
     align: str | None = None  # re-encode every training image alike: jpeg:96 or png
     workers: int = 2
     seed: int = 0
@@ -299,7 +300,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_lr(s, self.total_steps, c.warmup_steps)
         )
-        self.transform = TrainTransform(self.backbone.preprocess, Augment.preset(c.augment, c.seed))
+        if c.view not in ("resize", "crop"):
+            raise ValueError(f"--view for training is resize or crop, not {c.view!r}")
+        self.backbone.preprocess.view = c.view  # the checkpoint records it
+        self.transform = TrainTransform(
+            self.backbone.preprocess, Augment.preset(c.augment, c.seed), view=c.view
+        )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=c.amp == "fp16" and self.device.type == "cuda"
         )
@@ -320,6 +326,7 @@ class Trainer:
             c.cache_features
             and self.model.image_features_frozen
             and not self.transform.augment.active
+            and c.view == "resize"
             and not self.dist.enabled
         )
 

@@ -2,7 +2,8 @@
 
 - ``resize`` (default, the paper's protocol): CLIP's resize of the short side and centre crop.
   A 4000 x 3000 photo is shrunk about 13x, which averages away pixel-level generator traces.
-- ``crop``: one model-size crop from the centre of the image at native resolution.
+- ``crop``: one model-size crop from the centre of the image at native resolution (its corner
+  on the 8-pixel grid).
 - ``tiles``: model-size crops at native resolution covering every pixel, neighbours overlapping
   by ``overlap`` of a tile (the last row and column are placed flush with the far edges). More
   than ``max_tiles`` are thinned evenly over the grid (rows and columns alike, corners kept): then
@@ -31,6 +32,10 @@ import torch
 from PIL import Image
 
 VIEWS = ("resize", "crop", "tiles")
+#: Tiles start on multiples of this many pixels (but the last row and column, flush with the
+#: edges), like training's native crops: JPEG's 8x8 blocks and generators' 2/4/8-pixel
+#: upsampling grids then sit at one phase in every tile, as the detector learned them.
+ALIGN = 8
 AGGREGATES = ("mean-logit", "max")
 
 
@@ -83,7 +88,7 @@ def tile_boxes(
 ) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]], int, int, bool]:
     """Boxes of model-size tiles over a ``width`` x ``height`` image (each side >= ``tile``):
     (boxes, (row, col) cells, rows, cols of the full grid, whether every pixel is covered)."""
-    stride = max(1, round(tile * (1 - overlap)))
+    stride = max(ALIGN, round(tile * (1 - overlap) / ALIGN) * ALIGN)
     xs, ys = _starts(width, tile, stride), _starts(height, tile, stride)
     rows, cols = len(ys), len(xs)
     keep_r, keep_c = rows, cols
@@ -117,7 +122,7 @@ def inputs(image: Image.Image, preprocess: Any, view: View) -> Tiles:
             )
         w, h = image.size
     if view.kind == "crop":
-        left, top = (w - tile) // 2, (h - tile) // 2
+        left, top = (w - tile) // 2 // ALIGN * ALIGN, (h - tile) // 2 // ALIGN * ALIGN
         boxes, cells = [(left, top, left + tile, top + tile)], [(0, 0)]
         rows, cols, covered = 1, 1, w == tile and h == tile
     else:

@@ -35,6 +35,9 @@ class Preprocess:
     mean: tuple[float, ...] = field(default=OPENAI_CLIP_MEAN)
     std: tuple[float, ...] = field(default=OPENAI_CLIP_STD)
     resample: str = "bicubic"
+    #: The view the checkpoint was trained with (miragedet.views): "resize" (CLIP's, the
+    #: paper's) or "crop" (random native-resolution crops; such a checkpoint scores with tiles).
+    view: str = "resize"
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(x) for x in self.mean)
@@ -43,6 +46,8 @@ class Preprocess:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
         if self.resize_shortest < self.image_size:
             raise ValueError("resize_shortest must be >= image_size (the crop)")
+        if self.view not in ("resize", "crop"):
+            raise ValueError(f"a checkpoint's training view is resize or crop, not {self.view!r}")
 
     @classmethod
     def from_image_processor(cls, processor: Any) -> Preprocess:
@@ -161,9 +166,12 @@ class Augment:
 class TrainTransform:
     """Augment (optionally) and preprocess one image; callable as ``transform(image, index)``."""
 
-    def __init__(self, preprocess: Preprocess, augment: Augment | None = None) -> None:
+    def __init__(
+        self, preprocess: Preprocess, augment: Augment | None = None, view: str = "resize"
+    ) -> None:
         self.preprocess = preprocess
         self.augment = augment or Augment()
+        self.view = view  # "crop": a random model-size crop at native resolution, no resize
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -173,14 +181,16 @@ class TrainTransform:
         from . import degrade
 
         a = self.augment
-        if not a.active:
+        if not a.active and self.view == "resize":
             return self.preprocess(image)
         rng = np.random.default_rng([a.seed, self.epoch, index])
         if rng.random() < a.p_rotation:
             image = image.rotate(
                 rng.uniform(-a.max_degrees, a.max_degrees), resample=Image.Resampling.BILINEAR
             )
-        if rng.random() < a.p_resized_crop:
+        if self.view == "crop":  # native pixels: a resize would average the traces away
+            image = self._native_crop(image, rng)
+        elif rng.random() < a.p_resized_crop:
             image = self._resized_crop(image, rng)
         else:
             image = self.preprocess.resize_crop(image)
@@ -198,6 +208,24 @@ class TrainTransform:
         if rng.random() < a.p_noise:
             image = degrade.noise(image, rng.uniform(*a.noise_sigma), seed=int(rng.integers(2**31)))
         return self.preprocess.to_tensor(image)
+
+    def _native_crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """A model-size crop at a random place on the 8-pixel grid, at native resolution (an
+        image smaller than that is scaled up first, as the tiles view does: miragedet.views)."""
+        s = self.preprocess.image_size
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        w, h = image.size
+        if min(w, h) < s:
+            scale = s / min(w, h)
+            image = image.resize(
+                (max(s, round(w * scale)), max(s, round(h * scale))), Image.Resampling.BICUBIC
+            )
+            w, h = image.size
+        # on the 8-pixel grid: JPEG's 8x8 blocks and generators' 2/4/8-pixel upsampling grids
+        # then sit at the same phase in every crop, and in the tiles that score it (views.ALIGN)
+        left = 8 * int(rng.integers(0, (w - s) // 8 + 1))
+        top = 8 * int(rng.integers(0, (h - s) // 8 + 1))
+        return image.crop((left, top, left + s, top + s))
 
     def _resized_crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         w, h = image.size
