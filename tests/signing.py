@@ -109,7 +109,15 @@ def sign_jpeg(
         "assertions": [
             {
                 "label": "c2pa.actions",
-                "data": {"actions": [{"action": "c2pa.created", "digitalSourceType": source_type}]},
+                "data": {
+                    "actions": [
+                        {
+                            "action": "c2pa.created",
+                            "digitalSourceType": source_type,
+                            "softwareAgent": {"name": generator, "version": "1.0"},
+                        }
+                    ]
+                },
             }
         ],
     }

@@ -474,6 +474,8 @@ def test_signals_list_every_source_in_one_shape():
     [c2pa_signal] = signed["signals"]
     assert c2pa_signal["source"] == "c2pa" and c2pa_signal["claim"] == "generative AI"
     assert c2pa_signal["verified"] is True and c2pa_signal["generator"] == "test-generator 1.0"
+    assert c2pa_signal["details"] == {"software agents": ["test-generator 1.0"]}
+    assert signed["c2pa"]["actions"] == ["c2pa.created"]
     assert read_provenance(_png())["signals"] == []
     # a caption that merely mentions a job is not Midjourney's Description
     assert read_provenance(_png_text(Description="Job ID: none here"))["parameters"] == []

@@ -226,14 +226,33 @@ def load_trust_anchors(path: str | os.PathLike) -> str:
     return text
 
 
-def _source_types(manifest: dict[str, Any]) -> list[str]:
-    types = []
+def _actions(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
     for assertion in manifest.get("assertions", []):
         if str(assertion.get("label", "")).startswith("c2pa.actions"):
-            for action in (assertion.get("data") or {}).get("actions", []) or []:
-                if isinstance(action, dict) and action.get("digitalSourceType"):
-                    types.append(str(action["digitalSourceType"]).rsplit("/", 1)[-1])
-    return types
+            actions = (assertion.get("data") or {}).get("actions", []) or []
+            out += [a for a in actions if isinstance(a, dict)]
+    return out
+
+
+def _source_types(manifest: dict[str, Any]) -> list[str]:
+    return [
+        str(a["digitalSourceType"]).rsplit("/", 1)[-1]
+        for a in _actions(manifest)
+        if a.get("digitalSourceType")
+    ]
+
+
+def _agents(manifest: dict[str, Any]) -> list[str]:
+    """The ``softwareAgent`` of each action: a name, or {name, version} (C2PA 2.x)."""
+    out = []
+    for action in _actions(manifest):
+        agent = action.get("softwareAgent")
+        if isinstance(agent, dict):
+            agent = " ".join(str(agent[k]) for k in ("name", "version") if agent.get(k))
+        if isinstance(agent, str) and agent.strip():
+            out.append(agent.strip()[:120])
+    return list(dict.fromkeys(out))
 
 
 def jpeg_has_app11(data: bytes) -> bool:
@@ -310,6 +329,8 @@ def read_c2pa(
         "digital_source_types": terms,
         "source_claims": [IPTC_SOURCE_TYPES.get(t, f"unknown ({t})") for t in terms],
         "ingredients_declaring_ai": ingredient_ai,
+        "actions": [str(a.get("action")) for a in _actions(manifest) if a.get("action")],
+        "software_agents": _agents(manifest),
         "declares_ai": any(t in AI_SOURCE_TYPES for t in terms) or bool(ingredient_ai),
         "trusted_capture": state == "Trusted"
         and any(t in ("digitalCapture", "computationalCapture") for t in terms),
@@ -431,7 +452,14 @@ def _signals(
                 "claim": ", ".join(dict.fromkeys(c2pa_info.get("source_claims") or []))
                 or ("ingredient: generative AI" if ingredients else "no source type"),
                 "generator": c2pa_info.get("claim_generator"),
-                "details": {"ingredients declaring AI": ingredients} if ingredients else {},
+                "details": {
+                    k: v
+                    for k, v in (
+                        ("ingredients declaring AI", ingredients),
+                        ("software agents", c2pa_info.get("software_agents")),
+                    )
+                    if v
+                },
                 "verified": c2pa_info.get("validation_state") in ("Valid", "Trusted"),
                 "declares_ai": bool(c2pa_info.get("declares_ai")),
             }
