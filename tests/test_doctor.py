@@ -73,3 +73,17 @@ def test_train_dry_run_on_a_broken_layout_says_what_it_expected_and_found(tmp_pa
     text = " ".join(result.output.split())
     assert "no known dataset layout found" in text and "genimage:" in text
     assert "readme.txt" in text
+
+
+def test_evaluate_dry_run_counts_and_estimates_and_writes_nothing(served_checkpoint, tmp_path):
+    data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=20)
+    out = tmp_path / "eval"
+    args = ["evaluate", "-m", str(served_checkpoint), str(data), "-o", str(out), "--dry-run"]
+    result = runner.invoke(app, [*args, "--degrade", "jpeg:75", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "precision " in text and "data: real 20, grid-2 20" in text
+    assert "ms per image" in text and "for 40 images x 2 pass(es)" in text
+    assert not out.exists()
+    fp32 = runner.invoke(app, [*args, "--precision", "fp32"])
+    assert "precision fp32 (as requested)" in " ".join(fp32.output.split())

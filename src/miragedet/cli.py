@@ -349,13 +349,41 @@ def evaluate(
     threshold: float = typer.Option(None, help="Default: the checkpoint's."),
     batch_size: int = typer.Option(64),
     workers: int = typer.Option(2),
+    precision: str = typer.Option("auto", help=PRECISION_HELP + " fp32 for the paper's numbers."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check the data, time a few batches here, print the estimated time; write nothing.",
+    ),
 ) -> None:
     """Evaluate a detector: per-subset metrics, tables, ROC/PR plots, per-image scores."""
+    import torch
+
     from .data.degrade import Alignment, parse_degradations
     from .evaluate import evaluate_dataset, markdown_table
+    from .precision import quantize_int8, resolve
 
     try:
         detector = _load_model(model)
+        choice = resolve(precision, detector.clip.logit_scale.device)
+        if choice.precision == "int8":
+            quantize_int8(detector)
+        elif choice.precision != "fp32":  # the frozen network cast once, as the Detector does
+            detector = detector.to(torch.bfloat16 if choice.precision == "bf16" else torch.float16)
+        console.print(f"[dim]precision {choice.precision} ({escape(choice.reason)})[/dim]")
+        degradations = parse_degradations(degrade or [])
+        if dry_run:
+            _evaluate_dry_run(
+                detector,
+                data,
+                layout,
+                split,
+                _csv_list(subsets),
+                batch_size,
+                workers,
+                1 + len(degradations) + bool(align),
+            )
+            return
         metrics = evaluate_dataset(
             detector,
             data,
@@ -363,7 +391,7 @@ def evaluate(
             layout=layout,
             split=split,
             subsets=_csv_list(subsets),
-            degradations=parse_degradations(degrade or []),
+            degradations=degradations,
             protocol=protocol,
             threshold=threshold,
             batch_size=batch_size,
@@ -381,6 +409,53 @@ def evaluate(
     console.print(
         f"report: {output / 'report.md'} (+ metrics.json, table.csv, scores.csv, roc_pr.png)"
     )
+
+
+def _evaluate_dry_run(
+    model: Any,
+    data: str,
+    layout: str,
+    split: str,
+    subsets: list[str] | None,
+    batch_size: int,
+    workers: int,
+    passes: int,
+) -> None:
+    """Print what `evaluate` would score and how long it would take here; write nothing."""
+    import time
+
+    from .data.layouts import find_images
+    from .evaluate import score_samples
+
+    image_set = find_images(data, layout, split=split)
+    if subsets:
+        image_set = image_set.only(subsets)
+    console.print(
+        f"[bold]data[/bold] {escape(str(image_set.root))}: layout {image_set.layout}, "
+        f"classes {image_set.classes}"
+    )
+    for subset, counts in image_set.counts().items():
+        console.print(f"  {escape(subset)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if image_set.skipped:
+        console.print(f"[yellow]{summarize_skipped(image_set.skipped)}[/yellow]")
+    sample = image_set.samples[: 3 * batch_size]
+    score_samples(model, sample[:batch_size], batch_size=batch_size, workers=workers)  # warm-up
+    start = time.perf_counter()
+    scores = score_samples(
+        model, sample[batch_size:] or sample, batch_size=batch_size, workers=workers
+    )
+    per_image = (time.perf_counter() - start) / max(1, len(scores.samples))
+    total = per_image * len(image_set.samples) * passes
+    console.print(
+        f"[bold]measured[/bold] {1000 * per_image:.1f} ms per image (decode + forward, batch "
+        f"{batch_size}); [bold]estimate[/bold] {_duration(total)} for "
+        f"{len(image_set.samples)} images x {passes} pass(es) (clean, degradations, alignment)"
+    )
+    if scores.errors:
+        console.print(
+            f"[yellow]{len(scores.errors)} unreadable images in the timed batches[/yellow]"
+        )
+    console.print("nothing written")
 
 
 def _load_model(spec: str):
