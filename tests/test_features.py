@@ -65,3 +65,31 @@ def pytest_approx(values):
     import pytest
 
     return pytest.approx(values, abs=1e-5)
+
+
+def test_evaluate_scores_a_frozen_model_from_cached_features(served_checkpoint, tmp_path):
+    import numpy as np
+
+    from miragedet import MiraGe, ModelConfig, load_backbone
+    from miragedet.data.layouts import find_images
+    from miragedet.evaluate import evaluate_dataset, score_samples
+
+    data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=12)
+    (data / "real" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("linear-probe"))
+    samples = find_images(data).samples
+    plain = score_samples(model, samples, batch_size=8)
+    cached = score_samples(model, samples, batch_size=8, cache_dir=tmp_path / "cache")
+    assert model.features_computed == 24
+    np.testing.assert_allclose(cached.probs, plain.probs, atol=1e-6)  # NaN rows alike
+    assert cached.errors.keys() == plain.errors.keys()
+    again = score_samples(model, samples, batch_size=8, cache_dir=tmp_path / "cache")
+    assert model.features_computed == 0 and np.allclose(again.probs, cached.probs, equal_nan=True)
+    first = evaluate_dataset(model, data, tmp_path / "eval", workers=0)
+    assert model.features_computed == 24 and (tmp_path / "eval" / "features").is_dir()
+    second = evaluate_dataset(model, data, tmp_path / "eval", workers=0)
+    assert model.features_computed == 0 and second["clean"] == first["clean"]
+    # MiraGe's own features train: never cached
+    mirage = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    score_samples(mirage, samples, batch_size=8, cache_dir=tmp_path / "m")
+    assert not (tmp_path / "m").exists()

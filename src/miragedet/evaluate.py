@@ -98,10 +98,20 @@ def score_samples(
     preprocess: Preprocess | None = None,
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Scores:
-    """Class probabilities of every sample; unreadable images get NaN and an error message."""
+    """Class probabilities of every sample; unreadable images get NaN and an error message.
+
+    With ``cache_dir``, a model whose image features are frozen (zero-shot, linear probe, text
+    prompts) scores from features computed once and kept there (:mod:`miragedet.features`): a
+    rerun, another head on the same backbone or the next epoch's validation reads them back."""
     preprocess = preprocess or model.backbone.preprocess
     device = torch.device(device) if device is not None else model.clip.logit_scale.device
+    if cache_dir is not None and degradation is None and model.image_features_frozen:
+        scores = _score_cached(model, samples, batch_size, workers, preprocess, device, cache_dir)
+        if on_batch is not None:
+            on_batch(len(samples))
+        return scores
     image_transform = None
     if degradation is not None:
 
@@ -122,6 +132,47 @@ def score_samples(
             probs[batch["indices"].numpy()] = out.probs.float().cpu().numpy()
         if on_batch is not None:
             on_batch(len(batch["indices"]) + len(batch["errors"]))
+    return Scores(samples, probs, errors)
+
+
+def _score_cached(
+    model: Any,
+    samples: list[Sample],
+    batch_size: int,
+    workers: int,
+    preprocess: Preprocess,
+    device: torch.device,
+    cache_dir: str | os.PathLike,
+) -> Scores:
+    from . import features
+
+    key = features.cache_key(
+        samples,
+        backbone=model.backbone.source,
+        shape=model.backbone.describe(),
+        preprocess=preprocess.to_dict(),
+        dtype=str(model.clip.logit_scale.dtype),
+    )
+
+    def batches():
+        dataset = ImageDataset(samples, lambda im, i: preprocess(im))
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate
+        )
+
+    model.eval()
+    embeds, errors, computed = features.load_or_compute(
+        Path(cache_dir) / f"eval-{key}.safetensors",
+        batches,
+        lambda pixels: model.encode_image(pixels.to(device)),
+        len(samples),
+    )
+    model.features_computed = computed  # how many images were encoded (0: read back)
+    probs = np.full((len(samples), len(model.classes)), np.nan)
+    good = [i for i in range(len(samples)) if i not in errors]
+    if good:
+        image = embeds[good].to(device, model.clip.logit_scale.dtype)
+        probs[good] = model.forward_from_embeds(image).probs.float().cpu().numpy()
     return Scores(samples, probs, errors)
 
 
@@ -456,8 +507,12 @@ def evaluate_dataset(
     workers: int = 2,
     console: Any = None,
     align: Any = None,
+    cache_features: bool = True,
 ) -> dict[str, Any]:
     """Score a data set (clean and degraded), and write the report to ``output``.
+
+    Models with frozen image features (zero-shot, linear probe) score the clean pass from
+    features cached under ``output/features`` (``cache_features``; see miragedet.features).
 
     Writes scores.csv (+ scores_<degradation>.csv), metrics.json, report.md, table.csv,
     roc_pr.png, robustness_<kind>.png (with degradations) and confusion.csv (with 3+ classes).
@@ -498,6 +553,7 @@ def evaluate_dataset(
                 workers=workers,
                 degradation=degradation,
                 on_batch=lambda n, t=task, p=progress: p.update(t, advance=n),
+                cache_dir=output / "features" if cache_features else None,
             )
         suffix = "" if degradation is None else "_" + name.replace(":", "-")
         write_scores_csv(scores, output / f"scores{suffix}.csv", classes)

@@ -774,7 +774,11 @@ class Trainer:
         entry: dict[str, Any] = {"type": "val", "epoch": self.epoch, "step": self.global_step}
         if self.val_set is not None:
             scores = score_samples(
-                self.model, self.val_set.samples, batch_size=self.micro, workers=self.config.workers
+                self.model,
+                self.val_set.samples,
+                batch_size=self.micro,
+                workers=self.config.workers,
+                cache_dir=self.output / "features" if self.can_cache_features() else None,
             )
             table = subset_metrics(scores, self.model.threshold)
             overall = table.get("mean") or next(iter(table.values()))
