@@ -376,12 +376,12 @@ def evaluate(
             _evaluate_dry_run(
                 detector,
                 data,
-                layout,
-                split,
-                _csv_list(subsets),
-                batch_size,
-                workers,
-                1 + len(degradations) + bool(align),
+                passes=1 + len(degradations) + bool(align),
+                layout=layout,
+                split=split,
+                subsets=_csv_list(subsets),
+                batch_size=batch_size,
+                workers=workers,
             )
             return
         metrics = evaluate_dataset(
@@ -411,25 +411,12 @@ def evaluate(
     )
 
 
-def _evaluate_dry_run(
-    model: Any,
-    data: str,
-    layout: str,
-    split: str,
-    subsets: list[str] | None,
-    batch_size: int,
-    workers: int,
-    passes: int,
-) -> None:
+def _evaluate_dry_run(model: Any, data: str, passes: int, **kwargs: Any) -> None:
     """Print what `evaluate` would score and how long it would take here; write nothing."""
-    import time
+    from .evaluate import dry_run
 
-    from .data.layouts import find_images
-    from .evaluate import score_samples
-
-    image_set = find_images(data, layout, split=split)
-    if subsets:
-        image_set = image_set.only(subsets)
+    report = dry_run(model, data, passes=passes, **kwargs)
+    image_set = report["image_set"]
     console.print(
         f"[bold]data[/bold] {escape(str(image_set.root))}: layout {image_set.layout}, "
         f"classes {image_set.classes}"
@@ -438,22 +425,15 @@ def _evaluate_dry_run(
         console.print(f"  {escape(subset)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if image_set.skipped:
         console.print(f"[yellow]{summarize_skipped(image_set.skipped)}[/yellow]")
-    sample = image_set.samples[: 3 * batch_size]
-    score_samples(model, sample[:batch_size], batch_size=batch_size, workers=workers)  # warm-up
-    start = time.perf_counter()
-    scores = score_samples(
-        model, sample[batch_size:] or sample, batch_size=batch_size, workers=workers
-    )
-    per_image = (time.perf_counter() - start) / max(1, len(scores.samples))
-    total = per_image * len(image_set.samples) * passes
     console.print(
-        f"[bold]measured[/bold] {1000 * per_image:.1f} ms per image (decode + forward, batch "
-        f"{batch_size}); [bold]estimate[/bold] {_duration(total)} for "
-        f"{len(image_set.samples)} images x {passes} pass(es) (clean, degradations, alignment)"
+        f"[bold]measured[/bold] {1000 * report['seconds_per_image']:.1f} ms per image (decode + "
+        f"forward, batch {report['batch_size']}); [bold]estimate[/bold] "
+        f"{_duration(report['total_s'])} for {len(image_set.samples)} images x {passes} pass(es) "
+        "(clean, degradations, alignment)"
     )
-    if scores.errors:
+    if report["unreadable"]:
         console.print(
-            f"[yellow]{len(scores.errors)} unreadable images in the timed batches[/yellow]"
+            f"[yellow]{report['unreadable']} unreadable images in the timed batches[/yellow]"
         )
     console.print("nothing written")
 

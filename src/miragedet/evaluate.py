@@ -666,6 +666,42 @@ def evaluate_dataset(
     return metrics
 
 
+def dry_run(
+    model: Any,
+    data: str | os.PathLike,
+    passes: int = 1,
+    layout: str = "auto",
+    split: str | None = "val",
+    subsets: list[str] | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """What :func:`evaluate_dataset` would score and how long it would take on this machine:
+    the image set found, seconds per image measured over up to two batches after a warm-up one,
+    and the estimate for ``passes`` passes (clean, each degradation, the alignment). Writes
+    nothing."""
+    import time
+
+    from .data.layouts import find_images
+
+    image_set = find_images(data, layout, split=split)
+    if subsets:
+        image_set = image_set.only(subsets)
+    sample = image_set.samples[: 3 * batch_size]
+    score_samples(model, sample[:batch_size], batch_size=batch_size, workers=workers)  # warm-up
+    start = time.perf_counter()
+    timed = sample[batch_size:] or sample
+    scores = score_samples(model, timed, batch_size=batch_size, workers=workers)
+    per_image = (time.perf_counter() - start) / max(1, len(timed))
+    return {
+        "image_set": image_set,
+        "batch_size": batch_size,
+        "seconds_per_image": per_image,
+        "total_s": per_image * len(image_set.samples) * passes,
+        "unreadable": len(scores.errors),
+    }
+
+
 # -- threshold calibration --------------------------------------------------------------------
 
 
