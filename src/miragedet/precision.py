@@ -89,7 +89,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` (a MiraGe, changed in place) with its frozen CLIP vision encoder's ``nn.Linear``
     layers replaced by dynamically quantised int8 ones (PyTorch's ``quantize_dynamic``; the prompt
     maps, text tower and projections stay fp32). ONNX Runtime's quantiser on the exported graph
-    ran 1.2x faster still for ViT-B/32 here but needs the ONNX export (10 s for B/32, minutes for
+    ran 1.4x faster still for ViT-B/32 here but needs the ONNX export (10 s for B/32, minutes for
     L/14) and a second file; this needs neither. PyTorch marks ``torch.ao.quantization`` and
     quantised tensors as deprecated in favour of torchao (still present and tested in 2.13);
     the call is isolated here, and ``tests/test_precision.py`` fails the day it stops working."""
