@@ -107,20 +107,26 @@ def tile_boxes(
     return boxes, cells, rows, cols, covered
 
 
+def at_least_one_tile(image: Image.Image, preprocess: Any) -> Image.Image:
+    """``image`` if both sides hold a tile; else scaled up (bicubic) until the short side is one
+    tile, or, for a sliver that would become longer than 64 tiles, resized and centre-cropped
+    as the resize view does. Shared by tiling and by training's native crops."""
+    tile = preprocess.image_size
+    w, h = image.size
+    if min(w, h) >= tile:
+        return image
+    scale = tile / min(w, h)
+    if max(w, h) * scale > 64 * tile:
+        return preprocess.resize_crop(image)
+    size = (max(tile, round(w * scale)), max(tile, round(h * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
 def inputs(image: Image.Image, preprocess: Any, view: View) -> Tiles:
     """The model inputs of ``image`` (RGB, native resolution) under a ``crop``/``tiles`` view."""
     tile = preprocess.image_size
+    image = at_least_one_tile(image, preprocess)
     w, h = image.size
-    if min(w, h) < tile:  # smaller than a tile: scale up until the short side is one tile
-        scale = tile / min(w, h)
-        if max(w, h) * scale > 64 * tile:  # a sliver: one tile, as the resize view makes it
-            image = preprocess.resize_crop(image)
-        else:
-            image = image.resize(
-                (max(tile, round(w * scale)), max(tile, round(h * scale))),
-                Image.Resampling.BICUBIC,
-            )
-        w, h = image.size
     if view.kind == "crop":
         left, top = (w - tile) // 2 // ALIGN * ALIGN, (h - tile) // 2 // ALIGN * ALIGN
         boxes, cells = [(left, top, left + tile, top + tile)], [(0, 0)]

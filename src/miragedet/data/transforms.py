@@ -212,15 +212,12 @@ class TrainTransform:
     def _native_crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         """A model-size crop at a random place on the 8-pixel grid, at native resolution (an
         image smaller than that is scaled up first, as the tiles view does: miragedet.views)."""
+        from ..views import at_least_one_tile
+
         s = self.preprocess.image_size
         image = image.convert("RGB") if image.mode != "RGB" else image
+        image = at_least_one_tile(image, self.preprocess)
         w, h = image.size
-        if min(w, h) < s:
-            scale = s / min(w, h)
-            image = image.resize(
-                (max(s, round(w * scale)), max(s, round(h * scale))), Image.Resampling.BICUBIC
-            )
-            w, h = image.size
         # on the 8-pixel grid: JPEG's 8x8 blocks and generators' 2/4/8-pixel upsampling grids
         # then sit at the same phase in every crop, and in the tiles that score it (views.ALIGN)
         left = 8 * int(rng.integers(0, (w - s) // 8 + 1))
