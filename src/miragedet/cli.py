@@ -236,6 +236,7 @@ def train(
             _dry_run(Trainer(cfg, console=console))
             return
         result = Trainer(cfg, console=console).fit()
+        distributed.shutdown(sync=True)  # the ranks end together (see distributed.shutdown)
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
     finally:

@@ -155,6 +155,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(sync: bool = False) -> None:
+    """Destroy the process group. With ``sync`` (a normal end) the ranks first meet at a
+    barrier: a rank tearing gloo down while its peer's last message is still in flight made the
+    peer abort ("terminate called without an active exception", seen once in a 2-rank test)."""
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
