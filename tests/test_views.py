@@ -109,11 +109,19 @@ def test_cli_tiles_view_reports_the_grid(served_checkpoint, tmp_path):
     out = tmp_path / "rows.jsonl"
     args = ["detect", str(tmp_path / "a.png"), "-m", str(served_checkpoint), "-f", "jsonl"]
     args += ["-o", str(out), "--view", "tiles", "--max-tiles", "4"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--where", str(tmp_path / "where")])
     assert result.exit_code == 0, result.output
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["tiles"] == 4 and 0 <= row["tile_max_fake_prob"] <= 1
     assert len(row["where"]) >= 2 and row["fake_prob"] is not None
+    from miragedet.detect import where_path
+
+    drawn = Image.open(where_path(tmp_path / "where", str(tmp_path / "a.png")))
+    assert drawn.format == "PNG" and drawn.width > 200  # the image, its tiles and a colour bar
+    resize_only = CliRunner().invoke(
+        app, [*args[:6], "--view", "resize", "--where", str(tmp_path / "w2")]
+    )
+    assert resize_only.exit_code == 2 and "--where draws tiles" in resize_only.output
     bad = CliRunner().invoke(app, [*args[:6], "--view", "pyramid"])
     assert bad.exit_code == 2 and "view must be one of" in bad.output
 

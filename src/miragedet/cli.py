@@ -510,6 +510,9 @@ def detect(
     aggregate: str = typer.Option(
         "mean-logit", help="With --view tiles: mean-logit or max (the most suspicious tile)."
     ),
+    where: Path = typer.Option(
+        None, help="With --view tiles/crop: draw each image's where-map (a PNG per image) here."
+    ),
 ) -> None:
     """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error.
 
@@ -539,6 +542,8 @@ def detect(
 
             detector.trust_anchors = load_trust_anchors(trust_anchors)
         detector.watermarks = watermarks
+        if where is not None and detector.view.kind == "resize":
+            raise ValueError("--where draws tiles: use it with --view tiles (or crop)")
         Console(stderr=True).print(
             f"[dim]{escape(model)}: {detector.precision} "
             f"({escape(detector.precision_reason)})[/dim]",
@@ -555,6 +560,7 @@ def detect(
             console=console,
             stability=Stability.parse(stability_variants, stability_margin) if stability else None,
             progress_console=Console(stderr=True),
+            where=where,
         )
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc

@@ -181,8 +181,10 @@ def run_detect(
     console: Any = None,
     progress_console: Any = None,
     stability: Any = None,
+    where: Path | None = None,
 ) -> dict[str, int]:
-    """Score ``inputs`` and write rows; returns counts of scored, failed and skipped inputs."""
+    """Score ``inputs`` and write rows; returns counts of scored, failed and skipped inputs.
+    With ``where`` (and the tiles or crop view), each image is also drawn with its where-map."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if fmt not in FORMATS:
@@ -232,6 +234,8 @@ def run_detect(
             task = progress.add_task("score", total=len(todo))
             for prediction in detector.iter_score(todo, provenance=provenance, stability=stability):
                 writer.write(row_of(prediction, detector.classes))
+                if where is not None and prediction.tiles is not None:
+                    _draw_where(detector, prediction, where)
                 counts["failed" if prediction.error else "scored"] += 1
                 progress.update(task, advance=1)
     finally:
@@ -239,6 +243,27 @@ def run_detect(
         if output is not None:
             handle.close()
     return counts
+
+
+def where_path(folder: Path, source: str) -> Path:
+    """The where-map PNG of ``source``: its name plus a short hash of the full path (two folders'
+    IMG_0001.JPG do not collide)."""
+    import hashlib
+
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
+    return folder / f"{Path(source).stem}-{digest}.png"
+
+
+def _draw_where(detector: Detector, prediction: Prediction, folder: Path) -> None:
+    from .detector import to_image
+    from .views import at_least_one_tile, plot_where
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = at_least_one_tile(to_image(prediction.source), detector.preprocess)
+    title = (
+        f"{Path(prediction.source).name}: p(fake) {prediction.fake_prob:.3f} ({prediction.label})"
+    )
+    plot_where(image, prediction.tiles, where_path(folder, prediction.source), title)
 
 
 def _rewrite_complete(path: Path, fmt: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
