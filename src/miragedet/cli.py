@@ -358,19 +358,14 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a detector: per-subset metrics, tables, ROC/PR plots, per-image scores."""
-    import torch
-
     from .data.degrade import Alignment, parse_degradations
     from .evaluate import evaluate_dataset, markdown_table
-    from .precision import quantize_int8, resolve
+    from .precision import apply, resolve
 
     try:
         detector = _load_model(model)
         choice = resolve(precision, detector.clip.logit_scale.device)
-        if choice.precision == "int8":
-            quantize_int8(detector)
-        elif choice.precision != "fp32":  # the frozen network cast once, as the Detector does
-            detector = detector.to(torch.bfloat16 if choice.precision == "bf16" else torch.float16)
+        detector = apply(detector, choice.precision)  # cast once, as the Detector does
         console.print(f"[dim]precision {choice.precision} ({escape(choice.reason)})[/dim]")
         degradations = parse_degradations(degrade or [])
         if dry_run:

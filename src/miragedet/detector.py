@@ -25,8 +25,6 @@ from .model import MiraGe
 from .views import View
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -130,7 +128,7 @@ class Detector:
         view: str | Any = None,
         _owns_model: bool = False,
     ) -> None:
-        from .precision import resolve
+        from .precision import apply, resolve
 
         #: How an image becomes model inputs (:mod:`miragedet.views`): by default the view the
         #: checkpoint was trained with (resize; tiles for one trained on native crops).
@@ -142,15 +140,8 @@ class Detector:
             precision, torch.device(device) if device else model.clip.logit_scale.device
         )
         precision = choice.precision
-        if precision == "int8":
-            from .precision import quantize_int8
-
-            model = quantize_int8(model if _owns_model else copy.deepcopy(model))
-        elif precision != "fp32":
-            # The frozen network in half precision, cast once: autocast would re-cast every
-            # frozen weight on every call (it caches casts only of weights that need gradients).
-            # A model handed in by the caller is copied first, never changed under their feet.
-            model = (model if _owns_model else copy.deepcopy(model)).to(_DTYPES[precision])
+        if precision != "fp32":  # a model handed in by the caller is copied, never changed
+            model = apply(model if _owns_model else copy.deepcopy(model), precision)
         self.model = model.eval()
         self.device = torch.device(device) if device else model.clip.logit_scale.device
         self.model.to(self.device)

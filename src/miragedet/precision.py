@@ -102,3 +102,14 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         vision = model.clip.vision_model
         vision.encoder = quantize_dynamic(vision.encoder, {torch.nn.Linear}, dtype=torch.qint8)
     return model
+
+
+def apply(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """``model`` (changed in place) in a resolved precision: the frozen network cast once to
+    bf16/fp16 (autocast would re-cast every frozen weight on every call: it caches casts only of
+    weights that need gradients), or its vision encoder quantised to int8; fp32 as it is."""
+    if precision == "int8":
+        return quantize_int8(model)
+    if precision in ("bf16", "fp16"):
+        return model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+    return model
