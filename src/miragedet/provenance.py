@@ -415,23 +415,17 @@ def read_provenance(
         summary = "EXIF: " + ", ".join(f"{k} {v}" for k, v in exif.items())
     else:
         summary = "no provenance metadata (no C2PA manifest, no camera or software EXIF)"
-    return {
+    result = {
         "signals": _signals(c2pa_info, xmp, declared, marks, exif if ai_software else None),
         "c2pa": c2pa_info,
         "parameters": params,
         "xmp": xmp,
         "exif": exif,
         **({"watermark": marks} if marks is not None else {}),
-        "declares_ai": bool(
-            (marks or {}).get("found")
-            or c2pa_info.get("declares_ai")
-            or xmp.get("declares_ai")
-            or declared
-            or ai_software
-            or xmp_tool
-        ),
-        "summary": summary,
     }
+    result["declares_ai"] = declared_basis(result) is not None  # one rule for both
+    result["summary"] = summary
+    return result
 
 
 def _signals(
