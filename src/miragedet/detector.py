@@ -44,7 +44,7 @@ class Prediction:
     #: "uncertain" label.
     stability: dict[str, Any] | None = None
     #: The pixel label weighed with the metadata (see :func:`miragedet.provenance.combine`), and
-    #: what decided it: "pixels", or "declared (c2pa|xmp|parameters|exif)".
+    #: what decided it: "pixels", or "declared (c2pa|watermark|xmp|parameters|exif)".
     verdict: str | None = None
     basis: str | None = None
     #: With the ``tiles``/``crop`` view: the per-tile p(fake) grid, boxes and coverage

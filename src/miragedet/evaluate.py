@@ -146,11 +146,12 @@ def _score_cached(
 ) -> Scores:
     from . import features
 
-    key = features.cache_key(
+    path = features.cache_path(
+        cache_dir,
+        "eval",
         samples,
-        backbone=model.backbone.source,
-        shape=model.backbone.describe(),
-        preprocess=preprocess.to_dict(),
+        model.backbone,
+        preprocess=preprocess.to_dict(),  # the one scored with, when not the backbone's own
         dtype=str(model.clip.logit_scale.dtype),
     )
 
@@ -162,7 +163,7 @@ def _score_cached(
 
     model.eval()
     embeds, errors, computed = features.load_or_compute(
-        Path(cache_dir) / f"eval-{key}.safetensors",
+        path,
         batches,
         lambda pixels: model.encode_image(pixels.to(device)),
         len(samples),
@@ -259,11 +260,11 @@ def metadata_table(scores: Scores, threshold: float) -> dict[str, dict[str, floa
     are in fact fake, and accuracy with the pixels alone and with the combined verdict
     (:func:`miragedet.provenance.combine`). Most benchmark sets have their metadata stripped, so
     "decided" is often 0 there: that is the honest figure, not a failure."""
-    from .provenance import declared_basis, read_provenance
+    from .provenance import read_provenance
 
     ok, labels, subsets = scores.ok, scores.labels, scores.subsets
     declared = np.array(
-        [bool(k) and declared_basis(read_provenance(s.path)) is not None
+        [bool(k) and read_provenance(s.path)["declares_ai"]
          for s, k in zip(scores.samples, ok, strict=True)]
     )  # fmt: skip
     pixels = (scores.fake_prob >= threshold).astype(int)

@@ -36,6 +36,21 @@ def cache_key(samples: list[Any], **settings: Any) -> str:
     return digest.hexdigest()[:24]
 
 
+def cache_path(
+    folder: str | os.PathLike, name: str, samples: list[Any], backbone: Any, **settings: Any
+) -> Path:
+    """``folder/NAME-KEY.safetensors`` for these samples' features from ``backbone`` (its source,
+    shape and preprocessing; ``settings`` may name another preprocessing) under ``settings``
+    (precision, alignment, ...)."""
+    identity = {
+        "backbone": backbone.source,
+        "shape": backbone.describe(),
+        "preprocess": backbone.preprocess.to_dict(),
+    }
+    key = cache_key(samples, **{**identity, **settings})
+    return Path(folder) / f"{name}-{key}.safetensors"
+
+
 def load_or_compute(
     path: Path,
     batches: Callable[[], Any],

@@ -79,7 +79,7 @@ class ImageResult(BaseModel):
         description='The label weighed with the metadata: "fake" when it declares generative AI',
     )
     basis: str | None = Field(
-        None, description='"pixels", or "declared (c2pa|xmp|parameters|exif)"'
+        None, description='"pixels", or "declared (c2pa|watermark|xmp|parameters|exif)"'
     )
     stability: dict[str, Any] | None = Field(
         None,

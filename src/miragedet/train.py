@@ -335,13 +335,8 @@ class Trainer:
 
         c = self.config
         samples = self.train_set.samples
-        key = features.cache_key(
-            samples,
-            backbone=self.backbone.source,
-            shape=self.backbone.describe(),
-            preprocess=self.backbone.preprocess.to_dict(),
-            amp=c.amp,
-            align=c.align,
+        path = features.cache_path(
+            self.output / "features", "train", samples, self.backbone, amp=c.amp, align=c.align
         )
 
         def batches():
@@ -351,7 +346,6 @@ class Trainer:
             with self._autocast():
                 return self.model.encode_image(pixels.to(self.device))
 
-        path = self.output / "features" / f"train-{key}.safetensors"
         self.features, self.feature_errors, self.features_computed = features.load_or_compute(
             path, batches, encode, len(samples)
         )
