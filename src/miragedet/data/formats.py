@@ -157,30 +157,39 @@ def register() -> None:
         import pillow_jxl  # noqa: F401  (importing registers the plugin)
 
 
-def available() -> dict[str, bool]:
-    """Whether each format of :data:`FORMATS` can be decoded in this environment."""
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def _pillow(feature: str) -> bool:
     from PIL import features
 
-    def importable(name: str) -> bool:
-        try:
-            __import__(name)
-        except ImportError:
-            return False
-        return True
+    return bool(features.check(feature))
 
-    return {
-        **{f.name: True for f in FORMATS},
-        "WEBP": features.check("webp"),
-        "AVIF": features.check("avif"),
-        "HEIF": importable("pillow_heif"),
-        "JXL": importable("pillow_jxl"),
-        "RAW": importable("rawpy"),
-    }
+
+#: How to tell whether a format's decoder is here; formats not listed need only Pillow's core.
+_CHECKS = {
+    "WEBP": lambda: _pillow("webp"),
+    "AVIF": lambda: _pillow("avif"),
+    "HEIF": lambda: _importable("pillow_heif"),
+    "JXL": lambda: _importable("pillow_jxl"),
+    "RAW": lambda: _importable("rawpy"),
+}
+
+
+def available() -> dict[str, bool]:
+    """Whether each format of :data:`FORMATS` can be decoded in this environment."""
+    return {f.name: _CHECKS.get(f.name, lambda: True)() for f in FORMATS}
 
 
 def missing_decoder(kind: str) -> str | None:
-    """Why ``kind`` cannot be decoded here (naming what to install), or None when it can."""
-    if available().get(kind, True):
+    """Why ``kind`` cannot be decoded here (naming what to install), or None when it can. Checks
+    that one format only: the decode path asks for every image."""
+    if _CHECKS.get(kind, lambda: True)():
         return None
     if kind == "AVIF":
         return "this Pillow has no AVIF support: pip install -U 'pillow>=11.3' (its wheels have it)"
