@@ -119,3 +119,18 @@ def server(served_checkpoint):
     yield base
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def fit_tiny(backbone: Backbone, pixels, labels, steps: int, method: str = "mirage", model=None):
+    """A MiraGe (depth 2; or ``model``) on a tiny CLIP trained on preprocessed tensors with the
+    settings the learning tests share (lr 0.02, batch 64, bank 256): (model, per-step history)."""
+    from miragedet import LossConfig, MiraGeLoss, OptimConfig
+    from miragedet.train import fit_tensors
+
+    model = model or MiraGe(backbone, ModelConfig.for_method(method, depth=2))
+    loss_fn = MiraGeLoss(LossConfig.for_method(method, bank_size=256), dim=64)
+    labels = labels if isinstance(labels, torch.Tensor) else torch.tensor(labels)
+    history = fit_tensors(
+        model, loss_fn, pixels, labels, OptimConfig(lr=0.02, batch_size=64), steps=steps
+    )
+    return model, history

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig
+from conftest import fit_tiny
+from miragedet import MiraGe, ModelConfig
 from miragedet.data.synthetic import SEEN, make_set
 from miragedet.evaluate import binary_metrics
-from miragedet.train import fit_tensors, predict_fake_prob
+from miragedet.train import predict_fake_prob
 
 
 @pytest.mark.parametrize("method", ["mirage", "multimodal"])
@@ -19,18 +19,10 @@ def test_mirage_learns_the_fingerprint(tiny, method):
     images, labels = make_set(1000, size, SEEN, seed=1)
     test_images, test_labels = make_set(200, size, SEEN, seed=2)
     model = MiraGe(tiny, ModelConfig.for_method(method, depth=2))
-    loss_fn = MiraGeLoss(LossConfig.for_method(method, bank_size=256), dim=64)
     before = binary_metrics(
         test_labels, predict_fake_prob(model, tiny.preprocess.batch(test_images)).numpy()
     )
-    history = fit_tensors(
-        model,
-        loss_fn,
-        tiny.preprocess.batch(images),
-        torch.tensor(labels),
-        OptimConfig(lr=0.02, batch_size=64),
-        steps=400,
-    )
+    model, history = fit_tiny(tiny, tiny.preprocess.batch(images), labels, 400, method, model)
     after = binary_metrics(
         test_labels, predict_fake_prob(model, tiny.preprocess.batch(test_images)).numpy()
     )

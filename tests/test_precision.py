@@ -72,18 +72,12 @@ def test_int8_stays_within_tolerance_of_fp32_and_agrees_on_verdicts(tiny, tmp_pa
     same verdict on >= 99% of a held-out synthetic set."""
     import numpy as np
 
-    from miragedet import LossConfig, MiraGeLoss, OptimConfig
+    from conftest import fit_tiny
     from miragedet.data.synthetic import SEEN, make_set
-    from miragedet.train import fit_tensors
 
     size = tiny.preprocess.image_size
     images, labels = make_set(600, size, SEEN, seed=1)
-    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
-    loss_fn = MiraGeLoss(LossConfig.for_method("mirage", bank_size=256), dim=64)
-    batch = tiny.preprocess.batch(images)
-    fit_tensors(
-        model, loss_fn, batch, torch.tensor(labels), OptimConfig(lr=0.02, batch_size=64), steps=200
-    )
+    model, _ = fit_tiny(tiny, tiny.preprocess.batch(images), labels, steps=200)
     model.save_pretrained(str(tmp_path / "ckpt"))
     before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     test_images, test_labels = make_set(400, size, SEEN, seed=2)

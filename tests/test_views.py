@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig
+from conftest import fit_tiny
+from miragedet import MiraGe, ModelConfig
 from miragedet.cli import app
 from miragedet.data.synthetic import SEEN, make_set, smooth_scene
 from miragedet.detector import Detector
-from miragedet.train import fit_tensors
 from miragedet.views import View, inputs, tile_boxes
 
 
@@ -65,18 +65,8 @@ def fingerprint_model():
     from miragedet.backbone import load_backbone
 
     tiny = load_backbone("tiny")
-    size = tiny.preprocess.image_size
-    images, labels = make_set(600, size, SEEN, seed=1)
-    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
-    loss_fn = MiraGeLoss(LossConfig.for_method("mirage", bank_size=256), dim=64)
-    fit_tensors(
-        model,
-        loss_fn,
-        tiny.preprocess.batch(images),
-        torch.tensor(labels),
-        OptimConfig(lr=0.02, batch_size=64),
-        steps=300,
-    )
+    images, labels = make_set(600, tiny.preprocess.image_size, SEEN, seed=1)
+    model, _ = fit_tiny(tiny, tiny.preprocess.batch(images), labels, steps=300)
     return model
 
 
@@ -138,15 +128,6 @@ def _big_set(n_per_class: int, side: int, seed: int) -> tuple[list[Image.Image],
     return images, labels
 
 
-def _fit(tiny, pixels: torch.Tensor, labels: list[int]) -> MiraGe:
-    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
-    loss_fn = MiraGeLoss(LossConfig.for_method("mirage", bank_size=256), dim=64)
-    fit_tensors(
-        model, loss_fn, pixels, torch.tensor(labels), OptimConfig(lr=0.02, batch_size=64), steps=300
-    )
-    return model
-
-
 def test_native_resolution_sees_what_the_resize_averages_away(tiny):
     """Images 8x the model's input with a 2 px generator trace: trained and scored through the
     resize, the detector stays near chance; trained on native crops and scored with tiles, it
@@ -155,10 +136,10 @@ def test_native_resolution_sees_what_the_resize_averages_away(tiny):
 
     images, labels = _big_set(150, 8 * tiny.preprocess.image_size, seed=1)
     test_images, test_labels = _big_set(50, 8 * tiny.preprocess.image_size, seed=2)
-    resized = _fit(tiny, tiny.preprocess.batch(images), labels)
+    resized, _ = fit_tiny(tiny, tiny.preprocess.batch(images), labels, steps=300)
     crop = TrainTransform(tiny.preprocess, view="crop")
     crops = torch.stack([crop(im, i) for i, im in enumerate(images + images)])
-    native = _fit(tiny, crops, labels + labels)
+    native, _ = fit_tiny(tiny, crops, labels + labels, steps=300)
 
     def accuracy(model, view):
         detector = Detector(model, precision="fp32", view=view)
