@@ -11,7 +11,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,11 +47,6 @@ def _expand(arg: str, globs: bool) -> Found:
             found.extend(walk(match) if os.path.isdir(match) else Found([match]))
         return found
     return Found([str(path)])
-
-
-def expand_inputs(args: Iterable[str], stdin: IO[str] | None = None) -> Iterator[str]:
-    """The input paths of :func:`discover` (without what it skipped)."""
-    return iter(discover(args, stdin).paths)
 
 
 def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
