@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark with the settings docs/performance.md and docs/scaling.md quote; each
 # prints its table (kept in benchmarks/results/NAME.txt) and writes benchmarks/results/NAME.json.
-# Takes about 20 minutes on a 2-core CPU. Usage: bash benchmarks/run_all.sh [results-folder]
+# Takes about 50 minutes on a 2-core CPU. Usage: bash benchmarks/run_all.sh [results-folder]
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${1:-results}"
@@ -22,4 +22,7 @@ run bench_memory --images 100000
 run bench_scoring --backbone vit-b-32 --images 512 --workers 1,2
 run bench_stability --backbones tiny,vit-b-32
 run bench_load --clients 32 --duration 60 --max-queue 64
+run bench_tiles --backbones vit-b-32,vit-l-14
+run aggregate_study --images 200
+run bench_adversarial --backbones vit-b-32,vit-l-14
 python cost_model.py --results "$out" | tee "$out/cost_model.txt"

@@ -21,6 +21,18 @@ CASES = {
     "bench_stability.py": ["--backbones", "tiny", "--images", "2", "--repeats", "1"],
     "bench_formats.py": ["--backbone", "tiny", "--sizes", "1", "--repeats", "1"],
     "bench_provenance.py": ["--backbone", "tiny", "--sizes", "1", "--images", "2"],
+    "bench_tiles.py": ["--backbones", "tiny", "--counts", "1,4", "--tiles", "8", "--repeats", "1"],
+    "bench_adversarial.py": [
+        "--backbones",
+        "tiny",
+        "--batch",
+        "2",
+        "--train-batch",
+        "4",
+        "--repeats",
+        "1",
+    ],
+    "aggregate_study.py": ["--images", "6", "--max-tiles", "4,8", "--steps", "3"],
 }
 
 

@@ -14,6 +14,20 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
+def _launch(p):
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+        ],
+    )
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_upload_shows_the_verdict(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -23,17 +37,7 @@ def test_upload_shows_the_verdict(server, tmp_path):
     broken.write_bytes(b"\xff\xd8\xff not a jpeg")
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
+        browser = _launch(p)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 700})
             # waits end on a condition; the limit only catches a hang (slow, busy machines)
@@ -56,3 +60,58 @@ def test_upload_shows_the_verdict(server, tmp_path):
         finally:
             browser.close()
     assert (SCREENSHOTS / "web-page.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_where_map_is_drawn_over_the_image(server, tmp_path):
+    """With "show where" ticked the page asks for tiles and draws each tile's p(fake) at its
+    place over the picture; the boxes are the server's."""
+    import httpx
+    import numpy as np
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = tmp_path / "wide.png"
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (150, 200, 3), np.uint8)).save(image)
+    expected = httpx.post(
+        server + "/v1/detect?view=tiles",
+        files={"files": ("wide.png", image.read_bytes())},
+        headers={"X-API-Key": "s3cret"},
+        timeout=300,
+    ).json()["results"][0]["tiles"]
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.set_default_timeout(180_000)  # a hang guard; conditions end the waits
+            page.goto(server + "/")
+            page.click("details.key summary")
+            page.fill("#apikey", "s3cret")
+            page.dispatch_event("#apikey", "change")
+            page.check("#where")
+            page.set_input_files("#files", [str(image)])
+            page.wait_for_selector(".card .where .tile")
+            page.wait_for_function(
+                "[...document.querySelectorAll('.card img')].every(i => i.complete)"
+            )
+            tiles = page.locator(".card .where .tile")
+            assert tiles.count() == len(expected["boxes"]) == 16
+            shown = [float(tiles.nth(k).get_attribute("data-p")) for k in range(tiles.count())]
+            np.testing.assert_allclose(shown, expected["fake_probs"], atol=1e-4)
+            picture = page.locator(".card .pic img").bounding_box()
+            w, h = expected["size"]
+            for k in (0, tiles.count() - 1):  # first and last tile sit where the boxes say
+                box, (left, top, right, bottom) = tiles.nth(k).bounding_box(), expected["boxes"][k]
+                assert abs(box["x"] - (picture["x"] + left / w * picture["width"])) < 1.5
+                assert abs(box["y"] - (picture["y"] + top / h * picture["height"])) < 1.5
+                assert abs(box["width"] - (right - left) / w * picture["width"]) < 1.5
+                assert abs(box["height"] - (bottom - top) / h * picture["height"]) < 1.5
+            legend = page.locator(".card .where-legend").inner_text()
+            assert "16 tiles" in legend and "most suspicious" in legend
+            page.screenshot(path=str(SCREENSHOTS / "web-page-where.png"), full_page=True)
+            page.locator(".card .pic").click()  # the overlay hides on a click
+            assert page.locator(".card .where.hidden").count() == 1
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "web-page-where.png").stat().st_size > 5000

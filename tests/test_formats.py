@@ -281,12 +281,12 @@ def test_video_upload_is_415(served_checkpoint):
     from miragedet.server import _prepare
 
     detector = Detector.from_pretrained(served_checkpoint)
-    assert _prepare(MP4_HEAD, detector, 10**8)[1:] == (
+    assert _prepare(MP4_HEAD, detector, 10**8)[1:3] == (
         415,
         "video is not supported: send frames as images",
     )
-    tensors, status, error = _prepare(ENCODED["HEIF"][1](_photo()), detector, 10**8)
-    assert status == 200 and error is None and len(tensors) == 1
+    tensors, status, error, tiles = _prepare(ENCODED["HEIF"][1](_photo()), detector, 10**8)
+    assert status == 200 and error is None and len(tensors) == 1 and tiles is None
 
 
 def write_dng_with_preview(path: Path, w: int = 128, h: int = 96) -> Path:

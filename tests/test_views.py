@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import fit_tiny
 from miragedet import MiraGe, ModelConfig
 from miragedet.cli import app
-from miragedet.data.synthetic import SEEN, make_set, smooth_scene
+from miragedet.data.synthetic import SEEN, make_image, make_set, smooth_scene
 from miragedet.detector import Detector
 from miragedet.views import View, inputs, tile_boxes
 
@@ -72,11 +72,8 @@ def fingerprint_model():
 
 def _partial_fake(rng, quadrant: int, side: int = 128) -> Image.Image:
     """A real-like scene with the generator's trace in one quadrant only (a pasted region)."""
-    pixels = smooth_scene(rng, side)
     half = side // 2
-    top, left = (quadrant // 2) * half, (quadrant % 2) * half
-    pixels[top : top + half, left : left + half] += SEEN.pattern(half, half)[:, :, None]
-    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+    return make_image(rng, side, SEEN, ((quadrant // 2) * half, (quadrant % 2) * half, half))
 
 
 def test_where_map_points_at_the_faked_quadrant(fingerprint_model):
@@ -167,3 +164,144 @@ def test_train_view_crop_is_recorded_and_detect_defaults_to_tiles(tmp_path):
     [p] = detector.score([str(next((data / "real").iterdir()))])
     assert p.tiles is not None and len(p.tiles["fake_probs"]) == 16  # 96 px: 4 x 4 tiles of 32
     assert Detector.from_pretrained(tmp_path / "run" / "last", view="resize").view.kind == "resize"
+    # calibrated as it scores: with its tiles, recorded beside the threshold
+    result = CliRunner().invoke(
+        app, ["calibrate", "-m", str(tmp_path / "run" / "last"), str(data), "--fpr", "0.1"]
+    )
+    assert result.exit_code == 0, result.output
+    from miragedet.checkpoint import read_config
+
+    calibration = read_config(tmp_path / "run" / "last")["calibration"]
+    assert calibration["view"]["kind"] == "tiles" and calibration["n_real"] == 16
+
+
+def test_aggregation_rules_on_known_tile_scores():
+    from miragedet.views import aggregate
+
+    # 8 tiles: six clearly real, two clearly fake (p(fake) 0.9)
+    probs = np.array([[0.9, 0.1]] * 6 + [[0.1, 0.9]] * 2)
+    assert aggregate(probs, "max")[1] == pytest.approx(0.9)
+    assert aggregate(probs, "top-k")[1] == pytest.approx(0.9)  # the top quarter: the two fakes
+    mean = aggregate(probs, "mean-logit")
+    assert mean[1] < 0.5 and mean.sum() == pytest.approx(1.0)
+    # top-k of 3 tiles is one tile; of 5 tiles two (ceil of a quarter)
+    three = np.array([[0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    assert aggregate(three, "top-k")[1] == pytest.approx(0.8)
+    five = np.array([[0.2, 0.8], [0.4, 0.6], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
+    expected = np.exp(np.log([[0.2, 0.8], [0.4, 0.6]]).mean(axis=0))
+    assert aggregate(five, "top-k") == pytest.approx(expected / expected.sum())
+
+
+def test_the_default_aggregation_is_the_measured_choice():
+    """views.View's default rule is the one benchmarks/aggregate_study.py chose (its kept
+    results): changing either without the other fails here."""
+    from pathlib import Path
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results" / "aggregate_study.json"
+    study = json.loads(results.read_text())
+    assert View().aggregate == study["choice"]["rule"]
+    assert study["choice"]["rule"] in study["choice"]["stable"]
+
+
+def _photo(path, size=(100, 70), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), np.uint8)).save(path)
+    return path
+
+
+def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
+    import asyncio
+
+    import httpx
+
+    from miragedet.server import ServerSettings, create_app
+
+    image = _photo(tmp_path / "a.png")
+    detector = Detector.from_pretrained(served_checkpoint, view={"kind": "tiles", "max_tiles": 4})
+    [api] = detector.score([str(image)])
+    assert api.tiles is not None and len(api.tiles["fake_probs"]) == 4
+
+    out = tmp_path / "rows.jsonl"
+    args = ["detect", str(image), "-m", str(served_checkpoint), "-f", "jsonl", "-o", str(out)]
+    result = CliRunner().invoke(app, [*args, "--view", "tiles", "--max-tiles", "4"])
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+
+    settings = ServerSettings(model=str(served_checkpoint), provenance=False, max_tiles_limit=8)
+    server_app = create_app(settings)
+
+    async def ask():
+        transport = httpx.ASGITransport(app=server_app)
+        async with (
+            server_app.router.lifespan_context(server_app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            while (await client.get("/readyz")).status_code != 200:  # the model loads
+                await asyncio.sleep(0.05)
+            files = {"files": ("a.png", image.read_bytes())}
+            tiled = await client.post("/v1/detect?view=tiles&max_tiles=4", files=files)
+            plain = await client.post("/v1/detect", files=files)
+            refused = [
+                await client.post(f"/v1/detect?{query}", files=files)
+                for query in (
+                    "view=tiles&max_tiles=9",  # over the server's limit of 8
+                    "view=pyramid",
+                    "view=tiles&aggregate=median",
+                    "view=tiles&stability=true",
+                )
+            ]
+            return tiled.json(), plain.json(), refused
+
+    tiled, plain, refused = asyncio.run(ask())
+    [served] = tiled["results"]
+    assert served["tiles"]["boxes"] == api.tiles["boxes"] and served["tiles"]["size"] == [100, 70]
+    np.testing.assert_allclose(served["tiles"]["fake_probs"], api.tiles["fake_probs"], atol=1e-6)
+    grid = np.array(api.tiles["grid"], dtype=float)
+    np.testing.assert_allclose(np.array(served["tiles"]["grid"], dtype=float), grid, atol=1e-6)
+    np.testing.assert_allclose(np.array(row["where"], dtype=float), grid, atol=1e-6)
+    assert served["fake_prob"] == pytest.approx(api.fake_prob, abs=1e-6)
+    assert row["fake_prob"] == pytest.approx(api.fake_prob, abs=1e-6)
+    assert plain["results"][0]["tiles"] is None  # the checkpoint's own view: resize
+    assert [r.status_code for r in refused] == [422] * 4
+    assert "over this server's limit" in refused[0].json()["detail"]
+    assert "view must be one of" in refused[1].json()["detail"]
+    assert "stability works with the resize view only" in refused[3].json()["detail"]
+
+
+def test_score_dataset_and_evaluate_score_with_the_view(served_checkpoint, tmp_path):
+    from miragedet.checkpoint import load_pretrained
+    from miragedet.data.synthetic import write_layout
+    from miragedet.evaluate import evaluate_dataset, read_scores_csv
+    from miragedet.scoring import read_scores, score_dataset
+
+    data = write_layout(tmp_path / "data", "ufd", ("grid-2",), n_per_class=6, size=80)
+    view = {"kind": "tiles", "max_tiles": 9, "aggregate": "top-k"}
+    detector = Detector.from_pretrained(served_checkpoint, view=view, precision="fp32")
+    paths = sorted(str(p) for p in data.rglob("*.png"))
+    expected = {p.source: p for p in detector.score(paths)}
+
+    out = tmp_path / "scores"
+    score_dataset(
+        str(data), out, str(served_checkpoint), engine="local", view=view, precision="fp32"
+    )
+    table = read_scores(out).to_pylist()
+    assert len(table) == len(paths)
+    for row in table:
+        want = expected[row["path"]]
+        assert row["tiles"] == 9 and row["fake_prob"] == pytest.approx(want.fake_prob, abs=1e-6)
+        np.testing.assert_allclose(json.loads(row["where"]), want.tiles["grid"], atol=1e-6)
+        assert row["tile_max_fake_prob"] == pytest.approx(max(want.tiles["fake_probs"]), abs=1e-6)
+    from miragedet.scoring import ScoringError
+
+    with pytest.raises(ScoringError, match="view"):  # another view is another job
+        score_dataset(str(data), out, str(served_checkpoint), engine="local", precision="fp32")
+
+    model = load_pretrained(served_checkpoint)
+    metrics = evaluate_dataset(model, data, tmp_path / "eval", workers=0, view=view)
+    assert metrics["view"]["kind"] == "tiles" and metrics["view"]["aggregate"] == "top-k"
+    samples, probs, errors = read_scores_csv(tmp_path / "eval" / "scores.csv")
+    assert not errors and len(samples) == len(paths)
+    for sample, p in zip(samples, probs, strict=True):
+        assert 1.0 - p[0] == pytest.approx(expected[sample.path].fake_prob, abs=1e-5)
+    resized = evaluate_dataset(model, data, tmp_path / "eval-resize", workers=0)
+    assert resized["view"]["kind"] == "resize"  # the checkpoint's own view by default

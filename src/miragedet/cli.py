@@ -20,6 +20,24 @@ PRECISION_HELP = (
     "auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, int8 (CPU)."
 )
 
+VIEW_HELP = (
+    "resize (CLIP's, the paper's), crop (native-resolution centre crop) or tiles "
+    "(native-resolution tiles covering the image; a where-map per image). Default: the "
+    "checkpoint's (tiles for one trained with --view crop). See docs/views.md."
+)
+MAX_TILES_HELP = "With --view tiles: at most this many per image (thinned evenly). Default 16."
+AGGREGATE_HELP = (
+    "With --view tiles: top-k (default: the most suspicious quarter of the tiles), mean-logit "
+    "(every tile) or max (the most suspicious tile). See docs/views.md."
+)
+
+
+def _view_options(view: str | None, max_tiles: int | None, aggregate: str | None) -> dict | None:
+    """What the view options ask for (a missing kind: the checkpoint's; see views.resolve)."""
+    options = {"kind": view, "max_tiles": max_tiles, "aggregate": aggregate}
+    return options if any(v is not None for v in options.values()) else None
+
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -172,6 +190,15 @@ def train(
         help="Compute frozen image features once (linear-probe, zero-shot, text-prompts without "
         "augmentation); default on.",
     ),
+    adv_train: str = typer.Option(
+        None,
+        help="Adversarial training of the prompts (backbone frozen): an attack spec such as "
+        "pgd:eps=2,steps=5 (eps in grey levels of the model's input crops). Needs "
+        "miragedet[attacks].",
+    ),
+    adv_fraction: float = typer.Option(
+        None, help="With --adv-train: share of each batch replaced by attacks (default 0.5)."
+    ),
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -223,6 +250,8 @@ def train(
             log_every=log_every,
             save_every=save_every,
             cache_features=cache_features,
+            adv_train=adv_train,
+            adv_fraction=adv_fraction,
         ).items()
         if v is not None
     }
@@ -237,7 +266,7 @@ def train(
             return
         result = Trainer(cfg, console=console).fit()
         distributed.shutdown(sync=True)  # the ranks end together (see distributed.shutdown)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         raise _fail(exc) from exc
     finally:
         distributed.shutdown()
@@ -282,6 +311,12 @@ def _dry_run(trainer: Any) -> None:
         f"[bold]model[/bold] {c.method} on {escape(trainer.backbone.describe())}: "
         f"{trained:,} trained parameters; batch {c.batch_size}, {c.epochs} epochs, "
         f"{trainer.steps_per_epoch} steps per epoch"
+        + (
+            f"; adversarial training {escape(c.adv_train)} on {c.adv_fraction:.0%} of each batch "
+            "(included in the measured step)"
+            if c.adv_train
+            else ""
+        )
     )
     report = trainer.dry_run()
     if report["skipped"] and len(report["skipped"]) > len(data.skipped):
@@ -351,6 +386,25 @@ def evaluate(
     batch_size: int = typer.Option(64),
     workers: int = typer.Option(2),
     precision: str = typer.Option("auto", help=PRECISION_HELP + " fp32 for the paper's numbers."),
+    view: str = typer.Option(None, help=VIEW_HELP),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+    attack: list[str] = typer.Option(
+        None,
+        help="White-box attack on the detector, e.g. fgsm:eps=2, pgd:eps=4,steps=10, "
+        "pgd:eps=4,steps=10,target=real (eps in grey levels); 'sweep' for FGSM and targeted PGD "
+        "at 1, 2, 4, 8; repeatable. Writes adversarial.md/.csv/.json/.png. Needs "
+        "miragedet[attacks].",
+    ),
+    attack_max: int = typer.Option(100, help="Images attacked per subset (a seeded sample)."),
+    attack_survival: str = typer.Option(
+        "jpeg:90,jpeg:75,scale:0.5",
+        help="Re-encodings the adversarial images must survive (degradation specs).",
+    ),
+    attack_batch: int = typer.Option(8, help="Images attacked together."),
+    attack_stability: bool = typer.Option(
+        True, help="Measure how many successful attacks --stability would mark uncertain."
+    ),
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -358,13 +412,22 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a detector: per-subset metrics, tables, ROC/PR plots, per-image scores."""
+    import copy
+
+    from .attacks import parse_attacks, require_art
     from .data.degrade import Alignment, parse_degradations
     from .evaluate import evaluate_dataset, markdown_table
     from .precision import apply, resolve
 
     try:
+        attacks = parse_attacks(attack or [])
+        if attacks:
+            require_art()
         detector = _load_model(model)
         choice = resolve(precision, detector.clip.logit_scale.device)
+        # attacks take their gradients in fp32 (the strongest attacker), the scores come from
+        # the detector as it runs
+        attack_model = copy.deepcopy(detector) if attacks and choice.precision != "fp32" else None
         detector = apply(detector, choice.precision)  # cast once, as the Detector does
         console.print(f"[dim]precision {choice.precision} ({escape(choice.reason)})[/dim]")
         degradations = parse_degradations(degrade or [])
@@ -378,6 +441,7 @@ def evaluate(
                 subsets=_csv_list(subsets),
                 batch_size=batch_size,
                 workers=workers,
+                view=_view_options(view, max_tiles, aggregate),
             )
             return
         metrics = evaluate_dataset(
@@ -394,8 +458,17 @@ def evaluate(
             workers=workers,
             console=console,
             align=Alignment.parse(align) if align else None,
+            view=_view_options(view, max_tiles, aggregate),
+            attacks=attacks,
+            attack_model=attack_model,
+            attack_options={
+                "max_per_subset": attack_max,
+                "survival": _csv_list(attack_survival) or [],
+                "attack_batch": attack_batch,
+                "stability": attack_stability,
+            },
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         raise _fail(exc) from exc
     console.print(
         markdown_table(metrics["clean"], paper=metrics["paper"]), soft_wrap=True, markup=False
@@ -404,6 +477,7 @@ def evaluate(
         console.print(f"[yellow]{len(metrics['skipped'])} files skipped[/yellow] (see report)")
     console.print(
         f"report: {output / 'report.md'} (+ metrics.json, table.csv, scores.csv, roc_pr.png)"
+        + (", adversarial.md" if metrics.get("adversarial") else "")
     )
 
 
@@ -495,16 +569,9 @@ def detect(
     list_skipped: bool = typer.Option(
         False, help="Name each file of the folders not scored (not an image, video, hidden)."
     ),
-    view: str = typer.Option(
-        None,
-        help="resize (CLIP's, the paper's), crop (native-resolution centre crop) or tiles "
-        "(native-resolution tiles covering the image; a where-map per image). Default: the "
-        "checkpoint's (tiles for one trained with --view crop).",
-    ),
-    max_tiles: int = typer.Option(16, help="With --view tiles: at most this many per image."),
-    aggregate: str = typer.Option(
-        "mean-logit", help="With --view tiles: mean-logit or max (the most suspicious tile)."
-    ),
+    view: str = typer.Option(None, help=VIEW_HELP),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
     where: Path = typer.Option(
         None, help="With --view tiles/crop: draw each image's where-map (a PNG per image) here."
     ),
@@ -518,7 +585,6 @@ def detect(
     from .detect import discover, run_detect
     from .detector import load_detector
     from .stability import Stability
-    from .views import View
 
     try:
         detector = load_detector(
@@ -530,7 +596,7 @@ def detect(
             device=device,
             precision=precision,
             draft=not exact_decode,
-            view=View(kind=view, max_tiles=max_tiles, aggregate=aggregate) if view else None,
+            view=_view_options(view, max_tiles, aggregate),
         )
         if trust_anchors is not None:
             from .provenance import load_trust_anchors
@@ -608,6 +674,9 @@ def score_dataset(
     provenance: bool = typer.Option(
         True, help="Read C2PA, XMP, generator parameters, EXIF: verdict/basis/provenance columns."
     ),
+    view: str = typer.Option(None, help=VIEW_HELP),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
 ) -> None:
     """Score a large collection into Parquet shards; rerun the same command to resume.
 
@@ -658,6 +727,7 @@ def score_dataset(
                 device=device,
                 precision=precision,
                 provenance=provenance,
+                view=_view_options(view, max_tiles, aggregate),
                 cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker,
                 address=address,
@@ -704,11 +774,24 @@ def serve(
     watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
     backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    view: str = typer.Option(
+        None, help=VIEW_HELP + " A request may ask for another (?view=tiles&max_tiles=16)."
+    ),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+    max_tiles_limit: int = typer.Option(64, help="The most tiles a request may ask for."),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
     from .server import ServerSettings
     from .server import serve as run_server
+    from .views import resolve
+
+    try:  # options checked here, before the model loads in the background
+        if view is not None or max_tiles is not None or aggregate is not None:
+            resolve(_view_options(view or "tiles", max_tiles, aggregate), "resize")
+    except ValueError as exc:
+        raise _fail(exc) from exc
 
     settings = ServerSettings(
         model=model,
@@ -727,6 +810,8 @@ def serve(
         watermarks=watermarks,
         backend=backend,
         precision=precision,
+        view=_view_options(view, max_tiles, aggregate),
+        max_tiles_limit=max_tiles_limit,
     )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
     run_server(settings, host=host, port=port, log_level=log_level)
@@ -859,25 +944,31 @@ def calibrate(
     layout: str = typer.Option("auto"),
     split: str = typer.Option("val"),
     dry_run: bool = typer.Option(False, help="Report the threshold without saving it."),
+    view: str = typer.Option(None, help=VIEW_HELP + " Calibrate with the view you score with."),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
 ) -> None:
     """Set the checkpoint's threshold so that at most FPR of held-out reals are called fake."""
+    from dataclasses import asdict
+
     from .checkpoint import set_threshold
     from .data.layouts import find_images
     from .evaluate import calibrate_threshold, score_samples
+    from .views import resolve
 
     try:
         detector = _load_model(str(model))
+        chosen = resolve(
+            _view_options(view, max_tiles, aggregate), detector.backbone.preprocess.view
+        )
         reals = [s for s in find_images(data, layout, split=split).samples if s.label == 0]
-        scores = score_samples(detector, reals)
+        scores = score_samples(detector, reals, view=chosen)
         p = scores.fake_prob[scores.ok]
         value = calibrate_threshold(p, fpr)
         achieved = float((p >= value).mean())
         if not dry_run:
-            set_threshold(
-                model,
-                value,
-                {"target_fpr": fpr, "achieved_fpr": achieved, "n_real": len(p), "data": str(data)},
-            )
+            info = {"target_fpr": fpr, "achieved_fpr": achieved, "n_real": len(p)}
+            set_threshold(model, value, {**info, "data": str(data), "view": asdict(chosen)})
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
     console.print(

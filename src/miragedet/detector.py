@@ -125,16 +125,15 @@ class Detector:
         model_id: str | None = None,
         draft: bool = True,
         precision: str = "auto",
-        view: str | Any = None,
+        view: View | str | dict[str, Any] | None = None,
         _owns_model: bool = False,
     ) -> None:
         from .precision import apply, resolve
+        from .views import resolve as resolve_view
 
         #: How an image becomes model inputs (:mod:`miragedet.views`): by default the view the
         #: checkpoint was trained with (resize; tiles for one trained on native crops).
-        if view is None:
-            view = "tiles" if model.backbone.preprocess.view == "crop" else "resize"
-        self.view = view if isinstance(view, View) else View(kind=view)
+        self.view = resolve_view(view, model.backbone.preprocess.view)
 
         choice = resolve(
             precision, torch.device(device) if device else model.clip.logit_scale.device
@@ -185,6 +184,7 @@ class Detector:
             "preprocess": self.preprocess.to_dict(),
             "precision": self.precision,
             "precision_reason": self.precision_reason,
+            "view": asdict(self.view),
         }
 
     # -- core -----------------------------------------------------------------------------------
@@ -220,22 +220,17 @@ class Detector:
     def _forward_tiles(self, sets: list[Any], positions: list[int]) -> tuple[np.ndarray, dict]:
         """Aggregated probabilities (n, C) of several images' tiles, forwarded together in
         batches of ``batch_size`` tiles, and each image's where-map."""
-        from .views import aggregate, where_map
+        from .views import collate_tiles, split_tiles, summarize
 
-        flat = torch.cat([t.pixels for t in sets])
+        flat, counts = collate_tiles([t.pixels for t in sets])
         chunks = [
             self.forward_tensors(flat[i : i + self.batch_size])
             for i in range(0, len(flat), self.batch_size)
         ]
-        per_tile = np.concatenate(chunks)
-        out, maps, start = np.zeros((len(sets), len(self.classes))), {}, 0
-        for k, (tiles, position) in enumerate(zip(sets, positions, strict=True)):
-            rows = per_tile[start : start + len(tiles.pixels)]
-            start += len(tiles.pixels)
-            out[k] = aggregate(rows, self.view.aggregate)
-            maps[position] = where_map(tiles, 1.0 - rows[:, 0])
-            maps[position]["view"] = self.view.kind
-            maps[position]["aggregate"] = self.view.aggregate
+        out, maps = np.zeros((len(sets), len(self.classes))), {}
+        per_image = split_tiles(np.concatenate(chunks), counts)
+        for k, (tiles, rows, position) in enumerate(zip(sets, per_image, positions, strict=True)):
+            out[k], maps[position] = summarize(tiles, rows, self.view)
         return out, maps
 
     def _predictions(

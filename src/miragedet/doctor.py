@@ -147,6 +147,7 @@ def run_checks(backbone: str = DEFAULT_BACKBONE) -> list[Check]:
         ("imwatermark", "invisible watermarks", "pip install 'miragedet[watermark]'"),
         ("onnxruntime", "ONNX Runtime backend", "pip install 'miragedet[onnx]'"),
         ("ray", "score-dataset on Ray", "pip install 'miragedet[ray]'"),
+        ("art", "evaluate --attack, train --adv-train", "pip install 'miragedet[attacks]'"),
         ("playwright", "web page test driver", "pip install playwright"),
     ]
     for module, name, fix in optional:

@@ -10,7 +10,7 @@ import csv
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from .data.dataset import ImageDataset, collate
 from .data.degrade import Degradation
 from .data.layouts import Sample
 from .data.transforms import Preprocess
+from .views import View, aggregate
+from .views import resolve as resolve_view
 
 METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "ap", "auc")
 METRIC_LABELS = {
@@ -99,14 +101,21 @@ def score_samples(
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    view: View | None = None,
 ) -> Scores:
     """Class probabilities of every sample; unreadable images get NaN and an error message.
 
     With ``cache_dir``, a model whose image features are frozen (zero-shot, linear probe, text
     prompts) scores from features computed once and kept there (:mod:`miragedet.features`): a
-    rerun, another head on the same backbone or the next epoch's validation reads them back."""
+    rerun, another head on the same backbone or the next epoch's validation reads them back.
+    With a ``crop``/``tiles`` ``view`` each image is scored from its native-resolution tiles
+    (:mod:`miragedet.views`), ``batch_size`` images' tiles at a time."""
     preprocess = preprocess or model.backbone.preprocess
     device = torch.device(device) if device is not None else model.clip.logit_scale.device
+    if view is not None and view.kind != "resize":
+        return _score_tiles(
+            model, samples, batch_size, workers, degradation, preprocess, device, on_batch, view
+        )
     if cache_dir is not None and degradation is None and model.image_features_frozen:
         scores = _score_cached(model, samples, batch_size, workers, preprocess, device, cache_dir)
         if on_batch is not None:
@@ -130,6 +139,63 @@ def score_samples(
         if len(batch["indices"]):
             out = model(batch["pixel_values"].to(device))
             probs[batch["indices"].numpy()] = out.probs.float().cpu().numpy()
+        if on_batch is not None:
+            on_batch(len(batch["indices"]) + len(batch["errors"]))
+    return Scores(samples, probs, errors)
+
+
+def _score_tiles(
+    model: Any,
+    samples: list[Sample],
+    batch_size: int,
+    workers: int,
+    degradation: Degradation | None,
+    preprocess: Preprocess,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None,
+    view: View,
+) -> Scores:
+    """:func:`score_samples` with the crop/tiles view: each image's tiles are forwarded in
+    chunks of ``batch_size`` tiles (the tiles of several images share them), then aggregated."""
+    from .views import collate_tiles, inputs, split_tiles
+
+    def image_transform(image, index, d=degradation):
+        return d(image, seed=index) if d is not None else image
+
+    def tiles_of(image, index):
+        return inputs(image, preprocess, view).pixels
+
+    def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [it for it in items if it["error"] is None]
+        pixels, counts = collate_tiles([it["pixel_values"] for it in good]) if good else (None, [])
+        return {
+            "pixel_values": pixels,
+            "counts": counts,
+            "indices": [it["index"] for it in good],
+            "errors": [(it["index"], it["error"]) for it in items if it["error"] is not None],
+        }
+
+    dataset = ImageDataset(samples, tiles_of, image_transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items
+    )
+    probs = np.full((len(samples), len(model.classes)), np.nan)
+    errors: dict[int, str] = {}
+    model.eval()
+    for batch in loader:
+        errors.update(dict(batch["errors"]))
+        if batch["indices"]:
+            flat = batch["pixel_values"]
+            per_tile = np.concatenate(
+                [
+                    model(flat[i : i + batch_size].to(device)).probs.float().cpu().numpy()
+                    for i in range(0, len(flat), batch_size)
+                ]
+            )
+            for index, rows in zip(
+                batch["indices"], split_tiles(per_tile, batch["counts"]), strict=True
+            ):
+                probs[index] = aggregate(rows, view.aggregate)
         if on_batch is not None:
             on_batch(len(batch["indices"]) + len(batch["errors"]))
     return Scores(samples, probs, errors)
@@ -478,11 +544,12 @@ def plot_robustness(
                 "jpeg": "JPEG quality",
                 "blur": "sigma (px)",
                 "downsample": "short side (px)",
+                "scale": "scale factor",
                 "noise": "sigma (grey levels)",
             }.get(kind, kind),
             ylabel=f"{METRIC_LABELS.get(metric, metric)} (%)",
         )
-        if kind in ("jpeg", "downsample"):
+        if kind in ("jpeg", "downsample", "scale"):
             ax.invert_xaxis()  # stronger degradation to the right
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -509,11 +576,19 @@ def evaluate_dataset(
     console: Any = None,
     align: Any = None,
     cache_features: bool = True,
+    view: View | str | dict[str, Any] | None = None,
+    attacks: list[Any] | None = None,
+    attack_model: Any = None,
+    attack_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a data set (clean and degraded), and write the report to ``output``.
 
     Models with frozen image features (zero-shot, linear probe) score the clean pass from
     features cached under ``output/features`` (``cache_features``; see miragedet.features).
+    ``view``: how images become model inputs (:func:`miragedet.views.resolve`; by default the
+    view the checkpoint was trained with). ``attacks`` (:mod:`miragedet.attacks`): also the
+    adversarial robustness report (:func:`miragedet.adversarial.robustness_report`, with
+    ``attack_options``), gradients from ``attack_model`` (default: ``model``).
 
     Writes scores.csv (+ scores_<degradation>.csv), metrics.json, report.md, table.csv,
     roc_pr.png, robustness_<kind>.png (with degradations) and confusion.csv (with 3+ classes).
@@ -524,6 +599,7 @@ def evaluate_dataset(
     from .data.layouts import find_images
 
     console = console or Console()
+    view = resolve_view(view, model.backbone.preprocess.view)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     image_set = find_images(data, layout, split=split)
@@ -555,6 +631,7 @@ def evaluate_dataset(
                 degradation=degradation,
                 on_batch=lambda n, t=task, p=progress: p.update(t, advance=n),
                 cache_dir=output / "features" if cache_features else None,
+                view=view,
             )
         suffix = "" if degradation is None else "_" + name.replace(":", "-")
         write_scores_csv(scores, output / f"scores{suffix}.csv", classes)
@@ -564,9 +641,19 @@ def evaluate_dataset(
         else:
             add_flip_rates(tables[name], clean_scores, scores, threshold)
     assert clean_scores is not None
+    adversarial = None
+    if attacks:
+        adversarial = _adversarial(
+            model, attack_model or model, clean_scores, attacks, output, threshold, view,
+            batch_size, workers, console, attack_options or {},
+        )  # fmt: skip
     metadata = metadata_table(clean_scores, threshold) if len(classes) == 2 else None
     paper = paper_rows(protocol, list(tables["clean"])) if protocol else None
     title = f"{model.config.method} on {Path(data).name} (threshold {threshold:g})"
+    if view.kind != "resize":
+        title += f", {view.kind} view" + (
+            f" (at most {view.max_tiles} tiles, {view.aggregate})" if view.kind == "tiles" else ""
+        )
     report = ["# Evaluation report", "", markdown_table(tables["clean"], title, paper)]
     aligned_name = align.name if align is not None else None
     degraded = {k: v for k, v in tables.items() if k not in ("clean", aligned_name)}
@@ -620,6 +707,8 @@ def evaluate_dataset(
                     "",
                 ]
         plot_robustness({"clean": tables["clean"], **degraded}, output)
+    if adversarial is not None:
+        report += adversarial_summary(adversarial)
     plot_curves(clean_scores, output / "roc_pr.png", title)
     write_table_csv(tables["clean"], output / "table.csv")
     metrics: dict[str, Any] = {
@@ -630,12 +719,14 @@ def evaluate_dataset(
         "classes": classes,
         "method": model.config.method,
         "backbone": model.backbone.source,
+        "view": asdict(view),
         "clean": tables["clean"],
         "degradations": degraded,
         "aligned": {"name": aligned_name, "table": tables[aligned_name]} if aligned_name else None,
         "paper": paper,
         "protocol": protocol,
         "metadata": metadata,
+        "adversarial": adversarial,
         "skipped": [(p, r) for p, r in image_set.skipped]
         + [(clean_scores.samples[i].path, e) for i, e in clean_scores.errors.items()],
     }
@@ -667,6 +758,65 @@ def evaluate_dataset(
     return metrics
 
 
+def _adversarial(
+    model: Any,
+    attack_model: Any,
+    clean: Scores,
+    attacks: list[Any],
+    output: Path,
+    threshold: float,
+    view: View,
+    batch_size: int,
+    workers: int,
+    console: Any,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The adversarial robustness report, with a progress bar per attack."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .adversarial import robustness_report
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"attack {name:<16}", total=total)
+            progress.update(tasks[name], completed=done)
+
+        return robustness_report(
+            model, attack_model, clean, attacks, output, threshold, view,
+            batch_size=batch_size, workers=workers, on_progress=on_progress, **options,
+        )  # fmt: skip
+
+
+def adversarial_summary(adversarial: dict[str, Any]) -> list[str]:
+    """The report.md section: robust accuracy per attack (the mean over subsets, or the one
+    subset), with a pointer to the full tables."""
+    rows = adversarial["rows"]
+    summary = "mean" if any(r["subset"] == "mean" for r in rows) else rows[0]["subset"]
+    survival = adversarial["survival"]
+    lines = [
+        "## Adversarial robustness",
+        "",
+        f"{summary}; per subset, survival details and the plot in "
+        "[adversarial.md](adversarial.md). eps in grey levels.",
+        "",
+        "| attack | clean acc | robust acc | success | "
+        + " | ".join(f"after {s}" for s in survival)
+        + " | caught by stability |",
+        "| --- |" + " ---: |" * (4 + len(survival)),
+    ]
+    for r in (r for r in rows if r["subset"] == summary):
+        cells = [r["attack"], _pct(r["clean_accuracy"]), _pct(r["robust_accuracy"])]
+        cells += [_pct(r["success_rate"]), *[_pct(r[f"success_after {s}"]) for s in survival]]
+        cells.append(_pct(r["caught_by_stability"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def dry_run(
     model: Any,
     data: str | os.PathLike,
@@ -676,6 +826,7 @@ def dry_run(
     subsets: list[str] | None = None,
     batch_size: int = 64,
     workers: int = 2,
+    view: View | str | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What :func:`evaluate_dataset` would score and how long it would take on this machine:
     the image set found, seconds per image measured over up to two batches after a warm-up one,
@@ -689,10 +840,15 @@ def dry_run(
     if subsets:
         image_set = image_set.only(subsets)
     sample = image_set.samples[: 3 * batch_size]
-    score_samples(model, sample[:batch_size], batch_size=batch_size, workers=workers)  # warm-up
+    options = dict(
+        batch_size=batch_size,
+        workers=workers,
+        view=resolve_view(view, model.backbone.preprocess.view),
+    )
+    score_samples(model, sample[:batch_size], **options)  # warm-up
     start = time.perf_counter()
     timed = sample[batch_size:] or sample
-    scores = score_samples(model, timed, batch_size=batch_size, workers=workers)
+    scores = score_samples(model, timed, **options)
     per_image = (time.perf_counter() - start) / max(1, len(timed))
     return {
         "image_set": image_set,

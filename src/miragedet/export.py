@@ -8,6 +8,7 @@ beside `config.json` can then be served without PyTorch weights or the backbone 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -104,12 +105,9 @@ class OnnxDetector(Detector):
     ) -> None:
         import onnxruntime as ort
 
-        from .views import View
+        from .views import resolve
 
-        if view is None:  # the view the checkpoint was trained with
-            trained = config.get("preprocess", {}).get("view", "resize")
-            view = "tiles" if trained == "crop" else "resize"
-        self.view = view if isinstance(view, View) else View(kind=view)
+        self.view = resolve(view, config.get("preprocess", {}).get("view", "resize"))
 
         if precision not in ("auto", "fp32"):
             raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")
@@ -157,6 +155,7 @@ class OnnxDetector(Detector):
             "preprocess": self.preprocess.to_dict(),
             "precision": self.precision,
             "precision_reason": self.precision_reason,
+            "view": dataclasses.asdict(self.view),
         }
 
 

@@ -158,11 +158,12 @@ class MiraGe(nn.Module):
     def _cached(self, slot: str, params: list[nn.Parameter], compute: Callable[[], T]) -> T:
         """``compute()`` kept in ``self.<slot>`` until one of ``params`` changes (their version
         counters move on every in-place update: optimizer steps, loads) or the model is moved or
-        cast (device and dtype are part of the key)."""
+        cast (device and dtype are part of the key); a value made in inference mode is made
+        again for use outside it (autograd refuses inference tensors)."""
         ref = self.clip.text_projection.weight
         key = (ref.device, ref.dtype, *(p._version for p in params), *(id(p) for p in params))
         cached = getattr(self, slot)
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] != key or _inference_only(cached[1]):
             with torch.no_grad():
                 cached = (key, compute())
             setattr(self, slot, cached)
@@ -224,6 +225,15 @@ class MiraGe(nn.Module):
             # in fp32 even when the network runs in half precision: logit_scale is ~100
             logits = self.clip.logit_scale.float().exp() * image.float() @ text.float().t()
         return MiraGeOutput(logits=logits.float(), image_embeds=image, text_embeds=text)
+
+
+def _inference_only(value: torch.Tensor | list[torch.Tensor]) -> bool:
+    """Whether a cached value was made under inference mode and cannot enter autograd now (an
+    attack's gradient through the input, after scoring in inference mode)."""
+    if torch.is_inference_mode_enabled():
+        return False
+    tensors = value if isinstance(value, list) else [value]
+    return any(t.is_inference() for t in tensors)
 
 
 def _needs_grad(params: list[nn.Parameter]) -> bool:

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,9 @@ COLUMNS = (
     "basis",
     "provenance",
     "error",
+    "tiles",  # with the tiles/crop view: how many tiles, the most suspicious one, the
+    "tile_max_fake_prob",  # where-map grid as JSON (null with the resize view)
+    "where",
 )
 ENGINES = ("ray", "local")
 
@@ -146,6 +149,7 @@ class Scorer:
         threads: int = 2,
         precision: str = "auto",
         provenance: bool = True,
+        view: Any = None,
     ) -> None:
         from .detector import load_detector
 
@@ -158,6 +162,7 @@ class Scorer:
             decode_threads=threads,
             device=device,
             precision=precision,
+            view=view,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,8 +184,13 @@ class Scorer:
         predictions = dict(zip(good, scored, strict=True))
         fake_prob, label, top_class, error = [], [], [], []
         verdict, basis, summary = [], [], []
+        tiles, tile_max, where = [], [], []
         for i in range(len(paths)):
             p = predictions.get(i)
+            grid = None if p is None else p.tiles
+            tiles.append(-1 if grid is None else len(grid["fake_probs"]))
+            tile_max.append(np.nan if grid is None else max(grid["fake_probs"]))
+            where.append(None if grid is None else json.dumps(grid["grid"]))
             fake_prob.append(np.nan if p is None or p.fake_prob is None else p.fake_prob)
             label.append(None if p is None else p.label)
             top_class.append(None if p is None else p.top_class)
@@ -200,6 +210,9 @@ class Scorer:
             "basis": np.array(basis, dtype=object),
             "provenance": np.array(summary, dtype=object),
             "error": np.array(error, dtype=object),
+            "tiles": np.array(tiles, dtype=np.int64),  # -1: none (resize view, or an error)
+            "tile_max_fake_prob": np.array(tile_max, dtype=np.float64),
+            "where": np.array(where, dtype=object),
         }
 
 
@@ -220,16 +233,21 @@ class ScoreReport:
         return (self.scored + self.failed) / self.seconds if self.seconds else 0.0
 
 
-def _plan(paths: list[str], shard_size: int, output: Path, model: str) -> dict[str, Any]:
+def _plan(
+    paths: list[str], shard_size: int, output: Path, model: str, view: Any = None
+) -> dict[str, Any]:
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
     plan = {"n": len(paths), "shard_size": shard_size, "paths_sha256": digest, "model": model}
+    if is_dataclass(view):
+        view = asdict(view)
+    plan["view"] = view  # None (the checkpoint's) is what plans written before views held
     existing = output / PLAN_NAME
     if existing.is_file():
         old = json.loads(existing.read_text())
         if {k: old.get(k) for k in plan} != plan:
             raise ScoringError(
                 f"{output} holds shards of another job ({old.get('n')} inputs, shard size "
-                f"{old.get('shard_size')}, model {old.get('model')}); "
+                f"{old.get('shard_size')}, model {old.get('model')}, view {old.get('view')}); "
                 "use another OUTPUT or delete it"
             )
     else:
@@ -245,6 +263,16 @@ def _text(value: Any) -> str | None:
     if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
         return None
     return str(value)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _count(value: Any) -> int | None:
+    if value is None or np.isnan(value) or int(value) < 0:
+        return None
+    return int(value)
 
 
 def _check_model(model: str, backend: str) -> None:
@@ -287,6 +315,11 @@ def write_shard(output: Path, shard: int, rows: dict[str, list[Any]]) -> Path:
                 name: pa.array([_text(rows[name][i]) for i in order], pa.string())
                 for name in ("verdict", "basis", "provenance", "error")
             },
+            "tiles": pa.array([_count(rows["tiles"][i]) for i in order], pa.int64()),
+            "tile_max_fake_prob": pa.array(
+                [_number(rows["tile_max_fake_prob"][i]) for i in order], pa.float64()
+            ),
+            "where": pa.array([_text(rows["where"][i]) for i in order], pa.string()),
         }
     )
     final = shard_path(output, shard)
@@ -307,7 +340,8 @@ def read_scores(output: str | Path) -> Any:
     parts = sorted(Path(output).glob("part-*.parquet"))
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
-    return pa.concat_tables([pq.read_table(p) for p in parts])
+    # shards written before the tile columns existed lack them: filled with nulls
+    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
 
 
 def score_dataset(
@@ -323,6 +357,7 @@ def score_dataset(
     device: str | None = None,
     precision: str = "auto",
     provenance: bool = True,
+    view: Any = None,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
     address: str | None = None,
@@ -338,7 +373,11 @@ def score_dataset(
     _check_model(model, backend)
     found = discover_inputs(source)
     paths = list(dict.fromkeys(found.paths))
-    _plan(paths, shard_size, output, model)
+    if view is not None:
+        from .views import resolve
+
+        resolve(view, "resize")  # refuse bad options here, not in every worker
+    _plan(paths, shard_size, output, model, view)
     for stale in output.glob(".part-*.tmp"):  # a kill between write and rename
         stale.unlink()
     n_shards = (len(paths) + shard_size - 1) // shard_size
@@ -359,6 +398,7 @@ def score_dataset(
         device=device,
         precision=precision,
         provenance=provenance,
+        view=view,
     )
     batches = (
         _ray_batches(work, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)

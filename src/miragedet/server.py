@@ -37,6 +37,7 @@ from .data.dataset import ImageDecodeError, load_image
 from .detector import Detector
 from .detector import load_detector as load_detector_for
 from .stability import Stability
+from .views import View, inputs, summarize
 
 STATIC = Path(__file__).parent / "static"
 ALLOWED_FORMATS = formats.ACCEPTED  # one table with the decoder and the web page
@@ -62,6 +63,10 @@ class ServerSettings:
     retry_after_s: int = 1
     backend: str = "torch"  # torch | onnx (the checkpoint's model.onnx, ONNX Runtime)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (network cast once; torch backend)
+    #: A View, a kind, or options with an optional kind (views.resolve); None: the checkpoint's
+    #: (tiles for one trained on native crops).
+    view: Any = None
+    max_tiles_limit: int = 64  # the most tiles a request may ask for per image (?max_tiles=)
 
 
 class ImageResult(BaseModel):
@@ -85,6 +90,11 @@ class ImageResult(BaseModel):
         None,
         description="With ?stability=true: scores of the re-deliveries and the reason "
         'for an "uncertain" label',
+    )
+    tiles: dict[str, Any] | None = Field(
+        None,
+        description="With the tiles or crop view: the where-map (per-tile p(fake) grid, tile "
+        "boxes in the image as scored, its size, whether every pixel was covered)",
     )
     error: str | None = None
 
@@ -242,42 +252,76 @@ class Batcher:
 
 
 def _prepare(
-    data: bytes, detector: Detector, max_pixels: int, stability: Stability | None = None
-) -> tuple[list[torch.Tensor] | None, int, str | None]:
-    """Decode and preprocess one upload: ([tensor, ...], 200, None) or (None, status, error).
+    data: bytes,
+    detector: Detector,
+    max_pixels: int,
+    stability: Stability | None = None,
+    view: View | None = None,
+) -> tuple[list[torch.Tensor] | None, int, str | None, Any]:
+    """Decode and preprocess one upload: ([tensor, ...], 200, None, tiles) or (None, status,
+    error, None).
 
-    With ``stability`` the list holds the image as given and then each re-delivery."""
+    The list holds the image's one input (resize view), its tiles (tiles/crop view: ``tiles``
+    are their :class:`~miragedet.views.Tiles`), or, with ``stability``, the image as given and
+    then each re-delivery."""
+    view = view or detector.view
     try:
         fmt = formats.sniff(formats.read_head(data))
         if fmt is None:  # no signature we know: ask Pillow what it is (TGA, PPM, ...)
             with Image.open(io.BytesIO(data)) as probe:
                 fmt = probe.format
         if fmt == "VIDEO":
-            return None, 415, "video is not supported: send frames as images"
+            return None, 415, "video is not supported: send frames as images", None
         if fmt not in ALLOWED_FORMATS:
             return (
                 None,
                 415,
                 f"unsupported image format {fmt}; send one of "
                 + ", ".join(f.title for f in formats.FORMATS),
+                None,
             )
-        # re-deliveries (stability) start from the exact decode; plain scoring may draft JPEGs
-        draft = None if stability else detector.draft_size
+        # re-deliveries (stability) and tiles start from the exact decode; the resize view may
+        # draft JPEGs
+        draft = None if stability or view.kind != "resize" else detector.draft_size
         image = load_image(data, max_pixels=max_pixels, draft_size=draft)
+        if view.kind != "resize":
+            tiles = inputs(image, detector.preprocess, view)
+            return list(tiles.pixels), 200, None, tiles
         images = [im for _, im in stability.redeliver(image)] if stability else [image]
-        return [detector.preprocess(im) for im in images], 200, None
+        return [detector.preprocess(im) for im in images], 200, None, None
     except ImageDecodeError as exc:
-        return None, STATUS_OF_KIND.get(exc.kind, 422), str(exc)
+        return None, STATUS_OF_KIND.get(exc.kind, 422), str(exc), None
     except Image.DecompressionBombError as exc:
-        return None, 413, f"decompression bomb refused: {exc}"
+        return None, 413, f"decompression bomb refused: {exc}", None
     except Image.UnidentifiedImageError:
-        return None, 415, "not a recognised image format"
+        return None, 415, "not a recognised image format", None
     except Exception as exc:
-        return None, 422, f"could not read the image: {type(exc).__name__}: {exc}"
+        return None, 422, f"could not read the image: {type(exc).__name__}: {exc}", None
 
 
 def _float(text: str | None) -> float | None:
     return float(text) if text else None
+
+
+def _request_view(request: Request, default: View, max_tiles_limit: int) -> View | str:
+    """The view a request asks for (?view=tiles&max_tiles=16&aggregate=max; the server's by
+    default), or the reason it cannot have it."""
+    query = request.query_params
+    if not any(k in query for k in ("view", "max_tiles", "aggregate")):
+        return default
+    try:
+        asked = query.get("max_tiles")
+        max_tiles = int(asked) if asked else min(default.max_tiles, max_tiles_limit)
+        if max_tiles > max_tiles_limit:
+            return f"max_tiles {max_tiles} is over this server's limit of {max_tiles_limit}"
+        return View(
+            kind=query.get("view") or default.kind,
+            max_tiles=max_tiles,
+            overlap=default.overlap,
+            aggregate=query.get("aggregate") or default.aggregate,
+        )
+    except ValueError as exc:
+        return f"view options: {exc}"
 
 
 def create_app(
@@ -293,6 +337,7 @@ def create_app(
             threshold=settings.threshold,
             device=settings.device,
             precision=settings.precision,
+            view=settings.view,
         )
 
     loader = load_detector or default_loader
@@ -445,14 +490,19 @@ def create_app(
                 )
             except ValueError as exc:
                 return JSONResponse({"detail": f"stability options: {exc}"}, 422)
+        view = _request_view(request, detector.view, settings.max_tiles_limit)
+        if isinstance(view, str):
+            return JSONResponse({"detail": view}, 422)
+        if stability is not None and view.kind != "resize":
+            return JSONResponse({"detail": "stability works with the resize view only"}, 422)
 
         prepared = await asyncio.gather(
             *[
-                asyncio.to_thread(_prepare, data, detector, settings.max_pixels, stability)
+                asyncio.to_thread(_prepare, data, detector, settings.max_pixels, stability, view)
                 for _, data in uploads
             ]
         )
-        good = [i for i, (tensors, _, _) in enumerate(prepared) if tensors is not None]
+        good = [i for i, (tensors, *_) in enumerate(prepared) if tensors is not None]
         flat = [t for i in good for t in prepared[i][0]]
         try:
             flat_probs = await request.app.state.batcher.submit(flat)
@@ -465,7 +515,7 @@ def create_app(
             cursor += k
         results = []
         for i, (name, data) in enumerate(uploads):
-            _, status, error = prepared[i]
+            _, status, error, tiles = prepared[i]
             result = ImageResult(
                 name=name,
                 status=status,
@@ -475,6 +525,8 @@ def create_app(
             )
             if i in by_index:
                 p = by_index[i][0]
+                if tiles is not None:
+                    p, result.tiles = summarize(tiles, by_index[i], view)
                 fake = float(1.0 - p[0])
                 result.fake_prob = fake
                 result.label = "fake" if fake >= detector.threshold else "real"

@@ -57,8 +57,14 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     pixel_values: torch.Tensor,
     labels: torch.Tensor,
+    adversary: Callable[..., torch.Tensor] | None = None,
+    seed: int = 0,
 ) -> StepResult:
-    """Forward, loss (CE + lambda * L_dis, bank update), backward and one optimizer step."""
+    """Forward, loss (CE + lambda * L_dis, bank update), backward and one optimizer step.
+    With ``adversary`` (:class:`miragedet.attacks.Adversary`) part of the batch is first replaced
+    by adversarial examples against the current model (drawn from ``seed``)."""
+    if adversary is not None:
+        pixel_values = adversary(model, pixel_values, labels, seed)
     model.train()
     out = model(pixel_values)
     losses = loss_fn(out.logits, out.image_embeds, out.text_embeds, labels)
@@ -79,8 +85,10 @@ def fit_tensors(
     steps: int,
     seed: int = 0,
     on_step: Callable[[int, StepResult], None] | None = None,
+    adversary: Callable[..., torch.Tensor] | None = None,
 ) -> list[StepResult]:
-    """Train for ``steps`` SGD steps on shuffled mini-batches of in-memory tensors."""
+    """Train for ``steps`` SGD steps on shuffled mini-batches of in-memory tensors (with
+    ``adversary``: adversarial training, see :func:`train_step`)."""
     optimizer = make_optimizer(model, optim)
     generator = torch.Generator().manual_seed(seed)
     n = pixel_values.shape[0]
@@ -92,7 +100,9 @@ def fit_tensors(
             order, cursor = torch.randperm(n, generator=generator), 0
         idx = order[cursor : cursor + optim.batch_size]
         cursor += optim.batch_size
-        result = train_step(model, loss_fn, optimizer, pixel_values[idx], labels[idx])
+        result = train_step(
+            model, loss_fn, optimizer, pixel_values[idx], labels[idx], adversary, seed + step
+        )
         history.append(result)
         if on_step is not None:
             on_step(step, result)
@@ -166,6 +176,11 @@ class TrainConfig:
     resume: bool = False
     # compute frozen image features once (linear probe, zero-shot, text prompts; see features.py)
     cache_features: bool = True
+    # adversarial training: an attack spec (miragedet.attacks, e.g. pgd:eps=2,steps=5) and the
+    # share of each batch replaced by its adversarial examples (our choice: half, as in
+    # Goodfellow et al. 2015's mixed objective; Madry et al. 2018 use the whole batch)
+    adv_train: str | None = None
+    adv_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         self.method = canonical_method(self.method)
@@ -173,6 +188,12 @@ class TrainConfig:
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError("batch_size must be divisible by grad_accum")
+        if self.adv_train is not None:
+            from .attacks import Attack
+
+            Attack.parse(self.adv_train)  # a bad spec fails here, before any data is read
+            if not 0 < self.adv_fraction <= 1:
+                raise ValueError(f"adv_fraction must be in (0, 1], got {self.adv_fraction}")
 
     def model_config(self, classes: list[str]) -> ModelConfig:
         overrides = {
@@ -306,6 +327,14 @@ class Trainer:
         self.transform = TrainTransform(
             self.backbone.preprocess, Augment.preset(c.augment, c.seed), view=c.view
         )
+        #: ``--adv-train``: replaces part of each batch by attacks on the current prompts
+        self.adversary = None
+        if c.adv_train:
+            from .attacks import Adversary, Attack
+
+            self.adversary = Adversary(
+                Attack.parse(c.adv_train), c.adv_fraction, self.backbone.preprocess
+            )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=c.amp == "fp16" and self.device.type == "cuda"
         )
@@ -327,6 +356,7 @@ class Trainer:
             and self.model.image_features_frozen
             and not self.transform.augment.active
             and c.view == "resize"
+            and not c.adv_train
             and not self.dist.enabled
         )
 
@@ -690,6 +720,10 @@ class Trainer:
                     size = self.backbone.preprocess.image_size  # image through the model, count
                     pixels = torch.zeros(1, 3, size, size, device=self.device)  # none of it,
                     # and still join the collectives (gathers, gradient all-reduce)
+                if self.adversary is not None and not empty:
+                    with self._autocast():  # the attack sees the model as the step does
+                        seed = (c.seed * 1_000_003 + self.global_step) * 64 + k
+                        pixels = self.adversary(self.model, pixels, labels, seed)
                 sync = contextlib.nullcontext()
                 if self.dist.enabled and k < c.grad_accum - 1:
                     sync = self.forward.no_sync()  # all-reduce once, after the last micro-batch

@@ -1,4 +1,5 @@
-"""Degradations for robustness sweeps (paper section 6.4): JPEG, blur, down-sampling, noise.
+"""Degradations for robustness sweeps (paper section 6.4): JPEG, blur, down-sampling, scaling,
+noise.
 
 Each takes and returns an RGB Pillow image; the model's own preprocessing then brings the result
 to its input size, as when a degraded image is scored in the wild.
@@ -36,6 +37,14 @@ def downsample(image: Image.Image, size: int) -> Image.Image:
     return image.resize(new, Image.Resampling.BICUBIC)
 
 
+def scale(image: Image.Image, factor: float) -> Image.Image:
+    """Resize by ``factor`` on both sides (bicubic): ``scale:0.5`` halves the image, as a
+    platform's resize of an upload does."""
+    w, h = image.size
+    new = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return image.resize(new, Image.Resampling.BICUBIC)
+
+
 def noise(image: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
     """Add Gaussian noise of ``sigma`` grey levels (0-255 scale), seeded."""
     rng = np.random.default_rng(seed)
@@ -44,7 +53,7 @@ def noise(image: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "RGB")
 
 
-KINDS = {"jpeg": jpeg, "blur": blur, "downsample": downsample, "noise": noise}
+KINDS = {"jpeg": jpeg, "blur": blur, "downsample": downsample, "scale": scale, "noise": noise}
 #: The paper's settings (section 6.4): down-sampling to 112 / 64 px, JPEG QF 65 / 30, blur 3 / 5.
 PAPER = ("downsample:112", "downsample:64", "jpeg:65", "jpeg:30", "blur:3", "blur:5")
 
@@ -62,7 +71,7 @@ class Degradation:
         if kind not in KINDS or not value:
             raise ValueError(
                 f"degradation {text!r}: expected KIND:VALUE with KIND one of "
-                f"{', '.join(KINDS)} (e.g. jpeg:65, blur:3, downsample:112, noise:5)"
+                f"{', '.join(KINDS)} (e.g. jpeg:65, blur:3, downsample:112, scale:0.5, noise:5)"
             )
         return cls(kind, float(value))
 

@@ -45,11 +45,19 @@ def smooth_scene(rng: np.random.Generator, size: int) -> np.ndarray:
     return base + ramp
 
 
-def make_image(rng: np.random.Generator, size: int, fingerprint: Fingerprint | None) -> Image.Image:
-    """One RGB image; with ``fingerprint`` it is a "fake" of that generator."""
+def make_image(
+    rng: np.random.Generator,
+    size: int,
+    fingerprint: Fingerprint | None,
+    region: tuple[int, int, int] | None = None,
+) -> Image.Image:
+    """One RGB image; with ``fingerprint`` it is a "fake" of that generator, over the whole
+    image or, with ``region`` (top, left, side), in that square only (a pasted or inpainted
+    part of a real photo)."""
     pixels = smooth_scene(rng, size)
     if fingerprint is not None:
-        pixels = pixels + fingerprint.pattern(size, size)[:, :, None]
+        top, left, side = region or (0, 0, size)
+        pixels[top : top + side, left : left + side] += fingerprint.pattern(side, side)[:, :, None]
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
 
 

@@ -78,21 +78,29 @@ class Preprocess:
 
     # -- the transform itself ------------------------------------------------------------------
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize of the short side to ``resize_shortest``."""
+        short = min(width, height)
+        if short == self.resize_shortest:
+            return width, height
+        # Same rounding as transformers' get_resize_output_image_size.
+        long = int(self.resize_shortest * max(width, height) / short)
+        return (self.resize_shortest, long) if width <= height else (long, self.resize_shortest)
+
+    def centre_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The (left, top, right, bottom) of the centre crop of a resized image."""
+        s = self.image_size
+        left, top = (width - s) // 2, (height - s) // 2
+        return left, top, left + s, top + s
+
     def resize_crop(self, image: Image.Image) -> Image.Image:
         """Resize the short side to ``resize_shortest`` and centre-crop ``image_size`` (RGB)."""
         image = image.convert("RGB") if image.mode != "RGB" else image
-        w, h = image.size
-        short = min(w, h)
-        if short != self.resize_shortest:
-            # Same rounding as transformers' get_resize_output_image_size.
-            long = int(self.resize_shortest * max(w, h) / short)
-            new_w, new_h = (self.resize_shortest, long) if w <= h else (long, self.resize_shortest)
-            image = image.resize((new_w, new_h), _RESAMPLE[self.resample])
-            w, h = image.size
-        s = self.image_size
-        if (w, h) != (s, s):
-            left, top = (w - s) // 2, (h - s) // 2
-            image = image.crop((left, top, left + s, top + s))
+        size = self.resized_size(*image.size)
+        if size != image.size:
+            image = image.resize(size, _RESAMPLE[self.resample])
+        if image.size != (self.image_size, self.image_size):
+            image = image.crop(self.centre_box(*image.size))
         return image
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
