@@ -356,6 +356,36 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary(adversarial: dict[str, Any]) -> list[str]:
+    """The report.md section: robust accuracy per attack (the mean over subsets, or the one
+    subset), with a pointer to the full tables."""
+    rows = adversarial["rows"]
+    shown = _summary_subset(rows)
+    survival = adversarial["survival"]
+    lines = [
+        "## Adversarial robustness",
+        "",
+        f"{shown}; per subset, survival details and the plot in "
+        "[adversarial.md](adversarial.md). eps in grey levels.",
+        "",
+        "| attack | clean acc | robust acc | success | "
+        + " | ".join(f"after {s}" for s in survival)
+        + " | caught by stability |",
+        "| --- |" + " ---: |" * (4 + len(survival)),
+    ]
+    for r in (r for r in rows if r["subset"] == shown):
+        cells = [r["attack"], _pct(r["clean_accuracy"]), _pct(r["robust_accuracy"])]
+        cells += [_pct(r["success_rate"]), *[_pct(r[f"success_after {s}"]) for s in survival]]
+        cells.append(_pct(r["caught_by_stability"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _summary_subset(rows: list[dict[str, Any]]) -> str:
+    """The rows a summary shows: the mean over subsets, or the one subset there is."""
+    return "mean" if any(r["subset"] == "mean" for r in rows) else rows[0]["subset"]
+
+
 def plot(report: dict[str, Any], path: str | Path) -> None:
     """Robust accuracy against eps: a line per attack family (the mean over subsets, or the
     one subset), starting from the clean accuracy at eps 0."""
@@ -365,8 +395,8 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = report["rows"]
-    summary = "mean" if any(r["subset"] == "mean" for r in rows) else rows[0]["subset"]
-    mine = [r for r in rows if r["subset"] == summary]
+    shown = _summary_subset(rows)
+    mine = [r for r in rows if r["subset"] == shown]
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for family in dict.fromkeys(r["family"] for r in mine):
         points = sorted(((r["eps"], r) for r in mine if r["family"] == family), key=lambda p: p[0])
@@ -377,7 +407,7 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     ax.set(
         xlabel="eps (grey levels, L-infinity)",
         ylabel="robust accuracy (%)",
-        title=f"Robust accuracy against eps ({summary})",
+        title=f"Robust accuracy against eps ({shown})",
         ylim=(-2, 102),
     )
     ax.grid(alpha=0.3)

@@ -787,9 +787,10 @@ def serve(
     from .server import serve as run_server
     from .views import resolve
 
-    try:  # options checked here, before the model loads in the background
-        if view is not None or max_tiles is not None or aggregate is not None:
-            resolve(_view_options(view or "tiles", max_tiles, aggregate), "resize")
+    options = _view_options(view, max_tiles, aggregate)
+    try:  # checked here, before the model loads in the background
+        if options is not None:
+            resolve(options, "resize")
     except ValueError as exc:
         raise _fail(exc) from exc
 
@@ -810,7 +811,7 @@ def serve(
         watermarks=watermarks,
         backend=backend,
         precision=precision,
-        view=_view_options(view, max_tiles, aggregate),
+        view=options,
         max_tiles_limit=max_tiles_limit,
     )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")

@@ -68,10 +68,9 @@ def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
     if prediction.stability is not None:
         row["stability_spread"] = prediction.stability["spread"]
         row["stability_reason"] = prediction.stability["reason"]
-    if prediction.tiles is not None:
-        row["tiles"] = len(prediction.tiles["fake_probs"])
-        row["tile_max_fake_prob"] = max(prediction.tiles["fake_probs"])
-        row["where"] = prediction.tiles["grid"]  # JSON/JSONL only (CSV keeps the two columns)
+    from .views import tile_columns
+
+    row.update(tile_columns(prediction.tiles))  # `where`: JSON/JSONL only (CSV keeps the rest)
     return row
 
 

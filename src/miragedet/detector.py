@@ -220,15 +220,10 @@ class Detector:
     def _forward_tiles(self, sets: list[Any], positions: list[int]) -> tuple[np.ndarray, dict]:
         """Aggregated probabilities (n, C) of several images' tiles, forwarded together in
         batches of ``batch_size`` tiles, and each image's where-map."""
-        from .views import collate_tiles, split_tiles, summarize
+        from .views import forward_tiles, summarize
 
-        flat, counts = collate_tiles([t.pixels for t in sets])
-        chunks = [
-            self.forward_tensors(flat[i : i + self.batch_size])
-            for i in range(0, len(flat), self.batch_size)
-        ]
+        per_image = forward_tiles(self.forward_tensors, [t.pixels for t in sets], self.batch_size)
         out, maps = np.zeros((len(sets), len(self.classes))), {}
-        per_image = split_tiles(np.concatenate(chunks), counts)
         for k, (tiles, rows, position) in enumerate(zip(sets, per_image, positions, strict=True)):
             out[k], maps[position] = summarize(tiles, rows, self.view)
         return out, maps

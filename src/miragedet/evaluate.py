@@ -157,7 +157,7 @@ def _score_tiles(
 ) -> Scores:
     """:func:`score_samples` with the crop/tiles view: each image's tiles are forwarded in
     chunks of ``batch_size`` tiles (the tiles of several images share them), then aggregated."""
-    from .views import collate_tiles, inputs, split_tiles
+    from .views import forward_tiles, inputs
 
     def image_transform(image, index, d=degradation):
         return d(image, seed=index) if d is not None else image
@@ -167,10 +167,8 @@ def _score_tiles(
 
     def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
         good = [it for it in items if it["error"] is None]
-        pixels, counts = collate_tiles([it["pixel_values"] for it in good]) if good else (None, [])
         return {
-            "pixel_values": pixels,
-            "counts": counts,
+            "tiles": [it["pixel_values"] for it in good],
             "indices": [it["index"] for it in good],
             "errors": [(it["index"], it["error"]) for it in items if it["error"] is not None],
         }
@@ -182,19 +180,15 @@ def _score_tiles(
     probs = np.full((len(samples), len(model.classes)), np.nan)
     errors: dict[int, str] = {}
     model.eval()
+
+    def forward(pixels: torch.Tensor) -> np.ndarray:
+        return model(pixels.to(device)).probs.float().cpu().numpy()
+
     for batch in loader:
         errors.update(dict(batch["errors"]))
         if batch["indices"]:
-            flat = batch["pixel_values"]
-            per_tile = np.concatenate(
-                [
-                    model(flat[i : i + batch_size].to(device)).probs.float().cpu().numpy()
-                    for i in range(0, len(flat), batch_size)
-                ]
-            )
-            for index, rows in zip(
-                batch["indices"], split_tiles(per_tile, batch["counts"]), strict=True
-            ):
+            per_image = forward_tiles(forward, batch["tiles"], batch_size)
+            for index, rows in zip(batch["indices"], per_image, strict=True):
                 probs[index] = aggregate(rows, view.aggregate)
         if on_batch is not None:
             on_batch(len(batch["indices"]) + len(batch["errors"]))
@@ -708,7 +702,9 @@ def evaluate_dataset(
                 ]
         plot_robustness({"clean": tables["clean"], **degraded}, output)
     if adversarial is not None:
-        report += adversarial_summary(adversarial)
+        from .adversarial import summary
+
+        report += summary(adversarial)
     plot_curves(clean_scores, output / "roc_pr.png", title)
     write_table_csv(tables["clean"], output / "table.csv")
     metrics: dict[str, Any] = {
@@ -790,31 +786,6 @@ def _adversarial(
             model, attack_model, clean, attacks, output, threshold, view,
             batch_size=batch_size, workers=workers, on_progress=on_progress, **options,
         )  # fmt: skip
-
-
-def adversarial_summary(adversarial: dict[str, Any]) -> list[str]:
-    """The report.md section: robust accuracy per attack (the mean over subsets, or the one
-    subset), with a pointer to the full tables."""
-    rows = adversarial["rows"]
-    summary = "mean" if any(r["subset"] == "mean" for r in rows) else rows[0]["subset"]
-    survival = adversarial["survival"]
-    lines = [
-        "## Adversarial robustness",
-        "",
-        f"{summary}; per subset, survival details and the plot in "
-        "[adversarial.md](adversarial.md). eps in grey levels.",
-        "",
-        "| attack | clean acc | robust acc | success | "
-        + " | ".join(f"after {s}" for s in survival)
-        + " | caught by stability |",
-        "| --- |" + " ---: |" * (4 + len(survival)),
-    ]
-    for r in (r for r in rows if r["subset"] == summary):
-        cells = [r["attack"], _pct(r["clean_accuracy"]), _pct(r["robust_accuracy"])]
-        cells += [_pct(r["success_rate"]), *[_pct(r[f"success_after {s}"]) for s in survival]]
-        cells.append(_pct(r["caught_by_stability"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
 
 
 def dry_run(

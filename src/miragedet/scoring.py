@@ -166,6 +166,8 @@ class Scorer:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .views import tile_columns
+
         paths = [str(p) for p in batch["path"]]
         items: list[Any] = []
         errors: dict[int, str] = {}
@@ -187,10 +189,10 @@ class Scorer:
         tiles, tile_max, where = [], [], []
         for i in range(len(paths)):
             p = predictions.get(i)
-            grid = None if p is None else p.tiles
-            tiles.append(-1 if grid is None else len(grid["fake_probs"]))
-            tile_max.append(np.nan if grid is None else max(grid["fake_probs"]))
-            where.append(None if grid is None else json.dumps(grid["grid"]))
+            columns = tile_columns(None if p is None else p.tiles)
+            tiles.append(columns.get("tiles", -1))
+            tile_max.append(columns.get("tile_max_fake_prob", np.nan))
+            where.append(json.dumps(columns["where"]) if columns else None)
             fake_prob.append(np.nan if p is None or p.fake_prob is None else p.fake_prob)
             label.append(None if p is None else p.label)
             top_class.append(None if p is None else p.top_class)

@@ -27,6 +27,7 @@ prediction as a grid (:func:`where_map`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,14 +198,28 @@ def summarize(tiles: Tiles, probs: np.ndarray, view: View) -> tuple[np.ndarray, 
     return aggregate(probs, view.aggregate), where
 
 
-def collate_tiles(tile_sets: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-    """Several images' tiles as one stack, and how many belong to each image (in order)."""
-    return torch.cat(tile_sets), [len(t) for t in tile_sets]
+def forward_tiles(
+    forward: Callable[[torch.Tensor], np.ndarray], tile_sets: list[torch.Tensor], batch_size: int
+) -> list[np.ndarray]:
+    """Several images' tiles forwarded together, ``batch_size`` tiles per call of ``forward``
+    (tiles -> (n, C) probabilities): one (n_i, C) array per image, in order."""
+    flat = torch.cat(tile_sets)
+    per_tile = np.concatenate(
+        [forward(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)]
+    )
+    return np.split(per_tile, np.cumsum([len(t) for t in tile_sets])[:-1])
 
 
-def split_tiles(probs: np.ndarray, counts: list[int]) -> list[np.ndarray]:
-    """Undo :func:`collate_tiles` on the stacked tiles' outputs: one (n_i, C) array per image."""
-    return np.split(probs, np.cumsum(counts)[:-1])
+def tile_columns(where: dict[str, Any] | None) -> dict[str, Any]:
+    """A where-map as table columns: how many tiles, the most suspicious one's p(fake), the
+    grid (nothing without a where-map)."""
+    if where is None:
+        return {}
+    return {
+        "tiles": len(where["fake_probs"]),
+        "tile_max_fake_prob": max(where["fake_probs"]),
+        "where": where["grid"],
+    }
 
 
 def where_map(tiles: Tiles, fake_probs: np.ndarray) -> dict[str, Any]:
