@@ -8,9 +8,9 @@ region) and in one patch of 1/16 of the image (a small edit). Each rule is appli
 tile scores. Two figures per task: AP (no threshold), and the share of fakes caught when the
 threshold is set on the reals for 5% false alarms, as `miragedet calibrate --fpr 0.05` would set
 it (what a deployment sees); the accuracies at the untuned threshold 0.5 are shown too. The
-default rule in miragedet.views is chosen by :func:`choose`: among the rules whose reals' scores
-do not drift with the number of tiles (so one calibrated threshold serves images of any size),
-the one that catches most at 5% false alarms, averaged over the tasks and tile caps.
+default rule in miragedet.data.views is chosen by :func:`choose`: among the rules whose reals'
+scores do not drift with the number of tiles (so one calibrated threshold serves images of any
+size), the one that catches most at 5% false alarms, averaged over the tasks and tile caps.
     python benchmarks/aggregate_study.py [--out benchmarks/results/aggregate_study.json]
 """
 
@@ -27,10 +27,10 @@ from sklearn.metrics import average_precision_score
 from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
 from miragedet.data.synthetic import SEEN, make_image
 from miragedet.data.transforms import TrainTransform
-from miragedet.detector import Detector
-from miragedet.evaluate import calibrate_threshold
-from miragedet.train import fit_tensors
-from miragedet.views import AGGREGATES, View, aggregate
+from miragedet.data.views import AGGREGATES, View, aggregate
+from miragedet.evaluation.calibrate import calibrate_threshold
+from miragedet.inference.detector import Detector
+from miragedet.training.step import fit_tensors
 
 TASKS = ("whole image", "one quadrant", "1/16 patch")
 

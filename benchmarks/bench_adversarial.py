@@ -18,9 +18,9 @@ import torch
 from common import photo, save, table, timed
 
 from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
-from miragedet.attacks import Adversary, Attack, perturb
-from miragedet.detector import Detector
-from miragedet.train import make_optimizer, train_step
+from miragedet.inference.attacks import Adversary, Attack, perturb
+from miragedet.inference.detector import Detector
+from miragedet.training.step import make_optimizer, train_step
 
 
 def attack_rows(name: str, model: MiraGe, args: argparse.Namespace) -> list[dict]:

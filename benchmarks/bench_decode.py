@@ -20,7 +20,7 @@ import torch
 from common import save, table, write_jpegs
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.detector import Detector
+from miragedet.inference.detector import Detector
 
 SIZES = [(1280, 960), (1600, 1200), (2048, 1536), (2304, 1728)]  # 1.2 to 4 MP
 

@@ -23,7 +23,7 @@ import torch
 from common import photo, save, table
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.detector import Detector
+from miragedet.inference.detector import Detector
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 SIZES = {1: (1152, 864), 4: (2304, 1728), 12: (4000, 3000)}

@@ -106,7 +106,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
         add(label, *pair(lambda h=half, x=x: bare_tower(h.clip, x), lambda h=half, x=x: h(x)))
         del half
     if device.type == "cpu":  # `--precision int8`: the vision encoder's linears in int8
-        from miragedet.precision import quantize_int8
+        from miragedet.inference.precision import quantize_int8
 
         quantized = quantize_int8(copy.deepcopy(model))
         add(
@@ -118,7 +118,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from miragedet.export import OnnxDetector, export_checkpoint
+        from miragedet.inference.onnx import OnnxDetector, export_checkpoint
 
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)

@@ -20,8 +20,8 @@ from pathlib import Path
 from common import photo, save, table
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.detect import run_detect
-from miragedet.detector import Detector
+from miragedet.apps.detect import run_detect
+from miragedet.inference.detector import Detector
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

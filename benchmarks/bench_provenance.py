@@ -25,9 +25,11 @@ from common import photo, save, table
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from miragedet import MiraGe, ModelConfig, generators, load_backbone, provenance
-from miragedet.detector import Detector
-from miragedet.provenance import _raw_exif
+from miragedet import MiraGe, ModelConfig, load_backbone
+from miragedet.inference.detector import Detector
+from miragedet.provenance import parameters as generators
+from miragedet.provenance import verdict as provenance
+from miragedet.provenance.metadata import raw_exif as _raw_exif
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 SIZES = {1: (1152, 864), 4: (2304, 1728)}

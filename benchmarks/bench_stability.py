@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.detector import Detector
-from miragedet.stability import Stability
+from miragedet.inference.detector import Detector
+from miragedet.inference.stability import Stability
 
 
 def photos(n: int, size: tuple[int, int] = (800, 600), seed: int = 0) -> list[Image.Image]:

@@ -22,8 +22,8 @@ import numpy as np
 from common import save, table, write_jpegs
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.detector import Detector
-from miragedet.views import View
+from miragedet.data.views import View
+from miragedet.inference.detector import Detector
 
 
 def side_for(n_tiles: int, tile: int) -> int:

@@ -19,9 +19,9 @@ import torch
 from common import save, table, timed
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.config import LossConfig, OptimConfig
-from miragedet.losses import MiraGeLoss
-from miragedet.train import make_optimizer, train_step
+from miragedet.model.config import LossConfig, OptimConfig
+from miragedet.model.losses import MiraGeLoss
+from miragedet.training.step import make_optimizer, train_step
 
 
 def cuda_peak(fn) -> float:

@@ -60,7 +60,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
-    from miragedet.precision import cpu_native, resolve
+    from miragedet.inference.precision import cpu_native, resolve
 
     return {
         "torch": torch.__version__,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from hostile import write_corpus
 from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.data.dataset import ImageDecodeError
-from miragedet.detector import Detector, to_image
+from miragedet.inference.detector import Detector, to_image
 
 
 def family(category: str) -> str:

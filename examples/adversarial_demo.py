@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
-from miragedet.attacks import Adversary, Attack, perturb
 from miragedet.data.synthetic import SEEN, make_set
-from miragedet.detector import Detector
-from miragedet.train import fit_tensors
+from miragedet.inference.attacks import Adversary, Attack, perturb
+from miragedet.inference.detector import Detector
+from miragedet.training.step import fit_tensors
 
 
 def fit(backbone, pixels: torch.Tensor, labels: list[int], adversary=None) -> MiraGe:

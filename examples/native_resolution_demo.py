@@ -16,9 +16,9 @@ from PIL import Image
 from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
 from miragedet.data.synthetic import SEEN, smooth_scene
 from miragedet.data.transforms import TrainTransform
-from miragedet.detector import Detector
-from miragedet.train import fit_tensors
-from miragedet.views import View
+from miragedet.data.views import View
+from miragedet.inference.detector import Detector
+from miragedet.training.step import fit_tensors
 
 
 def images(n_per_class: int, side: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:

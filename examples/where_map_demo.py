@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
+from miragedet.apps.where_plot import plot_where
 from miragedet.data.synthetic import SEEN, make_image
 from miragedet.data.transforms import TrainTransform
-from miragedet.detector import Detector
-from miragedet.train import fit_tensors
-from miragedet.views import View, plot_where
+from miragedet.data.views import View
+from miragedet.inference.detector import Detector
+from miragedet.training.step import fit_tensors
 
 
 def scene(rng: np.random.Generator, side: int, faked: tuple[int, int, int] | None) -> Image.Image:

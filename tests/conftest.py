@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from miragedet import MiraGe, ModelConfig
-from miragedet.backbone import Backbone, load_backbone
+from miragedet.model.backbone import Backbone, load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared beside the repo holds OpenAI CLIP's real tokenizer in Hugging Face format.
@@ -125,7 +125,7 @@ def fit_tiny(backbone: Backbone, pixels, labels, steps: int, method: str = "mira
     """A MiraGe (depth 2; or ``model``) on a tiny CLIP trained on preprocessed tensors with the
     settings the learning tests share (lr 0.02, batch 64, bank 256): (model, per-step history)."""
     from miragedet import LossConfig, MiraGeLoss, OptimConfig
-    from miragedet.train import fit_tensors
+    from miragedet.training.step import fit_tensors
 
     model = model or MiraGe(backbone, ModelConfig.for_method(method, depth=2))
     loss_fn = MiraGeLoss(LossConfig.for_method(method, bank_size=256), dim=64)

@@ -10,9 +10,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from miragedet import MiraGe, ModelConfig
-from miragedet.analyze import geometry_table
-from miragedet.cli import app
+from miragedet.apps.cli import app
 from miragedet.data.synthetic import write_layout
+from miragedet.evaluation.analyze import geometry_table
 
 ANCHORS = np.eye(2, 16)
 

@@ -13,11 +13,19 @@ from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
 from conftest import fit_tiny
-from miragedet.attacks import SWEEP, Adversary, Attack, UploadModel, frozen, parse_attacks, perturb
-from miragedet.backbone import load_backbone
 from miragedet.data.synthetic import SEEN, make_set, write_layout
-from miragedet.detector import Detector
-from miragedet.views import View, inputs
+from miragedet.data.views import View, inputs
+from miragedet.inference.attacks import (
+    SWEEP,
+    Adversary,
+    Attack,
+    UploadModel,
+    frozen,
+    parse_attacks,
+    perturb,
+)
+from miragedet.inference.detector import Detector
+from miragedet.model.backbone import load_backbone
 
 pytest.importorskip("art")
 
@@ -145,7 +153,7 @@ def test_adversarial_training_raises_robust_accuracy(tiny):
     ]:
         torch.manual_seed(0)
         from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig
-        from miragedet.train import fit_tensors
+        from miragedet.training.step import fit_tensors
 
         model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))
         loss_fn = MiraGeLoss(LossConfig.for_method("mirage", bank_size=256), dim=64)
@@ -182,8 +190,8 @@ def test_evaluate_attack_report(fingerprint, tmp_path):
     """evaluate --attack: eps 0 gives exactly the clean accuracy; every saved PNG is within eps
     of its original; survival, stability and the files of the report; a rerun reuses the
     saved images."""
-    from miragedet.adversarial import robustness_report
-    from miragedet.evaluate import evaluate_dataset
+    from miragedet.evaluation.adversarial import robustness_report
+    from miragedet.evaluation.evaluate import evaluate_dataset
 
     _, model = fingerprint
     data = write_layout(tmp_path / "data", "ufd", ("grid-2", "grid-2-faint"), n_per_class=12,
@@ -194,7 +202,7 @@ def test_evaluate_attack_report(fingerprint, tmp_path):
                                attack_options=options)  # fmt: skip
     rows = metrics["adversarial"]["rows"]
     by = {(r["attack"], r["subset"]): r for r in rows}
-    from miragedet.evaluate import read_scores_csv
+    from miragedet.evaluation.scores import read_scores_csv
 
     samples, _, _ = read_scores_csv(tmp_path / "eval" / "scores.csv")
     pool = [samples[i] for i in _pool(tmp_path)]
@@ -227,7 +235,7 @@ def test_evaluate_attack_report(fingerprint, tmp_path):
     assert "## Adversarial robustness" in (tmp_path / "eval" / "report.md").read_text()
 
     progress = []
-    from miragedet.evaluate import score_samples
+    from miragedet.evaluation.scores import score_samples
 
     clean = score_samples(model, samples, workers=0)
     again = robustness_report(
@@ -240,15 +248,15 @@ def test_evaluate_attack_report(fingerprint, tmp_path):
 
 def _pool(tmp_path) -> list[int]:
     """The evaluation's attacked sample, as indices into scores.csv."""
-    from miragedet.adversarial import sample_indices
-    from miragedet.evaluate import Scores, read_scores_csv
+    from miragedet.evaluation.adversarial import sample_indices
+    from miragedet.evaluation.scores import Scores, read_scores_csv
 
     samples, probs, errors = read_scores_csv(tmp_path / "eval" / "scores.csv")
     return sample_indices(Scores(samples, probs, errors), 20)
 
 
 def test_cli_attack_and_adv_train(tmp_path, monkeypatch):
-    from miragedet.cli import app
+    from miragedet.apps.cli import app
 
     data = write_layout(tmp_path / "data", "ufd", ("grid-2",), n_per_class=32, size=32)
     run = CliRunner().invoke(app, [

@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from miragedet.backbone import (
+from miragedet.data.transforms import Preprocess
+from miragedet.model.backbone import (
     PRESETS,
     BackboneError,
     load_backbone,
     mini_tokenizer,
     preset_config,
 )
-from miragedet.data.transforms import Preprocess
 
 
 def test_vit_l14_preset_has_the_papers_shape():

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from miragedet.cli import app
+from miragedet.apps.cli import app
 
 runner = CliRunner()
 

@@ -18,8 +18,8 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from miragedet.checkpoint import load_pretrained
 from miragedet.data.synthetic import write_layout
+from miragedet.model.mirage import load_pretrained
 
 TRAIN = ["--backbone", "tiny", "--batch-size", "16", "--epochs", "3", "--depth", "2"]
 TRAIN += ["--bank-size", "24", "--workers", "0", "--lr", "0.05", "--log-every", "1"]

@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from miragedet import MiraGe, ModelConfig
-from miragedet.cli import app
-from miragedet.detector import Detector
-from miragedet.provenance import read_provenance
+from miragedet.apps.cli import app
+from miragedet.inference.detector import Detector
+from miragedet.provenance.verdict import read_provenance
 from signing import sign_jpeg
 
 runner = CliRunner()
@@ -23,7 +23,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from miragedet.backbone import load_backbone
+    from miragedet.model.backbone import load_backbone
 
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
     with torch.no_grad():

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from miragedet.config import LossConfig
 from miragedet.data.synthetic import write_layout
-from miragedet.losses import MiraGeLoss
+from miragedet.model.config import LossConfig
+from miragedet.model.losses import MiraGeLoss
 
 N, D, C = 12, 16, 2
 
@@ -141,9 +141,9 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path):
 
 def _initial(data) -> dict[str, torch.Tensor]:
     """The trainable tensors of a fresh model with the same seed (before any step)."""
-    from miragedet.backbone import load_backbone
-    from miragedet.config import ModelConfig
-    from miragedet.model import MiraGe
+    from miragedet.model.backbone import load_backbone
+    from miragedet.model.config import ModelConfig
+    from miragedet.model.mirage import MiraGe
 
     torch.manual_seed(0)
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))

@@ -6,8 +6,8 @@ import sys
 
 from typer.testing import CliRunner
 
-from miragedet import doctor
-from miragedet.cli import app
+from miragedet.apps import doctor
+from miragedet.apps.cli import app
 from miragedet.data.synthetic import write_layout
 
 runner = CliRunner()

@@ -14,9 +14,9 @@ from conftest import images_for
 pytest.importorskip("onnxruntime")
 
 from miragedet import MiraGe, ModelConfig
-from miragedet.cli import app
-from miragedet.detector import Detector
-from miragedet.export import InferenceGraph, OnnxDetector, export_onnx
+from miragedet.apps.cli import app
+from miragedet.inference.detector import Detector
+from miragedet.inference.onnx import InferenceGraph, OnnxDetector, export_onnx
 
 
 def _trained(backbone, method, **kw):

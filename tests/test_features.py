@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from miragedet.data.synthetic import write_layout
-from miragedet.train import TrainConfig, Trainer
+from miragedet.training.config import TrainConfig
+from miragedet.training.trainer import Trainer
 
 BASE = dict(backbone="tiny", batch_size=16, epochs=3, lr=0.05, workers=0, log_every=1, depth=2)
 
@@ -72,7 +73,8 @@ def test_evaluate_scores_a_frozen_model_from_cached_features(served_checkpoint, 
 
     from miragedet import MiraGe, ModelConfig, load_backbone
     from miragedet.data.layouts import find_images
-    from miragedet.evaluate import evaluate_dataset, score_samples
+    from miragedet.evaluation.evaluate import evaluate_dataset
+    from miragedet.evaluation.scores import score_samples
 
     data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=12)
     (data / "real" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")

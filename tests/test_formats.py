@@ -15,10 +15,10 @@ import pytest
 from PIL import Image, ImageCms
 
 from icc import ADOBE_RGB, DISPLAY_P3, matrix_profile
+from miragedet.apps.detect import discover
+from miragedet.apps.score_dataset import discover_inputs
 from miragedet.data import formats
 from miragedet.data.dataset import ImageDecodeError, load_image
-from miragedet.detect import discover
-from miragedet.scoring import discover_inputs
 
 pytest.importorskip("pillow_heif")
 pytest.importorskip("pillow_jxl")
@@ -239,7 +239,7 @@ def test_an_embedded_icc_profile_is_converted_to_srgb(primaries, fmt):
 
 
 def test_a_display_p3_photo_scores_like_its_srgb_conversion(served_checkpoint):
-    from miragedet.detector import Detector
+    from miragedet.inference.detector import Detector
 
     icc = matrix_profile(DISPLAY_P3, 2.2, "Display P3 (test)")
     photo = _photo(seed=9)
@@ -266,10 +266,10 @@ def test_orientation_is_applied_for_jpeg_and_heic():
 
 
 def test_server_web_page_and_readme_list_the_decoders_formats():
-    from miragedet.server import ALLOWED_FORMATS
+    from miragedet.apps.server import ALLOWED_FORMATS
 
     assert {f.name for f in formats.FORMATS} <= ALLOWED_FORMATS
-    page = (Path(formats.__file__).parents[1] / "static" / "index.html").read_text()
+    page = (Path(formats.__file__).parents[1] / "apps" / "static" / "index.html").read_text()
     assert f'accept="{formats.html_accept()}"' in page
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for fmt in formats.FORMATS:
@@ -277,8 +277,8 @@ def test_server_web_page_and_readme_list_the_decoders_formats():
 
 
 def test_video_upload_is_415(served_checkpoint):
-    from miragedet.detector import Detector
-    from miragedet.server import _prepare
+    from miragedet.apps.server import _prepare
+    from miragedet.inference.detector import Detector
 
     detector = Detector.from_pretrained(served_checkpoint)
     assert _prepare(MP4_HEAD, detector, 10**8)[1:3] == (

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from miragedet.generators import parse_a1111, user_comment
-from miragedet.provenance import ai_tool_in, read_provenance
+from miragedet.provenance.metadata import ai_tool_in
+from miragedet.provenance.parameters import parse_a1111, user_comment
+from miragedet.provenance.verdict import read_provenance
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 A1111 = (
@@ -212,7 +213,7 @@ def test_xmp_digital_source_type_in_every_container(fmt, term, declares):
 
 
 def test_xmp_entity_expansion_is_refused_and_the_pixels_still_score(served_checkpoint):
-    from miragedet.detector import Detector
+    from miragedet.inference.detector import Detector
 
     bomb = (
         '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
@@ -228,7 +229,7 @@ def test_xmp_entity_expansion_is_refused_and_the_pixels_still_score(served_check
 
 
 def test_declared_metadata_decides_the_verdict_and_says_why(served_checkpoint, tmp_path):
-    from miragedet.detector import Detector
+    from miragedet.inference.detector import Detector
 
     info = PngInfo()
     info.add_text("parameters", A1111)
@@ -281,8 +282,8 @@ def test_a_trusted_capture_claim_overrules_the_pixels_and_an_untrusted_one_does_
     served_checkpoint, tmp_path
 ):
     pytest.importorskip("c2pa")
-    from miragedet.detector import Detector
-    from miragedet.provenance import load_trust_anchors
+    from miragedet.inference.detector import Detector
+    from miragedet.provenance.c2pa_manifest import load_trust_anchors
     from signing import root_of, sign_jpeg, throwaway_chain
 
     chain = throwaway_chain()
@@ -308,7 +309,7 @@ def test_a_trusted_capture_claim_overrules_the_pixels_and_an_untrusted_one_does_
 
 def test_a_damaged_c2pa_manifest_is_a_signal_error_and_the_pixels_still_score(served_checkpoint):
     pytest.importorskip("c2pa")
-    from miragedet.detector import Detector
+    from miragedet.inference.detector import Detector
     from signing import sign_jpeg
 
     signed = bytearray(sign_jpeg(_jpeg()))
@@ -330,7 +331,7 @@ def _sdxl_marked(order: str = "rgb") -> Image.Image:
     import numpy as np
     from imwatermark import WatermarkEncoder
 
-    from miragedet.watermark import SDXL_BITS
+    from miragedet.provenance.watermark import SDXL_BITS
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -345,7 +346,7 @@ def _sdxl_marked(order: str = "rgb") -> Image.Image:
 @pytest.mark.parametrize("order", ["rgb", "bgr"])
 def test_sdxl_invisible_watermark_is_found_and_survives_jpeg_90(order, served_checkpoint):
     pytest.importorskip("imwatermark")
-    from miragedet.detector import Detector
+    from miragedet.inference.detector import Detector
 
     marked, clean = _sdxl_marked(order)
     png = io.BytesIO()
@@ -373,7 +374,7 @@ def test_sdxl_invisible_watermark_is_found_and_survives_jpeg_90(order, served_ch
 
 def test_evaluate_counts_what_metadata_decides_per_subset(served_checkpoint, tmp_path):
     from miragedet import load_pretrained
-    from miragedet.evaluate import evaluate_dataset
+    from miragedet.evaluation.evaluate import evaluate_dataset
 
     info = PngInfo()
     info.add_text("parameters", A1111)

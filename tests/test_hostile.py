@@ -21,7 +21,7 @@ from conftest import SERVER_KEY
 from hostile import write_corpus
 from miragedet import MiraGe, ModelConfig
 from miragedet.data.dataset import ImageDecodeError, load_image
-from miragedet.detector import Detector, to_image
+from miragedet.inference.detector import Detector, to_image
 
 BOUND_S = 10.0  # CPU seconds: no single file may cost more to be decoded or refused
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import fit_tiny
 from miragedet import MiraGe, ModelConfig
 from miragedet.data.synthetic import SEEN, make_set
-from miragedet.evaluate import binary_metrics
-from miragedet.train import predict_fake_prob
+from miragedet.evaluation.metrics import binary_metrics
+from miragedet.training.step import predict_fake_prob
 
 
 @pytest.mark.parametrize("method", ["mirage", "multimodal"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miragedet.config import LossConfig
-from miragedet.losses import MemoryBank, MiraGeLoss, discriminative_loss
+from miragedet.model.config import LossConfig
+from miragedet.model.losses import MemoryBank, MiraGeLoss, discriminative_loss
 
 
 def reference_loss(z, y, bank_z=None, bank_y=None, tau=0.07):

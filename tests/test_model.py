@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import images_for
-from miragedet.backbone import load_backbone
-from miragedet.config import LossConfig, ModelConfig
-from miragedet.losses import MiraGeLoss
-from miragedet.model import MiraGe
+from miragedet.model.backbone import load_backbone
+from miragedet.model.config import LossConfig, ModelConfig
+from miragedet.model.losses import MiraGeLoss
+from miragedet.model.mirage import MiraGe
 
 PROMPTS = ["a photo of a Real", "a photo of a Fake"]
 

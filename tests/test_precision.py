@@ -7,8 +7,9 @@ import warnings
 import pytest
 import torch
 
-from miragedet import MiraGe, ModelConfig, precision
-from miragedet.detector import Detector
+from miragedet import MiraGe, ModelConfig
+from miragedet.inference import precision
+from miragedet.inference.detector import Detector
 
 
 @pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
@@ -45,7 +46,7 @@ def test_the_server_reports_the_choice(served_checkpoint):
 
     import httpx
 
-    from miragedet.server import ServerSettings, create_app
+    from miragedet.apps.server import ServerSettings, create_app
 
     app = create_app(ServerSettings(model=str(served_checkpoint)))
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from miragedet import MiraGe, ModelConfig
-from miragedet.checkpoint import CheckpointError, load_pretrained
+from miragedet.model.checkpoint import CheckpointError
+from miragedet.model.mirage import load_pretrained
 
 PACKAGE = Path(__file__).parents[1] / "src" / "miragedet"
 

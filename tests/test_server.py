@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from conftest import SERVER_KEY as KEY
-from miragedet.detector import Detector
-from miragedet.server import ServerSettings, create_app
+from miragedet.apps.server import ServerSettings, create_app
+from miragedet.inference.detector import Detector
 
 
 def _png(size=(24, 24), color=(120, 40, 200)) -> bytes:

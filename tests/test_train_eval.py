@@ -14,10 +14,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from miragedet import load_pretrained
-from miragedet.cli import app
+from miragedet.apps.cli import app
 from miragedet.data.synthetic import write_layout
-from miragedet.evaluate import calibrate_threshold, evaluate_dataset, read_scores_csv
-from miragedet.train import TrainConfig, Trainer
+from miragedet.evaluation.calibrate import calibrate_threshold
+from miragedet.evaluation.evaluate import evaluate_dataset
+from miragedet.evaluation.scores import read_scores_csv
+from miragedet.training.config import TrainConfig
+from miragedet.training.trainer import Trainer
 
 runner = CliRunner()
 FAST = dict(backbone="tiny", lr=0.02, batch_size=32, depth=2, bank_size=64, workers=0, log_every=1)

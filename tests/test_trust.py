@@ -12,14 +12,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from miragedet import MiraGe, ModelConfig
-from miragedet.audit import audit_data, jpeg_quality
-from miragedet.cli import app
+from miragedet.apps.cli import app
 from miragedet.data.degrade import Alignment, Degradation
 from miragedet.data.layouts import find_images
 from miragedet.data.synthetic import write_layout, write_shortcut_set
-from miragedet.detector import Detector
-from miragedet.evaluate import read_scores_csv
-from miragedet.stability import Stability
+from miragedet.evaluation.audit import audit_data, jpeg_quality
+from miragedet.evaluation.scores import read_scores_csv
+from miragedet.inference.detector import Detector
+from miragedet.inference.stability import Stability
 
 runner = CliRunner()
 
@@ -153,7 +153,7 @@ def test_stability_in_the_cli_and_server_rows(detector_model, tmp_path, server):
 
 
 def test_flip_rate_equals_a_recount_from_saved_scores(tiny, tmp_path):
-    from miragedet.evaluate import evaluate_dataset
+    from miragedet.evaluation.evaluate import evaluate_dataset
 
     data = write_layout(tmp_path / "data", "genimage", ("grid-2", "grid-4"), n_per_class=24)
     model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))

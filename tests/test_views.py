@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from conftest import fit_tiny
 from miragedet import MiraGe, ModelConfig
-from miragedet.cli import app
+from miragedet.apps.cli import app
 from miragedet.data.synthetic import SEEN, make_image, make_set, smooth_scene
-from miragedet.detector import Detector
-from miragedet.views import View, inputs, tile_boxes
+from miragedet.data.views import View, inputs, tile_boxes
+from miragedet.inference.detector import Detector
 
 
 @pytest.mark.parametrize("size", [(224, 224), (225, 300), (1000, 700), (4000, 3000), (224, 5000)])
@@ -62,7 +62,7 @@ def test_resize_view_scores_bit_identically_to_the_model(tiny):
 @pytest.fixture(scope="module")
 def fingerprint_model():
     """A tiny MiraGe trained on native-size (32 px) images with and without the 2 px trace."""
-    from miragedet.backbone import load_backbone
+    from miragedet.model.backbone import load_backbone
 
     tiny = load_backbone("tiny")
     images, labels = make_set(600, tiny.preprocess.image_size, SEEN, seed=1)
@@ -101,7 +101,7 @@ def test_cli_tiles_view_reports_the_grid(served_checkpoint, tmp_path):
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["tiles"] == 4 and 0 <= row["tile_max_fake_prob"] <= 1
     assert len(row["where"]) >= 2 and row["fake_prob"] is not None
-    from miragedet.detect import where_path
+    from miragedet.apps.detect import where_path
 
     drawn = Image.open(where_path(tmp_path / "where", str(tmp_path / "a.png")))
     assert drawn.format == "PNG" and drawn.width > 200  # the image, its tiles and a colour bar
@@ -151,7 +151,8 @@ def test_native_resolution_sees_what_the_resize_averages_away(tiny):
 
 def test_train_view_crop_is_recorded_and_detect_defaults_to_tiles(tmp_path):
     from miragedet.data.synthetic import write_layout
-    from miragedet.train import TrainConfig, Trainer
+    from miragedet.training.config import TrainConfig
+    from miragedet.training.trainer import Trainer
 
     data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=16, size=96)
     config = TrainConfig(
@@ -169,14 +170,14 @@ def test_train_view_crop_is_recorded_and_detect_defaults_to_tiles(tmp_path):
         app, ["calibrate", "-m", str(tmp_path / "run" / "last"), str(data), "--fpr", "0.1"]
     )
     assert result.exit_code == 0, result.output
-    from miragedet.checkpoint import read_config
+    from miragedet.model.checkpoint import read_config
 
     calibration = read_config(tmp_path / "run" / "last")["calibration"]
     assert calibration["view"]["kind"] == "tiles" and calibration["n_real"] == 16
 
 
 def test_aggregation_rules_on_known_tile_scores():
-    from miragedet.views import aggregate
+    from miragedet.data.views import aggregate
 
     # 8 tiles: six clearly real, two clearly fake (p(fake) 0.9)
     probs = np.array([[0.9, 0.1]] * 6 + [[0.1, 0.9]] * 2)
@@ -214,7 +215,7 @@ def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
 
     import httpx
 
-    from miragedet.server import ServerSettings, create_app
+    from miragedet.apps.server import ServerSettings, create_app
 
     image = _photo(tmp_path / "a.png")
     detector = Detector.from_pretrained(served_checkpoint, view={"kind": "tiles", "max_tiles": 4})
@@ -269,10 +270,11 @@ def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
 
 
 def test_score_dataset_and_evaluate_score_with_the_view(served_checkpoint, tmp_path):
-    from miragedet.checkpoint import load_pretrained
+    from miragedet.apps.score_dataset import read_scores, score_dataset
     from miragedet.data.synthetic import write_layout
-    from miragedet.evaluate import evaluate_dataset, read_scores_csv
-    from miragedet.scoring import read_scores, score_dataset
+    from miragedet.evaluation.evaluate import evaluate_dataset
+    from miragedet.evaluation.scores import read_scores_csv
+    from miragedet.model.mirage import load_pretrained
 
     data = write_layout(tmp_path / "data", "ufd", ("grid-2",), n_per_class=6, size=80)
     view = {"kind": "tiles", "max_tiles": 9, "aggregate": "top-k"}
@@ -291,7 +293,7 @@ def test_score_dataset_and_evaluate_score_with_the_view(served_checkpoint, tmp_p
         assert row["tiles"] == 9 and row["fake_prob"] == pytest.approx(want.fake_prob, abs=1e-6)
         np.testing.assert_allclose(json.loads(row["where"]), want.tiles["grid"], atol=1e-6)
         assert row["tile_max_fake_prob"] == pytest.approx(max(want.tiles["fake_probs"]), abs=1e-6)
-    from miragedet.scoring import ScoringError
+    from miragedet.apps.score_dataset import ScoringError
 
     with pytest.raises(ScoringError, match="view"):  # another view is another job
         score_dataset(str(data), out, str(served_checkpoint), engine="local", precision="fp32")

@@ -1,5 +1,4 @@
-"""Data: images from folders and layouts, preprocessing, degradations, synthetic test sets."""
+"""Data: images, formats and decode, layouts, transforms, views, degradations, synthetic sets.
 
-from .transforms import Preprocess
-
-__all__ = ["Preprocess"]
+The bottom layer: it imports nothing else of miragedet.
+"""

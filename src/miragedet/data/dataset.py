@@ -14,24 +14,13 @@ import torch
 from PIL import Image, ImageOps
 
 from . import formats
+from .formats import ImageDecodeError
 from .layouts import Sample
 
 formats.register()
 
 #: Images above this many pixels are refused (decompression bombs); 2 x 89.5 MP by default.
 MAX_PIXELS = 179_000_000
-
-
-class ImageDecodeError(ValueError):
-    """An input could not be decoded into an RGB image.
-
-    ``kind`` says why: "format" (not an image, or a format Pillow cannot read), "size" (too
-    many pixels: a decompression bomb), "corrupt" (truncated or damaged), "missing" (no file).
-    """
-
-    def __init__(self, message: str, kind: str = "corrupt") -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def load_image(

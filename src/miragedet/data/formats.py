@@ -26,6 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
+class ImageDecodeError(ValueError):
+    """An input could not be decoded into an RGB image.
+
+    ``kind`` says why: "format" (not an image, or a format Pillow cannot read), "size" (too
+    many pixels: a decompression bomb), "corrupt" (truncated or damaged), "missing" (no file).
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 HEAD = 64  # bytes read to recognise a file
 FORMATS_EXTRA = "pip install 'miragedet[formats]'"
 
@@ -223,8 +236,6 @@ def decode_raw(source: Any, max_pixels: int, draft_size: int | None = None):
     still at least ``draft_size`` on its short side, like JPEG's draft mode.
     """
     from PIL import Image
-
-    from .dataset import ImageDecodeError
 
     try:
         import rawpy

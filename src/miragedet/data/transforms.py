@@ -35,7 +35,7 @@ class Preprocess:
     mean: tuple[float, ...] = field(default=OPENAI_CLIP_MEAN)
     std: tuple[float, ...] = field(default=OPENAI_CLIP_STD)
     resample: str = "bicubic"
-    #: The view the checkpoint was trained with (miragedet.views): "resize" (CLIP's, the
+    #: The view the checkpoint was trained with (miragedet.data.views): "resize" (CLIP's, the
     #: paper's) or "crop" (random native-resolution crops; such a checkpoint scores with tiles).
     view: str = "resize"
 
@@ -219,8 +219,8 @@ class TrainTransform:
 
     def _native_crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         """A model-size crop at a random place on the 8-pixel grid, at native resolution (an
-        image smaller than that is scaled up first, as the tiles view does: miragedet.views)."""
-        from ..views import at_least_one_tile
+        image smaller than that is scaled up first, as the tiles view does: :mod:`.views`)."""
+        from .views import at_least_one_tile
 
         s = self.preprocess.image_size
         image = image.convert("RGB") if image.mode != "RGB" else image

@@ -1,0 +1,59 @@
+"""The `miragedet` command: a thin shell over the library (no logic of its own).
+
+One module per command group (huggingface_hub's ``commands/`` layout); each imports the library
+inside its commands, so ``--help`` and ``--version`` load no torch. Commands are registered here,
+in the order ``--help`` lists them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ..._version import __version__
+from . import data, deploy, evaluate, score, start, train
+from .common import console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Detect AI-generated images with MiraGe on a frozen CLIP.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"miragedet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """miragedet: train, evaluate and run MiraGe detectors."""
+
+
+app.command()(start.quickstart)
+app.command()(start.doctor)
+app.command()(train.train)
+app.command()(evaluate.evaluate)
+app.command()(score.detect)
+app.command("score-dataset")(score.score_dataset)
+app.command()(deploy.serve)
+app.command()(evaluate.analyze)
+app.command("audit-data")(data.audit_data)
+app.command()(deploy.export)
+app.command()(evaluate.calibrate)
+app.command("make-synthetic")(data.make_synthetic)
+app.command()(start.backbones)
+app.command()(start.info)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

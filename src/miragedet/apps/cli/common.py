@@ -1,0 +1,76 @@
+"""What every command shares: the console, the help texts of options used by several commands,
+and small helpers (errors, lists, the view options, trust anchors, durations, models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+PRECISION_HELP = (
+    "auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, int8 (CPU)."
+)
+
+VIEW_HELP = (
+    "resize (CLIP's, the paper's), crop (native-resolution centre crop) or tiles "
+    "(native-resolution tiles covering the image; a where-map per image). Default: the "
+    "checkpoint's (tiles for one trained with --view crop). See docs/views.md."
+)
+
+MAX_TILES_HELP = "With --view tiles: at most this many per image (thinned evenly). Default 16."
+
+AGGREGATE_HELP = (
+    "With --view tiles: top-k (default: the most suspicious quarter of the tiles), mean-logit "
+    "(every tile) or max (the most suspicious tile). See docs/views.md."
+)
+
+
+def view_options(view: str | None, max_tiles: int | None, aggregate: str | None) -> dict | None:
+    """What the view options ask for (a missing kind: the checkpoint's; see views.resolve)."""
+    options = {"kind": view, "max_tiles": max_tiles, "aggregate": aggregate}
+    return options if any(v is not None for v in options.values()) else None
+
+
+console = Console()
+
+
+def fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    return typer.Exit(2)
+
+
+def csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def trust(path: Path | None) -> str | None:
+    from ...provenance.c2pa_manifest import load_trust_anchors
+
+    try:
+        return load_trust_anchors(path) if path is not None else None
+    except (OSError, ValueError) as exc:
+        raise fail(exc) from exc
+
+
+def duration(seconds: float) -> str:
+    if seconds != seconds:  # nan: nothing was timed
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def load_model(spec: str):
+    from ...model.backbone import load_backbone
+    from ...model.config import ModelConfig
+    from ...model.mirage import MiraGe, load_pretrained
+
+    if spec.startswith("zero-shot:"):
+        return MiraGe(
+            load_backbone(spec.removeprefix("zero-shot:")), ModelConfig.for_method("zero-shot")
+        )
+    return load_pretrained(spec)

@@ -1,0 +1,122 @@
+"""miragedet serve and export: the HTTP service and the ONNX graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import (
+    AGGREGATE_HELP,
+    MAX_TILES_HELP,
+    PRECISION_HELP,
+    VIEW_HELP,
+    console,
+    csv_list,
+    fail,
+    trust,
+    view_options,
+)
+
+
+def serve(
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    max_batch: int = typer.Option(16, help="Images per model forward."),
+    max_wait_ms: float = typer.Option(10.0, help="How long a batch waits to fill."),
+    max_queue: int = typer.Option(256, help="Images waiting before 503 + Retry-After."),
+    max_body_mb: float = typer.Option(32.0),
+    max_pixels: int = typer.Option(40_000_000),
+    max_images: int = typer.Option(64, help="Images per request."),
+    api_key: str = typer.Option(
+        None, envvar="MIRAGEDET_API_KEY", help="Require this key (X-API-Key or Bearer)."
+    ),
+    cors: str = typer.Option(None, help="Comma-separated allowed origins."),
+    threshold: float = typer.Option(None),
+    device: str = typer.Option(None),
+    provenance: bool = typer.Option(
+        True, help="Report C2PA, XMP, generator parameters and EXIF; weigh them in the verdict."
+    ),
+    trust_anchors: Path = typer.Option(
+        None, help="PEM file of trusted C2PA signers (see detect --help)."
+    ),
+    watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
+    backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+    view: str = typer.Option(
+        None, help=VIEW_HELP + " A request may ask for another (?view=tiles&max_tiles=16)."
+    ),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+    max_tiles_limit: int = typer.Option(64, help="The most tiles a request may ask for."),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
+    from ...data.views import resolve
+    from ..server import ServerSettings
+    from ..server import serve as run_server
+
+    options = view_options(view, max_tiles, aggregate)
+    try:  # checked here, before the model loads in the background
+        if options is not None:
+            resolve(options, "resize")
+    except ValueError as exc:
+        raise fail(exc) from exc
+
+    settings = ServerSettings(
+        model=model,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_body_mb=max_body_mb,
+        max_pixels=max_pixels,
+        max_images=max_images,
+        api_key=api_key,
+        cors_origins=csv_list(cors) or [],
+        threshold=threshold,
+        device=device,
+        provenance=provenance,
+        trust_anchors=trust(trust_anchors),
+        watermarks=watermarks,
+        backend=backend,
+        precision=precision,
+        view=options,
+        max_tiles_limit=max_tiles_limit,
+    )
+    console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
+    run_server(settings, host=host, port=port, log_level=log_level)
+
+
+def export(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Default: CHECKPOINT/model.onnx (then `--backend onnx`)."
+    ),
+    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    legacy: bool = typer.Option(False, help="Use the TorchScript-based exporter."),
+    check: bool = typer.Option(True, help="Compare ONNX Runtime with PyTorch on random input."),
+) -> None:
+    """Export the inference graph (vision tower + prompts + fixed text features -> probs)."""
+    import numpy as np
+    import torch
+
+    from ...inference.onnx import InferenceGraph, OnnxDetector, export_checkpoint
+    from ...model.mirage import load_pretrained
+
+    if fmt != "onnx":
+        raise fail(ValueError(f"only --format onnx is supported, not {fmt!r}"))
+    try:
+        path = export_checkpoint(model, output, dynamo=not legacy)
+    except (ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    if check:
+        torch_model = load_pretrained(model)
+        onnx = OnnxDetector.from_pretrained(path.parent)
+        size = torch_model.backbone.preprocess.image_size
+        pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = InferenceGraph(torch_model)(pixels).numpy()
+        diff = float(np.abs(onnx.forward_tensors(pixels) - expected).max())
+        console.print(f"ONNX Runtime vs PyTorch: max abs difference {diff:.2e}")

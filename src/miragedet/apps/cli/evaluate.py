@@ -1,0 +1,255 @@
+"""miragedet evaluate, calibrate and analyze: a model measured on labelled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from ...data.formats import summarize_skipped
+from .common import (
+    AGGREGATE_HELP,
+    MAX_TILES_HELP,
+    PRECISION_HELP,
+    VIEW_HELP,
+    console,
+    csv_list,
+    duration,
+    fail,
+    load_model,
+    view_options,
+)
+
+
+def evaluate(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Checkpoint directory, or zero-shot:BACKBONE for untrained CLIP."
+    ),
+    data: str = typer.Argument(..., help="Test data root (any layout) or manifest."),
+    output: Path = typer.Option(Path("eval"), "--output", "-o"),
+    layout: str = typer.Option("auto"),
+    split: str = typer.Option("val", help="GenImage split to test on."),
+    subsets: str = typer.Option(None, help="Comma-separated subsets (default: all)."),
+    degrade: list[str] = typer.Option(
+        None,
+        help="Degradations KIND:VALUE (jpeg:65, blur:3, "
+        "downsample:112, noise:5) or 'paper'; repeatable.",
+    ),
+    protocol: str = typer.Option(None, help="genimage|ufd|chameleon: show the paper's row."),
+    align: str = typer.Option(
+        None,
+        help="Also score every image re-encoded alike (jpeg:96 or "
+        "png) and show both; see `miragedet audit-data`.",
+    ),
+    threshold: float = typer.Option(None, help="Default: the checkpoint's."),
+    batch_size: int = typer.Option(64),
+    workers: int = typer.Option(2),
+    precision: str = typer.Option("auto", help=PRECISION_HELP + " fp32 for the paper's numbers."),
+    view: str = typer.Option(None, help=VIEW_HELP),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+    attack: list[str] = typer.Option(
+        None,
+        help="White-box attack on the detector, e.g. fgsm:eps=2, pgd:eps=4,steps=10, "
+        "pgd:eps=4,steps=10,target=real (eps in grey levels); 'sweep' for FGSM and targeted PGD "
+        "at 1, 2, 4, 8; repeatable. Writes adversarial.md/.csv/.json/.png. Needs "
+        "miragedet[attacks].",
+    ),
+    attack_max: int = typer.Option(100, help="Images attacked per subset (a seeded sample)."),
+    attack_survival: str = typer.Option(
+        "jpeg:90,jpeg:75,scale:0.5",
+        help="Re-encodings the adversarial images must survive (degradation specs).",
+    ),
+    attack_batch: int = typer.Option(8, help="Images attacked together."),
+    attack_stability: bool = typer.Option(
+        True, help="Measure how many successful attacks --stability would mark uncertain."
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check the data, time a few batches here, print the estimated time; write nothing.",
+    ),
+) -> None:
+    """Evaluate a detector: per-subset metrics, tables, ROC/PR plots, per-image scores."""
+    import copy
+
+    from ...data.degrade import Alignment, parse_degradations
+    from ...evaluation.evaluate import evaluate_dataset
+    from ...evaluation.report import markdown_table
+    from ...inference.attacks import parse_attacks, require_art
+    from ...inference.precision import apply, resolve
+
+    try:
+        attacks = parse_attacks(attack or [])
+        if attacks:
+            require_art()
+        detector = load_model(model)
+        choice = resolve(precision, detector.clip.logit_scale.device)
+        # attacks take their gradients in fp32 (the strongest attacker), the scores come from
+        # the detector as it runs
+        attack_model = copy.deepcopy(detector) if attacks and choice.precision != "fp32" else None
+        detector = apply(detector, choice.precision)  # cast once, as the Detector does
+        console.print(f"[dim]precision {choice.precision} ({escape(choice.reason)})[/dim]")
+        degradations = parse_degradations(degrade or [])
+        if dry_run:
+            _evaluate_dry_run(
+                detector,
+                data,
+                passes=1 + len(degradations) + bool(align),
+                layout=layout,
+                split=split,
+                subsets=csv_list(subsets),
+                batch_size=batch_size,
+                workers=workers,
+                view=view_options(view, max_tiles, aggregate),
+            )
+            return
+        metrics = evaluate_dataset(
+            detector,
+            data,
+            output,
+            layout=layout,
+            split=split,
+            subsets=csv_list(subsets),
+            degradations=degradations,
+            protocol=protocol,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            console=console,
+            align=Alignment.parse(align) if align else None,
+            view=view_options(view, max_tiles, aggregate),
+            attacks=attacks,
+            attack_model=attack_model,
+            attack_options={
+                "max_per_subset": attack_max,
+                "survival": csv_list(attack_survival) or [],
+                "attack_batch": attack_batch,
+                "stability": attack_stability,
+            },
+        )
+    except (ValueError, OSError, ImportError) as exc:
+        raise fail(exc) from exc
+    console.print(
+        markdown_table(metrics["clean"], paper=metrics["paper"]), soft_wrap=True, markup=False
+    )
+    if metrics["skipped"]:
+        console.print(f"[yellow]{len(metrics['skipped'])} files skipped[/yellow] (see report)")
+    console.print(
+        f"report: {output / 'report.md'} (+ metrics.json, table.csv, scores.csv, roc_pr.png)"
+        + (", adversarial.md" if metrics.get("adversarial") else "")
+    )
+
+
+def _evaluate_dry_run(model: Any, data: str, passes: int, **kwargs: Any) -> None:
+    """Print what `evaluate` would score and how long it would take here; write nothing."""
+    from ...evaluation.evaluate import dry_run
+
+    report = dry_run(model, data, passes=passes, **kwargs)
+    image_set = report["image_set"]
+    console.print(
+        f"[bold]data[/bold] {escape(str(image_set.root))}: layout {image_set.layout}, "
+        f"classes {image_set.classes}"
+    )
+    for subset, counts in image_set.counts().items():
+        console.print(f"  {escape(subset)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if image_set.skipped:
+        console.print(f"[yellow]{summarize_skipped(image_set.skipped)}[/yellow]")
+    console.print(
+        f"[bold]measured[/bold] {1000 * report['seconds_per_image']:.1f} ms per image (decode + "
+        f"forward, batch {report['batch_size']}); [bold]estimate[/bold] "
+        f"{duration(report['total_s'])} for {len(image_set.samples)} images x {passes} pass(es) "
+        "(clean, degradations, alignment)"
+    )
+    if report["unreadable"]:
+        console.print(
+            f"[yellow]{report['unreadable']} unreadable images in the timed batches[/yellow]"
+        )
+    console.print("nothing written")
+
+
+def calibrate(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory to update."),
+    data: str = typer.Argument(..., help="Held-out data; only its real images are used."),
+    fpr: float = typer.Option(0.05, help="Target false-positive rate on real images."),
+    layout: str = typer.Option("auto"),
+    split: str = typer.Option("val"),
+    dry_run: bool = typer.Option(False, help="Report the threshold without saving it."),
+    view: str = typer.Option(None, help=VIEW_HELP + " Calibrate with the view you score with."),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+) -> None:
+    """Set the checkpoint's threshold so that at most FPR of held-out reals are called fake."""
+    from ...evaluation.calibrate import calibrate_checkpoint
+
+    try:
+        result = calibrate_checkpoint(
+            load_model(str(model)),
+            model,
+            data,
+            fpr,
+            layout=layout,
+            split=split,
+            view=view_options(view, max_tiles, aggregate),
+            save=not dry_run,
+        )
+    except (ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    console.print(
+        f"threshold {result['threshold']:.6g}: {result['achieved_fpr']:.2%} of "
+        f"{result['n_real']} real images called fake "
+        f"(target {fpr:.2%})" + ("" if dry_run else f"; saved to {model}")
+    )
+
+
+def analyze(
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory."),
+    data: str = typer.Option(..., "--data", "-d", help="Data root (any layout) or manifest."),
+    compare: list[str] = typer.Option(
+        None,
+        help="More models to show side by side: checkpoint "
+        "dirs, zero-shot (the same backbone untrained) or "
+        "zero-shot:BACKBONE; repeatable.",
+    ),
+    output: Path = typer.Option(Path("analysis"), "--output", "-o"),
+    layout: str = typer.Option("auto"),
+    split: str = typer.Option("val"),
+    max_points: int = typer.Option(2000, help="t-SNE on a seeded sample of at most this many."),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(64),
+    workers: int = typer.Option(2),
+) -> None:
+    """Intra-class variation and inter-class separation around the text anchors, and a t-SNE map
+    (the paper's section 4 analysis), for one model or several side by side."""
+    from ...evaluation.analyze import analyze as run_analysis
+
+    try:
+        first = load_model(model)
+        first.name = Path(model).name if not model.startswith("zero-shot") else model
+        models = [first]
+        for spec in compare or []:
+            if spec == "zero-shot":
+                spec = f"zero-shot:{first.backbone.source}"
+            other = load_model(spec)
+            other.name = spec if spec.startswith("zero-shot") else Path(spec).name
+            models.append(other)
+        summary = run_analysis(
+            models,
+            data,
+            output,
+            layout=layout,
+            split=split,
+            max_points=max_points,
+            seed=seed,
+            batch_size=batch_size,
+            workers=workers,
+        )
+    except (ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    console.print((output / "analysis.md").read_text(), markup=False, soft_wrap=True)
+    console.print(
+        f"wrote {output}/analysis.md, analysis.csv, analysis.json, tsne.png, tsne.csv "
+        f"({summary['tsne_points']} images in the map)"
+    )

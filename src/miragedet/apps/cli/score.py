@@ -1,0 +1,245 @@
+"""miragedet detect and score-dataset: scoring images one by one or by the million."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ...data.formats import summarize_skipped
+from .common import (
+    AGGREGATE_HELP,
+    MAX_TILES_HELP,
+    PRECISION_HELP,
+    VIEW_HELP,
+    console,
+    fail,
+    view_options,
+)
+
+
+def detect(
+    inputs: list[str] = typer.Argument(
+        ..., help="Image files, folders (recursive), globs, or - for paths on stdin."
+    ),
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table|json|jsonl|csv"),
+    output: Path = typer.Option(None, "--output", "-o", help="Write rows here (streamed)."),
+    resume: bool = typer.Option(False, help="Skip inputs already in --output; append the rest."),
+    provenance: bool = typer.Option(
+        True,
+        help="Also read C2PA, XMP, generator parameters and EXIF; a declaration of generative "
+        "AI decides the verdict (basis column).",
+    ),
+    trust_anchors: Path = typer.Option(
+        None,
+        help="PEM file of C2PA signers you trust: their valid camera-capture claims may "
+        "overrule a 'fake' pixel label.",
+    ),
+    watermarks: bool = typer.Option(
+        False, help="Also look for generators' invisible watermarks (SDXL, SD 1.x; slower)."
+    ),
+    stability: bool = typer.Option(
+        False,
+        help="Also score re-deliveries (thumbnails, JPEG "
+        "re-save, crop); label 'uncertain' when they disagree or "
+        "the score is near the threshold.",
+    ),
+    stability_variants: str = typer.Option(
+        None, help="Comma-separated, default downscale:512,downscale:256,jpeg:75,crop:0.8"
+    ),
+    stability_margin: float = typer.Option(None, help="Default 0.05."),
+    backend: str = typer.Option(
+        "torch",
+        help="torch, or onnx: the checkpoint's model.onnx "
+        "(see `miragedet export`) on ONNX Runtime.",
+    ),
+    threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
+    batch_size: int = typer.Option(32),
+    threads: int = typer.Option(4, help="Decode threads."),
+    device: str = typer.Option(None),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+    exact_decode: bool = typer.Option(
+        False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
+    ),
+    list_skipped: bool = typer.Option(
+        False, help="Name each file of the folders not scored (not an image, video, hidden)."
+    ),
+    view: str = typer.Option(None, help=VIEW_HELP),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+    where: Path = typer.Option(
+        None, help="With --view tiles/crop: draw each image's where-map (a PNG per image) here."
+    ),
+) -> None:
+    """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error.
+
+    Folders are walked for images by content (any extension or none); what else they hold is
+    counted in the summary and named with --list-skipped."""
+    import sys
+
+    from ...inference.loader import load_detector
+    from ...inference.stability import Stability
+    from ..detect import discover, run_detect
+
+    try:
+        detector = load_detector(
+            model,
+            backend,
+            threshold=threshold,
+            batch_size=batch_size,
+            decode_threads=threads,
+            device=device,
+            precision=precision,
+            draft=not exact_decode,
+            view=view_options(view, max_tiles, aggregate),
+        )
+        if trust_anchors is not None:
+            from ...provenance.c2pa_manifest import load_trust_anchors
+
+            detector.trust_anchors = load_trust_anchors(trust_anchors)
+        detector.watermarks = watermarks
+        if where is not None and detector.view.kind == "resize":
+            raise ValueError("--where draws tiles: use it with --view tiles (or crop)")
+        Console(stderr=True).print(
+            f"[dim]{escape(model)}: {detector.precision} "
+            f"({escape(detector.precision_reason)})[/dim]",
+            highlight=False,
+        )
+        found = discover(inputs, sys.stdin)
+        counts = run_detect(
+            detector,
+            found.paths,
+            output=output,
+            fmt=fmt,
+            resume=resume,
+            provenance=provenance,
+            console=console,
+            stability=Stability.parse(stability_variants, stability_margin) if stability else None,
+            progress_console=Console(stderr=True),
+            where=where,
+        )
+    except (ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    err = Console(stderr=True)
+    err.print(
+        f"{counts['scored']} scored, {counts['failed']} failed"
+        + (f", {counts['skipped']} already in {output}" if counts["skipped"] else "")
+        + (f", {summarize_skipped(found.skipped)}" if found.skipped else ""),
+        highlight=False,
+    )
+    _list_skipped(err, found.skipped, list_skipped)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+def _list_skipped(err: Console, skipped: list[tuple[str, str]], requested: bool) -> None:
+    if requested:
+        for path, reason in skipped:
+            err.print(f"skipped  {escape(path)}: {reason}", highlight=False)
+    elif skipped:
+        err.print("[dim](--list-skipped names them)[/dim]")
+
+
+def score_dataset(
+    source: str = typer.Argument(
+        ...,
+        metavar="INPUT",
+        help="A folder, a .csv/.parquet/.jsonl manifest with a 'path' column, a .txt list, "
+        "or a storage URI (s3://bucket/prefix) that pyarrow can list.",
+    ),
+    output: Path = typer.Argument(..., help="Folder of Parquet shards (part-NNNNN.parquet)."),
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
+    engine: str = typer.Option("ray", help="ray (Ray Data actors) or local (this process)."),
+    workers: int = typer.Option(2, help="Ray actors, each with its own copy of the model."),
+    cpus_per_worker: float = typer.Option(1.0),
+    gpus_per_worker: float = typer.Option(0.0, help="e.g. 1 for one GPU per actor."),
+    address: str = typer.Option(
+        None, help="Ray cluster to join (auto, ray://host:10001); default: a local Ray."
+    ),
+    batch_size: int = typer.Option(32),
+    shard_size: int = typer.Option(1000, help="Inputs per Parquet shard (the unit of resume)."),
+    backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
+    threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
+    device: str = typer.Option(None),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+    list_skipped: bool = typer.Option(
+        False, help="Name each file of the input not scored (not an image, video, hidden)."
+    ),
+    provenance: bool = typer.Option(
+        True, help="Read C2PA, XMP, generator parameters, EXIF: verdict/basis/provenance columns."
+    ),
+    view: str = typer.Option(None, help=VIEW_HELP),
+    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
+    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+) -> None:
+    """Score a large collection into Parquet shards; rerun the same command to resume.
+
+    Exit status: 0 all scored, 1 some inputs could not be read (error rows), 2 usage error."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ..score_dataset import score_dataset as run
+
+    err = Console(stderr=True)
+    progress = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = progress.add_task("score", total=None)
+
+    def on_start(report, pending: int) -> None:
+        if report.shards_done_before:
+            err.print(
+                f"resuming: {report.shards_done_before} of {report.shards} shards already in "
+                f"{output}"
+            )
+        progress.update(task, total=pending)
+
+    try:
+        with progress:
+            report = run(
+                source,
+                output,
+                model,
+                engine=engine,
+                workers=workers,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                backend=backend,
+                threshold=threshold,
+                device=device,
+                precision=precision,
+                provenance=provenance,
+                view=view_options(view, max_tiles, aggregate),
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                address=address,
+                on_start=on_start,
+                on_rows=lambda n: progress.update(task, advance=n),
+            )
+    except (ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    err.print(
+        f"{report.scored} scored, {report.failed} failed, {report.total} inputs in "
+        f"{report.shards} shards ({report.shards_done_before} done before) -> {output}"
+        + (f"; {report.images_per_s:.1f} images/s" if report.scored + report.failed else "")
+        + (f"; {summarize_skipped(report.skipped)}" if report.skipped else ""),
+        highlight=False,
+    )
+    _list_skipped(err, report.skipped, list_skipped)
+    if report.failed:
+        raise typer.Exit(1)

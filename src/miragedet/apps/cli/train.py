@@ -1,0 +1,242 @@
+"""miragedet train: options, the dry run's printout, the torchrun launch for --nproc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from ...data.formats import summarize_skipped
+from .common import (
+    console,
+    csv_list,
+    duration,
+    fail,
+)
+
+
+def train(
+    data: str = typer.Argument(None, help="Training data root (any layout) or manifest."),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="YAML file of training options; flags given here override it."
+    ),
+    layout: str = typer.Option(None, help="auto|genimage|ufd|chameleon|generic|manifest"),
+    subsets: str = typer.Option(
+        None, help="Comma-separated subsets to train on (e.g. stable_diffusion_v_1_4)."
+    ),
+    val_data: str = typer.Option(None, help="Validation root (default: the val split, if any)."),
+    max_per_class: int = typer.Option(None, help="Cap on training images per class."),
+    classes: str = typer.Option(None, help="Comma-separated prompt class names."),
+    method: str = typer.Option(
+        None,
+        help="zero-shot|linear-probe|text-prompts|multimodal|"
+        "discriminative|mirage|finetune (default mirage)",
+    ),
+    backbone: str = typer.Option(
+        None, help="Hub id, local dir or random:PRESET (default openai/clip-vit-large-patch14)."
+    ),
+    n_ctx: int = typer.Option(None),
+    depth: int = typer.Option(None),
+    finetune_blocks: int = typer.Option(None),
+    template: str = typer.Option(None),
+    lambda_dis: float = typer.Option(None),
+    tau: float = typer.Option(None),
+    bank_size: int = typer.Option(None),
+    lr: float = typer.Option(None, help="Default 0.002 (paper)."),
+    momentum: float = typer.Option(None),
+    weight_decay: float = typer.Option(None),
+    batch_size: int = typer.Option(None, help="Default 128 (paper)."),
+    grad_accum: int = typer.Option(None),
+    epochs: int = typer.Option(None),
+    warmup_steps: int = typer.Option(None),
+    max_steps: int = typer.Option(None),
+    amp: str = typer.Option(None, help="none|bf16|fp16"),
+    augment: str = typer.Option(None, help="none|robust"),
+    view: str = typer.Option(
+        None,
+        help="resize (CLIP's resize + centre crop, the paper's) or crop (random crops at "
+        "native resolution: keeps pixel-level traces; the checkpoint then scores with tiles).",
+    ),
+    align: str = typer.Option(None, help="Re-encode every training image alike: jpeg:96 or png."),
+    workers: int = typer.Option(None),
+    seed: int = typer.Option(None),
+    device: str = typer.Option(None),
+    output: str = typer.Option(None, "--output", "-o"),
+    log_every: int = typer.Option(None),
+    save_every: int = typer.Option(None),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last."),
+    nproc: int = typer.Option(
+        1,
+        help="Train on N processes of this machine (one per GPU, or CPU processes with "
+        "gloo) through torchrun; the same as `torchrun --nproc-per-node N -m miragedet train`.",
+    ),
+    cache_features: bool = typer.Option(
+        None,
+        "--cache-features/--no-cache-features",
+        help="Compute frozen image features once (linear-probe, zero-shot, text-prompts without "
+        "augmentation); default on.",
+    ),
+    adv_train: str = typer.Option(
+        None,
+        help="Adversarial training of the prompts (backbone frozen): an attack spec such as "
+        "pgd:eps=2,steps=5 (eps in grey levels of the model's input crops). Needs "
+        "miragedet[attacks].",
+    ),
+    adv_fraction: float = typer.Option(
+        None, help="With --adv-train: share of each batch replaced by attacks (default 0.5)."
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check the data and the model, time a few real steps here, print the estimated "
+        "time per epoch and in all, and peak memory; write nothing.",
+    ),
+) -> None:
+    """Train a detector (MiraGe or a baseline) on a data set; checkpoints go to OUTPUT."""
+    from ...model import distributed
+    from ...training.config import TrainConfig
+    from ...training.trainer import Trainer
+
+    if nproc > 1 and not distributed.env_from_launcher().enabled:
+        raise typer.Exit(_launch_torchrun(nproc))
+
+    given = {
+        k: v
+        for k, v in dict(
+            data=data,
+            layout=layout,
+            subsets=csv_list(subsets),
+            val_data=val_data,
+            max_per_class=max_per_class,
+            classes=csv_list(classes),
+            method=method,
+            backbone=backbone,
+            n_ctx=n_ctx,
+            depth=depth,
+            finetune_blocks=finetune_blocks,
+            template=template,
+            lambda_dis=lambda_dis,
+            tau=tau,
+            bank_size=bank_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            epochs=epochs,
+            warmup_steps=warmup_steps,
+            max_steps=max_steps,
+            amp=amp,
+            augment=augment,
+            view=view,
+            align=align,
+            workers=workers,
+            seed=seed,
+            device=device,
+            output=output,
+            log_every=log_every,
+            save_every=save_every,
+            cache_features=cache_features,
+            adv_train=adv_train,
+            adv_fraction=adv_fraction,
+        ).items()
+        if v is not None
+    }
+    if resume:
+        given["resume"] = True
+    try:
+        cfg = TrainConfig.from_yaml(config, **given) if config else TrainConfig.from_dict(given)
+        if not cfg.data:
+            raise ValueError("no training data: pass DATA or set `data:` in the --config file")
+        if dry_run:
+            _dry_run(Trainer(cfg, console=console))
+            return
+        result = Trainer(cfg, console=console).fit()
+        distributed.shutdown(sync=True)  # the ranks end together (see distributed.shutdown)
+    except (ValueError, OSError, ImportError) as exc:
+        raise fail(exc) from exc
+    finally:
+        distributed.shutdown()
+    if not distributed.env_from_launcher().is_main:
+        return
+    console.print(
+        f"done: {result.global_step} steps; best {result.best}; "
+        f"checkpoints in {result.output}/last and /best"
+    )
+
+
+def _dry_run(trainer: Any) -> None:
+    """Print what `train` would do: data, model, measured speed, estimates."""
+    c, data = trainer.config, trainer.train_set
+    console.print(
+        f"[bold]data[/bold] {escape(str(data.root))}: layout {data.layout}, classes {data.classes}"
+    )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("split", "subset", *data.classes):
+        table.add_column(column, justify="right" if column in data.classes else "left")
+    for name, image_set in (("train", data), ("val", trainer.val_set)):
+        for subset, counts in (image_set.counts() if image_set else {}).items():
+            table.add_row(name, escape(subset), *[str(counts.get(k, 0)) for k in data.classes])
+    console.print(table)
+    if data.skipped:
+        note = summarize_skipped(data.skipped)
+        console.print(f"[yellow]{len(data.skipped)} files not used[/yellow] ({note}):")
+        for path, reason in data.skipped[:20]:
+            console.print(f"  {escape(path)}: {reason}", highlight=False)
+    trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    console.print(
+        f"[bold]model[/bold] {c.method} on {escape(trainer.backbone.describe())}: "
+        f"{trained:,} trained parameters; batch {c.batch_size}, {c.epochs} epochs, "
+        f"{trainer.steps_per_epoch} steps per epoch"
+        + (
+            f"; adversarial training {escape(c.adv_train)} on {c.adv_fraction:.0%} of each batch "
+            "(included in the measured step)"
+            if c.adv_train
+            else ""
+        )
+    )
+    report = trainer.dry_run()
+    if report["skipped"] and len(report["skipped"]) > len(data.skipped):
+        unread = report["skipped"][len(data.skipped) :]
+        console.print(f"[yellow]{len(unread)} unreadable images met in the timed steps[/yellow]")
+        for path, reason in unread[:20]:
+            console.print(f"  {escape(path)}: {escape(reason)}", highlight=False)
+    console.print(
+        f"[bold]measured[/bold] on {report['device']}: {report['seconds_per_step']:.2f} s per step "
+        f"({report['images_per_s']:.1f} images/s, {report['steps_timed']} steps after a warm-up)"
+    )
+    console.print(
+        f"[bold]estimate[/bold] {duration(report['epoch_s'])} per epoch, "
+        f"{duration(report['total_s'])} for {report['total_steps']} steps (training steps only; "
+        f"validation adds one pass over the val set per epoch); peak memory "
+        f"{report['peak_mib']:,.0f} MiB ({report['peak_kind']})"
+    )
+    if report["cached_features"]:
+        console.print(
+            "frozen image features: computed once (about one epoch's forward), then every epoch "
+            "trains the head from them, so the whole run costs about that first pass"
+        )
+    console.print(f"nothing written ({escape(c.output)} untouched)")
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under ``torchrun --standalone --nproc-per-node N``."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(nproc), "-m", "miragedet", *args]
+    console.print(f"launching {nproc} processes: torchrun --nproc-per-node {nproc} ...")
+    return subprocess.call(command)

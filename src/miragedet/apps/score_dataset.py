@@ -1,0 +1,516 @@
+"""`miragedet score-dataset`: score a large image collection into Parquet shards, resumably.
+
+The input (a folder, a manifest, a list of paths, or a storage URI such as ``s3://bucket/prefix``
+that pyarrow can list) is listed once and cut into shards of ``shard_size`` paths, in a fixed
+order recorded in ``OUTPUT/_plan.json``. Each finished shard is written as
+``OUTPUT/part-NNNNN.parquet`` in one atomic rename, so a shard file is either whole or absent: a
+run killed at any moment and started again scores only the shards that are missing, and no row is
+lost or written twice.
+
+Engines:
+
+- ``ray``: Ray Data runs the detector as a callable class on a pool of actors
+  (``map_batches`` with ``ActorPoolStrategy``, CPUs or GPUs per actor as asked) and streams the
+  rows back to this process, which writes the shards. ``address`` joins an existing cluster
+  (``ray://...`` or ``auto``); without one a local Ray runtime is started.
+- ``local``: the same scorer in this process, no Ray needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, Found, walk
+
+PLAN_NAME = "_plan.json"
+COLUMNS = (
+    "path",
+    "fake_prob",
+    "label",
+    "top_class",
+    "threshold",
+    "verdict",
+    "basis",
+    "provenance",
+    "error",
+    "tiles",  # with the tiles/crop view: how many tiles, the most suspicious one, the
+    "tile_max_fake_prob",  # where-map grid as JSON (null with the resize view)
+    "where",
+)
+ENGINES = ("ray", "local")
+
+
+class ScoringError(ValueError):
+    """A bad input listing or an output folder that belongs to another job."""
+
+
+def _is_uri(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
+
+
+def list_inputs(source: str) -> list[str]:
+    """The image paths of :func:`discover_inputs` (without what it skipped)."""
+    return discover_inputs(source).paths
+
+
+def discover_inputs(source: str) -> Found:
+    """The image paths of a folder (recursive, sorted, images found by content like `detect`),
+    a manifest (.csv/.parquet/.jsonl with a ``path`` column; relative paths are relative to the
+    manifest), a .txt list (one per line), or a storage URI that ``pyarrow.fs`` can list
+    (``s3://``, ``gs://``, ``hdfs://``, ...; objects are judged by their names there, since
+    reading the head of each would cost a request per object). What a folder or bucket holds
+    besides images is in ``skipped``, with the reason."""
+    if _is_uri(source):
+        return _list_uri(source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return walk(path)
+    if not path.is_file():
+        raise ScoringError(f"{source}: no such folder or manifest")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        entries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    elif suffix in (".csv", ".parquet", ".jsonl"):
+        entries = _manifest_paths(path)
+    else:
+        raise ScoringError(
+            f"{source}: expected a folder, a .csv/.parquet/.jsonl manifest with a 'path' column, "
+            "a .txt list of paths or a storage URI"
+        )
+    return Found([e if _is_uri(e) or os.path.isabs(e) else str(path.parent / e) for e in entries])
+
+
+def _manifest_paths(path: Path) -> list[str]:
+    import pyarrow.csv
+    import pyarrow.json
+    import pyarrow.parquet
+
+    readers = {
+        ".csv": pyarrow.csv.read_csv,
+        ".parquet": pyarrow.parquet.read_table,
+        ".jsonl": pyarrow.json.read_json,
+    }
+    try:
+        table = readers[path.suffix.lower()](str(path))
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise ScoringError(f"{path}: cannot read the manifest ({exc})") from exc
+    if "path" not in table.column_names:
+        raise ScoringError(f"{path}: a manifest needs a 'path' column (has {table.column_names})")
+    return [str(p) for p in table.column("path").to_pylist() if p]
+
+
+def _list_uri(uri: str) -> Found:
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    scheme = uri.split("://", 1)[0]
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    files = sorted(f"{scheme}://{i.path}" for i in infos if i.type == pyarrow.fs.FileType.File)
+    found = Found()
+    for name in files:
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            found.paths.append(name)
+        else:
+            found.skipped.append((name, NOT_IMAGE))
+    return found
+
+
+def read_input(path: str) -> Any:
+    """What the detector gets for a path: the path itself when local, the bytes for a URI."""
+    if not _is_uri(path):
+        return path
+    import pyarrow.fs
+
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+    with fs.open_input_stream(inner) as stream:
+        return stream.read()
+
+
+class Scorer:
+    """The detector as a callable over batches of ``{"shard", "index", "path"}`` columns: what
+    Ray Data runs in each actor (and the local engine runs in-process)."""
+
+    def __init__(
+        self,
+        model: str,
+        backend: str = "torch",
+        threshold: float | None = None,
+        batch_size: int = 32,
+        device: str | None = None,
+        threads: int = 2,
+        precision: str = "auto",
+        provenance: bool = True,
+        view: Any = None,
+    ) -> None:
+        from ..inference.loader import load_detector
+
+        self.provenance = provenance
+        self.detector = load_detector(
+            model,
+            backend,
+            threshold=threshold,
+            batch_size=batch_size,
+            decode_threads=threads,
+            device=device,
+            precision=precision,
+            view=view,
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..data.views import tile_columns
+
+        paths = [str(p) for p in batch["path"]]
+        items: list[Any] = []
+        errors: dict[int, str] = {}
+        for i, path in enumerate(paths):
+            try:
+                items.append(read_input(path))
+            except Exception as exc:  # a missing object, a permission error: an error row
+                errors[i] = f"cannot read: {exc}"
+                items.append(None)
+        good = [i for i in range(len(paths)) if i not in errors]
+        scored = (
+            self.detector.score([items[i] for i in good], provenance=self.provenance)
+            if good
+            else []
+        )
+        predictions = dict(zip(good, scored, strict=True))
+        fake_prob, label, top_class, error = [], [], [], []
+        verdict, basis, summary = [], [], []
+        tiles, tile_max, where = [], [], []
+        for i in range(len(paths)):
+            p = predictions.get(i)
+            columns = tile_columns(None if p is None else p.tiles)
+            tiles.append(columns.get("tiles", -1))
+            tile_max.append(columns.get("tile_max_fake_prob", np.nan))
+            where.append(json.dumps(columns["where"]) if columns else None)
+            fake_prob.append(np.nan if p is None or p.fake_prob is None else p.fake_prob)
+            label.append(None if p is None else p.label)
+            top_class.append(None if p is None else p.top_class)
+            verdict.append(None if p is None else p.verdict)
+            basis.append(None if p is None else p.basis)
+            summary.append(None if p is None or not p.provenance else p.provenance["summary"])
+            error.append(errors.get(i) if p is None else p.error)
+        return {
+            "shard": np.asarray(batch["shard"], dtype=np.int64),
+            "index": np.asarray(batch["index"], dtype=np.int64),
+            "path": np.array(paths, dtype=object),
+            "fake_prob": np.array(fake_prob, dtype=np.float64),
+            "label": np.array(label, dtype=object),
+            "top_class": np.array(top_class, dtype=object),
+            "threshold": np.full(len(paths), self.detector.threshold, dtype=np.float64),
+            "verdict": np.array(verdict, dtype=object),
+            "basis": np.array(basis, dtype=object),
+            "provenance": np.array(summary, dtype=object),
+            "error": np.array(error, dtype=object),
+            "tiles": np.array(tiles, dtype=np.int64),  # -1: none (resize view, or an error)
+            "tile_max_fake_prob": np.array(tile_max, dtype=np.float64),
+            "where": np.array(where, dtype=object),
+        }
+
+
+@dataclass
+class ScoreReport:
+    output: Path
+    total: int
+    shards: int
+    shards_done_before: int
+    scored: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    written: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # not images, with the reason
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.scored + self.failed) / self.seconds if self.seconds else 0.0
+
+
+def _plan(
+    paths: list[str], shard_size: int, output: Path, model: str, view: Any = None
+) -> dict[str, Any]:
+    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    plan = {"n": len(paths), "shard_size": shard_size, "paths_sha256": digest, "model": model}
+    if is_dataclass(view):
+        view = asdict(view)
+    plan["view"] = view  # None (the checkpoint's) is what plans written before views held
+    existing = output / PLAN_NAME
+    if existing.is_file():
+        old = json.loads(existing.read_text())
+        if {k: old.get(k) for k in plan} != plan:
+            raise ScoringError(
+                f"{output} holds shards of another job ({old.get('n')} inputs, shard size "
+                f"{old.get('shard_size')}, model {old.get('model')}, view {old.get('view')}); "
+                "use another OUTPUT or delete it"
+            )
+    else:
+        output.mkdir(parents=True, exist_ok=True)
+        tmp = output / f".{PLAN_NAME}.tmp"
+        tmp.write_text(json.dumps(plan, indent=1))
+        os.replace(tmp, existing)
+    return plan
+
+
+def _text(value: Any) -> str | None:
+    """A string cell as sent back by an engine (Ray may turn an all-empty column into NaNs)."""
+    if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
+        return None
+    return str(value)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _count(value: Any) -> int | None:
+    if value is None or np.isnan(value) or int(value) < 0:
+        return None
+    return int(value)
+
+
+def _check_model(model: str, backend: str) -> None:
+    """Refuse a checkpoint that cannot load before any worker starts (the workers would retry
+    the failure on every actor, burying the reason under their logs)."""
+    from ..model.checkpoint import read_config, resolve
+
+    directory = resolve(model)  # a hub id is downloaded here once; the workers reuse the cache
+    read_config(directory)
+    if backend == "onnx":
+        from ..inference.onnx import ONNX_NAME
+
+        if not (directory / ONNX_NAME).is_file():
+            raise ScoringError(
+                f"{model} has no {ONNX_NAME}; run `miragedet export --model {model}` first"
+            )
+
+
+def shard_path(output: Path, shard: int) -> Path:
+    return output / f"part-{shard:05d}.parquet"
+
+
+def write_shard(output: Path, shard: int, rows: dict[str, list[Any]]) -> Path:
+    """Write one shard's rows (sorted by input order) atomically: temp file, fsync, rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = np.argsort(rows["index"], kind="stable")
+    table = pa.table(
+        {
+            "path": pa.array([rows["path"][i] for i in order], pa.string()),
+            "fake_prob": pa.array(
+                [None if np.isnan(rows["fake_prob"][i]) else rows["fake_prob"][i] for i in order],
+                pa.float64(),
+            ),
+            "label": pa.array([_text(rows["label"][i]) for i in order], pa.string()),
+            "top_class": pa.array([_text(rows["top_class"][i]) for i in order], pa.string()),
+            "threshold": pa.array([rows["threshold"][i] for i in order], pa.float64()),
+            **{
+                name: pa.array([_text(rows[name][i]) for i in order], pa.string())
+                for name in ("verdict", "basis", "provenance", "error")
+            },
+            "tiles": pa.array([_count(rows["tiles"][i]) for i in order], pa.int64()),
+            "tile_max_fake_prob": pa.array(
+                [_number(rows["tile_max_fake_prob"][i]) for i in order], pa.float64()
+            ),
+            "where": pa.array([_text(rows["where"][i]) for i in order], pa.string()),
+        }
+    )
+    final = shard_path(output, shard)
+    tmp = output / f".{final.name}.{os.getpid()}.tmp"
+    with tmp.open("wb") as handle:
+        pq.write_table(table, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def read_scores(output: str | Path) -> Any:
+    """All finished shards of OUTPUT as one pyarrow Table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(Path(output).glob("part-*.parquet"))
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
+    # shards written before the tile columns existed lack them: filled with nulls
+    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+
+
+def score_dataset(
+    source: str,
+    output: str | Path,
+    model: str,
+    engine: str = "ray",
+    workers: int = 2,
+    batch_size: int = 32,
+    shard_size: int = 1000,
+    backend: str = "torch",
+    threshold: float | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    provenance: bool = True,
+    view: Any = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    address: str | None = None,
+    on_start: Callable[[ScoreReport, int], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> ScoreReport:
+    """Score every image of ``source`` into Parquet shards under ``output`` (see the module)."""
+    if engine not in ENGINES:
+        raise ScoringError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if shard_size < 1 or batch_size < 1 or workers < 1:
+        raise ScoringError("shard_size, batch_size and workers must be at least 1")
+    output = Path(output)
+    _check_model(model, backend)
+    found = discover_inputs(source)
+    paths = list(dict.fromkeys(found.paths))
+    if view is not None:
+        from ..data.views import resolve
+
+        resolve(view, "resize")  # refuse bad options here, not in every worker
+    _plan(paths, shard_size, output, model, view)
+    for stale in output.glob(".part-*.tmp"):  # a kill between write and rename
+        stale.unlink()
+    n_shards = (len(paths) + shard_size - 1) // shard_size
+    pending = [s for s in range(n_shards) if not shard_path(output, s).is_file()]
+    report = ScoreReport(output, len(paths), n_shards, n_shards - len(pending))
+    report.skipped = found.skipped
+    work = _work_table(paths, pending, shard_size)  # shard, index, path of what is left
+    del paths  # the listing now lives in Arrow buffers (a few tens of bytes per input)
+    expected = {s: min((s + 1) * shard_size, report.total) - s * shard_size for s in pending}
+    if on_start is not None:
+        on_start(report, work.num_rows)
+    start = time.perf_counter()
+    kwargs = dict(
+        model=model,
+        backend=backend,
+        threshold=threshold,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        provenance=provenance,
+        view=view,
+    )
+    batches = (
+        _ray_batches(work, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)
+        if engine == "ray"
+        else _local_batches(work, kwargs, batch_size)
+    )
+    buffers: dict[int, dict[str, list[Any]]] = {}
+    try:
+        for batch in batches:
+            for j in range(len(batch["path"])):
+                shard = int(batch["shard"][j])
+                buffer = buffers.setdefault(shard, {c: [] for c in (*COLUMNS, "index")})
+                for column in buffer:
+                    buffer[column].append(batch[column][j])
+                if _text(batch["error"][j]) is None:
+                    report.scored += 1
+                else:
+                    report.failed += 1
+                if len(buffer["path"]) == expected[shard]:
+                    report.written.append(str(write_shard(output, shard, buffers.pop(shard))))
+            if on_rows is not None:
+                on_rows(len(batch["path"]))
+    finally:
+        batches.close()  # stops the engine (and a Ray runtime started here) now, not at exit
+    report.seconds = time.perf_counter() - start
+    if buffers:  # cannot happen unless the engine dropped rows; never write a partial shard
+        raise ScoringError(f"the engine returned incomplete shards {sorted(buffers)}")
+    return report
+
+
+def _work_table(paths: list[str], pending: list[int], shard_size: int) -> Any:
+    """The inputs of the pending shards as an Arrow table (shard, index, path)."""
+    import pyarrow as pa
+
+    spans = [np.arange(s * shard_size, min((s + 1) * shard_size, len(paths))) for s in pending]
+    index = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
+    return pa.table(
+        {
+            "shard": pa.array(index // shard_size, pa.int64()),
+            "index": pa.array(index, pa.int64()),
+            "path": pa.array(paths, pa.string()).take(pa.array(index, pa.int64())),
+        }
+    )
+
+
+def _columns(table: Any) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def _local_batches(
+    work: Any, kwargs: dict[str, Any], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    if not work.num_rows:
+        return
+    scorer = Scorer(**kwargs)
+    for i in range(0, work.num_rows, batch_size):
+        yield scorer(_columns(work.slice(i, batch_size)))
+
+
+def _ray_batches(
+    work: Any,
+    kwargs: dict[str, Any],
+    workers: int,
+    batch_size: int,
+    cpus: float,
+    gpus: float,
+    address: str | None,
+) -> Iterator[dict[str, np.ndarray]]:
+    if not work.num_rows:
+        return
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ScoringError(
+            "the ray engine needs Ray Data: pip install 'miragedet[ray]' (or use --engine local)"
+        ) from exc
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = False
+    if not ray.is_initialized():
+        init: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": "WARNING",
+        }
+        if address:
+            init["address"] = address
+        ray.init(**init)
+        started = True
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours counts rows as they come back
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # blocks small enough that every actor gets work, large enough to keep them few
+        rows = max(batch_size, min(1024, -(-work.num_rows // (workers * 32))))
+        blocks = [work.slice(i, rows) for i in range(0, work.num_rows, rows)]
+        dataset = ray.data.from_arrow(blocks)
+        scored = dataset.map_batches(
+            Scorer,
+            fn_constructor_kwargs=kwargs,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+        yield from scored.iter_batches(batch_size=None, batch_format="numpy")
+    finally:
+        if started:
+            ray.shutdown()

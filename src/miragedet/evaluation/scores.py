@@ -1,0 +1,226 @@
+"""Scores: a model's class probabilities for every sample of a labelled set (errors kept, never
+dropped), through any view, from cached frozen features where they apply; scores.csv."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.dataset import ImageDataset, collate
+from ..data.degrade import Degradation
+from ..data.layouts import Sample
+from ..data.transforms import Preprocess
+from ..data.views import View, aggregate
+
+
+@dataclass
+class Scores:
+    """Per-image outputs of a model over a list of samples (errors kept, never dropped)."""
+
+    samples: list[Sample]
+    probs: np.ndarray  # (n, C); NaN rows where the image could not be read
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~np.isnan(self.probs[:, 0])
+
+    @property
+    def fake_prob(self) -> np.ndarray:
+        return 1.0 - self.probs[:, 0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=int)
+
+    @property
+    def subsets(self) -> np.ndarray:
+        return np.array([s.subset for s in self.samples], dtype=object)
+
+
+@torch.inference_mode()
+def score_samples(
+    model: Any,
+    samples: list[Sample],
+    batch_size: int = 64,
+    workers: int = 0,
+    degradation: Degradation | None = None,
+    preprocess: Preprocess | None = None,
+    device: torch.device | str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    view: View | None = None,
+) -> Scores:
+    """Class probabilities of every sample; unreadable images get NaN and an error message.
+
+    With ``cache_dir``, a model whose image features are frozen (zero-shot, linear probe, text
+    prompts) scores from features computed once and kept there
+    (:mod:`miragedet.inference.features`): a rerun, another head on the same backbone or the next
+    epoch's validation reads them back. With a ``crop``/``tiles`` ``view`` each image is scored from
+    its native-resolution tiles
+    (:mod:`miragedet.data.views`), ``batch_size`` images' tiles at a time."""
+    preprocess = preprocess or model.backbone.preprocess
+    device = torch.device(device) if device is not None else model.clip.logit_scale.device
+    if view is not None and view.kind != "resize":
+        return _score_tiles(
+            model, samples, batch_size, workers, degradation, preprocess, device, on_batch, view
+        )
+    if cache_dir is not None and degradation is None and model.image_features_frozen:
+        scores = _score_cached(model, samples, batch_size, workers, preprocess, device, cache_dir)
+        if on_batch is not None:
+            on_batch(len(samples))
+        return scores
+    image_transform = None
+    if degradation is not None:
+
+        def image_transform(image, index, d=degradation):
+            return d(image, seed=index)
+
+    dataset = ImageDataset(samples, lambda im, i: preprocess(im), image_transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, shuffle=False
+    )
+    probs = np.full((len(samples), len(model.classes)), np.nan)
+    errors: dict[int, str] = {}
+    model.eval()
+    for batch in loader:
+        errors.update(dict(batch["errors"]))
+        if len(batch["indices"]):
+            out = model(batch["pixel_values"].to(device))
+            probs[batch["indices"].numpy()] = out.probs.float().cpu().numpy()
+        if on_batch is not None:
+            on_batch(len(batch["indices"]) + len(batch["errors"]))
+    return Scores(samples, probs, errors)
+
+
+def _score_tiles(
+    model: Any,
+    samples: list[Sample],
+    batch_size: int,
+    workers: int,
+    degradation: Degradation | None,
+    preprocess: Preprocess,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None,
+    view: View,
+) -> Scores:
+    """:func:`score_samples` with the crop/tiles view: each image's tiles are forwarded in
+    chunks of ``batch_size`` tiles (the tiles of several images share them), then aggregated."""
+    from ..data.views import forward_tiles, inputs
+
+    def image_transform(image, index, d=degradation):
+        return d(image, seed=index) if d is not None else image
+
+    def tiles_of(image, index):
+        return inputs(image, preprocess, view).pixels
+
+    def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [it for it in items if it["error"] is None]
+        return {
+            "tiles": [it["pixel_values"] for it in good],
+            "indices": [it["index"] for it in good],
+            "errors": [(it["index"], it["error"]) for it in items if it["error"] is not None],
+        }
+
+    dataset = ImageDataset(samples, tiles_of, image_transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items
+    )
+    probs = np.full((len(samples), len(model.classes)), np.nan)
+    errors: dict[int, str] = {}
+    model.eval()
+
+    def forward(pixels: torch.Tensor) -> np.ndarray:
+        return model(pixels.to(device)).probs.float().cpu().numpy()
+
+    for batch in loader:
+        errors.update(dict(batch["errors"]))
+        if batch["indices"]:
+            per_image = forward_tiles(forward, batch["tiles"], batch_size)
+            for index, rows in zip(batch["indices"], per_image, strict=True):
+                probs[index] = aggregate(rows, view.aggregate)
+        if on_batch is not None:
+            on_batch(len(batch["indices"]) + len(batch["errors"]))
+    return Scores(samples, probs, errors)
+
+
+def _score_cached(
+    model: Any,
+    samples: list[Sample],
+    batch_size: int,
+    workers: int,
+    preprocess: Preprocess,
+    device: torch.device,
+    cache_dir: str | os.PathLike,
+) -> Scores:
+    from ..inference import features
+
+    path = features.cache_path(
+        cache_dir,
+        "eval",
+        samples,
+        model.backbone,
+        preprocess=preprocess.to_dict(),  # the one scored with, when not the backbone's own
+        dtype=str(model.clip.logit_scale.dtype),
+    )
+
+    def batches():
+        dataset = ImageDataset(samples, lambda im, i: preprocess(im))
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate
+        )
+
+    model.eval()
+    embeds, errors, computed = features.load_or_compute(
+        path,
+        batches,
+        lambda pixels: model.encode_image(pixels.to(device)),
+        len(samples),
+    )
+    model.features_computed = computed  # how many images were encoded (0: read back)
+    probs = np.full((len(samples), len(model.classes)), np.nan)
+    good = [i for i in range(len(samples)) if i not in errors]
+    if good:
+        image = embeds[good].to(device, model.clip.logit_scale.dtype)
+        probs[good] = model.forward_from_embeds(image).probs.float().cpu().numpy()
+    return Scores(samples, probs, errors)
+
+
+def write_scores_csv(scores: Scores, path: str | os.PathLike, classes: list[str]) -> None:
+    """One row per image: path, subset, label, p_fake, per-class probabilities, error."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["path", "subset", "label", "p_fake", *[f"p_{c}" for c in classes], "error"]
+        )
+        for i, sample in enumerate(scores.samples):
+            row = scores.probs[i]
+            values = ["" if np.isnan(v) else f"{v:.8g}" for v in row]
+            p_fake = "" if np.isnan(row[0]) else f"{1.0 - row[0]:.8g}"
+            writer.writerow(
+                [
+                    sample.path,
+                    sample.subset,
+                    sample.label,
+                    p_fake,
+                    *values,
+                    scores.errors.get(i, ""),
+                ]
+            )
+
+
+def read_scores_csv(path: str | os.PathLike) -> tuple[list[Sample], np.ndarray, dict[int, str]]:
+    """Read back a scores.csv: samples, probabilities (NaN where unreadable), errors."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    prob_cols = [k for k in (rows[0] if rows else {}) if k.startswith("p_") and k != "p_fake"]
+    samples = [Sample(r["path"], int(r["label"]), r["subset"]) for r in rows]
+    probs = np.array([[float(r[c]) if r[c] else np.nan for c in prob_cols] for r in rows])
+    errors = {i: r["error"] for i, r in enumerate(rows) if r["error"]}
+    return samples, probs.reshape(len(rows), len(prob_cols)), errors

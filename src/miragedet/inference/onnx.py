@@ -1,0 +1,175 @@
+"""Export the inference graph to ONNX, and score with ONNX Runtime.
+
+Once training ends the text features are constants, so the exported graph is the vision tower
+with its prompts, followed by the fixed class embeddings (or linear head) and a softmax:
+pixel_values (N, 3, S, S) -> probabilities (N, C). A checkpoint directory with a `model.onnx`
+beside `config.json` can then be served without PyTorch weights or the backbone download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.transforms import Preprocess
+from ..model.checkpoint import CONFIG_NAME, read_config
+from ..model.mirage import MiraGe
+from .detector import Detector
+
+ONNX_NAME = "model.onnx"
+
+
+class InferenceGraph(nn.Module):
+    """pixel_values -> class probabilities, with the text features frozen as a buffer."""
+
+    def __init__(self, model: MiraGe) -> None:
+        super().__init__()
+        self.model = model.eval()
+        with torch.no_grad():
+            self.register_buffer("text", model.encode_text().detach().clone())
+            self.register_buffer("scale", model.clip.logit_scale.exp().detach().clone())
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        image = self.model.encode_image(pixel_values)
+        if self.model.head is not None:
+            logits = self.model.head(image)
+        else:
+            logits = self.scale * image @ self.text.t()
+        return logits.softmax(dim=-1)
+
+
+def export_onnx(
+    model: MiraGe, path: str | os.PathLike, opset: int = 18, dynamo: bool = True
+) -> Path:
+    """Write the inference graph to ``path`` (a single file, dynamic batch size)."""
+    path = Path(path)
+    graph = InferenceGraph(model).eval()
+    size = model.backbone.preprocess.image_size
+    example = torch.zeros(2, 3, size, size, dtype=model.clip.logit_scale.dtype)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with torch.no_grad():
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(tmp),
+                dynamo=True,
+                external_data=False,
+                input_names=["pixel_values"],
+                output_names=["probs"],
+                dynamic_shapes={"pixel_values": {0: batch}},
+                opset_version=opset,
+            )
+        else:
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                input_names=["pixel_values"],
+                output_names=["probs"],
+                dynamic_axes={"pixel_values": {0: "batch"}, "probs": {0: "batch"}},
+                opset_version=opset,
+            )
+    os.replace(tmp, path)
+    return path
+
+
+class OnnxDetector(Detector):
+    """A :class:`Detector` that runs the exported graph with ONNX Runtime.
+
+    Needs only the checkpoint's config.json (classes, preprocessing, threshold) and model.onnx.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        config: dict[str, Any],
+        threshold: float | None = None,
+        batch_size: int = 32,
+        decode_threads: int = 4,
+        providers: list[str] | None = None,
+        model_id: str | None = None,
+        draft: bool = True,
+        precision: str = "auto",
+        view: Any = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        from ..data.views import resolve
+
+        self.view = resolve(view, config.get("preprocess", {}).get("view", "resize"))
+
+        if precision not in ("auto", "fp32"):
+            raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")
+        self.precision, self.precision_reason = "fp32", "ONNX Runtime graph (fp32)"
+
+        self.session = ort.InferenceSession(
+            str(onnx_path), providers=providers or ["CPUExecutionProvider"]
+        )
+        self.config = config
+        self.model = None
+        self.device = torch.device("cpu")
+        self.threshold = float(config.get("threshold", 0.5) if threshold is None else threshold)
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads
+        self.draft = draft
+        self.preprocess = Preprocess.from_dict(config["preprocess"])
+        self.classes = list(config["model"]["classes"])
+        digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
+        self.model_id = model_id or f"{Path(onnx_path).parent.name}@onnx-{digest}"
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> OnnxDetector:
+        directory = Path(path_or_id)
+        onnx_path = directory / ONNX_NAME
+        if not onnx_path.is_file():
+            raise FileNotFoundError(
+                f"{directory} has no {ONNX_NAME}; run `miragedet export --model {directory}` first"
+            )
+        kwargs.pop("device", None)
+        return cls(onnx_path, read_config(directory), **kwargs)
+
+    def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
+        array = pixels.detach().to("cpu", torch.float32).numpy()
+        return self.session.run(["probs"], {"pixel_values": array})[0]
+
+    def info(self) -> dict[str, Any]:
+        m, b = self.config["model"], self.config["backbone"]
+        return {
+            "id": self.model_id,
+            "method": m["method"],
+            "classes": self.classes,
+            "threshold": self.threshold,
+            "backbone": b["source"],
+            "backbone_description": b["description"] + " (ONNX Runtime)",
+            "preprocess": self.preprocess.to_dict(),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "view": dataclasses.asdict(self.view),
+        }
+
+
+def export_checkpoint(
+    directory: str | os.PathLike, output: str | os.PathLike | None = None, dynamo: bool = True
+) -> Path:
+    """Export a checkpoint's inference graph to ``output`` (default: DIR/model.onnx)."""
+    from ..model.mirage import load_pretrained
+
+    model = load_pretrained(directory)
+    target = Path(output) if output else Path(directory) / ONNX_NAME
+    export_onnx(model, target, dynamo=dynamo)
+    if output and Path(output).parent != Path(directory):
+        # Keep the settings a scorer needs beside a standalone export.
+        config = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        (Path(output).parent / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return target
