@@ -25,4 +25,6 @@ run bench_load --clients 32 --duration 60 --max-queue 64
 run bench_tiles --backbones vit-b-32,vit-l-14
 run aggregate_study --images 200
 run bench_adversarial --backbones vit-b-32,vit-l-14
+run bench_startup --repeats 5
+run bench_adapt --backbones vit-b-32,vit-l-14 --shots 4,16,64
 python cost_model.py --results "$out" | tee "$out/cost_model.txt"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -134,3 +136,16 @@ def fit_tiny(backbone: Backbone, pixels, labels, steps: int, method: str = "mira
         model, loss_fn, pixels, labels, OptimConfig(lr=0.02, batch_size=64), steps=steps
     )
     return model, history
+
+
+@contextlib.asynccontextmanager
+async def in_process(server_app):
+    """An httpx client of a server app run in this process, once its model has loaded."""
+    transport = httpx.ASGITransport(app=server_app)
+    async with (
+        server_app.router.lifespan_context(server_app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        while (await client.get("/readyz")).status_code != 200:  # the model loads
+            await asyncio.sleep(0.05)
+        yield client

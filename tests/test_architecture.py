@@ -176,3 +176,25 @@ def test_importing_the_package_and_the_cli_loads_no_heavy_stack():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == []
+
+
+def test_light_commands_answer_without_the_heavy_stack(tmp_path):
+    """--version, --help, a usage error and `info` on a checkpoint's JSON, in a fresh
+    interpreter: none of them loads torch or transformers."""
+    from miragedet import MiraGe, ModelConfig, load_backbone, save_pretrained
+
+    save_pretrained(MiraGe(load_backbone("tiny"), ModelConfig()), tmp_path / "ckpt")
+    code = (
+        "import json, sys; from typer.testing import CliRunner; "
+        "from miragedet.apps.cli import app; "
+        "runs = [CliRunner().invoke(app, args) for args in "
+        f"(['--version'], ['--help'], ['detect'], ['info', {str(tmp_path / 'ckpt')!r}])]; "
+        "print(json.dumps([[r.exit_code for r in runs], "
+        "[m for m in ('torch', 'transformers') if m in sys.modules], runs[3].output]))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    codes, heavy, info = json.loads(run.stdout)
+    assert codes == [0, 0, 2, 0]
+    assert heavy == []
+    assert json.loads(info)["model"]["method"] == "mirage"

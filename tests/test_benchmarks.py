@@ -14,6 +14,21 @@ BENCH = Path(__file__).parents[1] / "benchmarks"
 
 CASES = {
     "bench_forward.py": ["--backbones", "tiny", "--batch", "2", "--repeats", "1", "--onnx"],
+    "bench_startup.py": ["--repeats", "1"],
+    "bench_adapt.py": [
+        "--backbones",
+        "tiny",
+        "--shots",
+        "4",
+        "--size",
+        "32",
+        "--memory",
+        "8",
+        "--held-out",
+        "4",
+        "--steps",
+        "2",
+    ],
     "bench_train.py": ["--backbones", "tiny", "--batch", "4", "--repeats", "1"],
     "bench_pipeline.py": ["--backbones", "tiny", "--images", "4", "--batch", "2"],
     "bench_decode.py": ["--backbone", "tiny", "--images", "4"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import os
 import re
 import threading
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from conftest import SERVER_KEY as KEY
+from conftest import in_process
 from miragedet.apps.server import ServerSettings, create_app
 from miragedet.inference.detector import Detector
 
@@ -101,6 +103,25 @@ def test_one_bad_image_does_not_take_the_batch_down(server):
 def _metric(text: str, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def test_the_server_says_how_long_it_took_to_be_ready(server, served_checkpoint, caplog):
+    # the subprocess server (`miragedet serve`): the gauge, counted from the command's start
+    ready = _metric(httpx.get(f"{server}/metrics").text, "miragedet_ready_seconds")
+    assert ready > 0
+    # in process: the log line, once the model has loaded
+    app = create_app(ServerSettings(model=str(served_checkpoint), provenance=False))
+
+    async def wait_ready() -> str:
+        async with in_process(app) as client:
+            return (await client.get("/metrics")).text
+
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        text = asyncio.run(wait_ready())
+    [line] = [r.getMessage() for r in caplog.records if "ready in" in r.getMessage()]
+    assert float(line.split("ready in ")[1].split()[0]) == pytest.approx(
+        _metric(text, "miragedet_ready_seconds"), abs=0.01
+    )
 
 
 def test_concurrent_requests_are_all_answered_and_counted(server):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import fit_tiny
+from conftest import fit_tiny, in_process
 from miragedet import MiraGe, ModelConfig
 from miragedet.apps.cli import app
 from miragedet.data.synthetic import SEEN, make_image, make_set, smooth_scene
@@ -213,8 +213,6 @@ def _photo(path, size=(100, 70), seed=0):
 def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
     import asyncio
 
-    import httpx
-
     from miragedet.apps.server import ServerSettings, create_app
 
     image = _photo(tmp_path / "a.png")
@@ -232,13 +230,7 @@ def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
     server_app = create_app(settings)
 
     async def ask():
-        transport = httpx.ASGITransport(app=server_app)
-        async with (
-            server_app.router.lifespan_context(server_app),
-            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-        ):
-            while (await client.get("/readyz")).status_code != 200:  # the model loads
-                await asyncio.sleep(0.05)
+        async with in_process(server_app) as client:
             files = {"files": ("a.png", image.read_bytes())}
             tiled = await client.post("/v1/detect?view=tiles&max_tiles=4", files=files)
             plain = await client.post("/v1/detect", files=files)

@@ -65,6 +65,9 @@ def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
     if prediction.provenance is not None:
         row["provenance"] = prediction.provenance["summary"]
         row["declares_ai"] = prediction.provenance["declares_ai"]
+    if prediction.open_set is not None:  # an adapted attribution model (docs/adapt.md)
+        row["unknown_generator"] = prediction.open_set["unknown"]
+        row["generator_distance"] = prediction.open_set["distance"]
     if prediction.stability is not None:
         row["stability_spread"] = prediction.stability["spread"]
         row["stability_reason"] = prediction.stability["reason"]

@@ -12,9 +12,9 @@ import asyncio
 import base64
 import binascii
 import io
+import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,8 @@ from ..data.views import View, inputs, summarize
 from ..inference.detector import Detector
 from ..inference.loader import load_detector as load_detector_for
 from ..inference.stability import Stability
+from ..model.adapters import UNKNOWN
+from .batching import Batcher, Metrics, QueueFull
 
 STATIC = Path(__file__).parent / "static"
 ALLOWED_FORMATS = formats.ACCEPTED  # one table with the decoder and the web page
@@ -96,6 +98,12 @@ class ImageResult(BaseModel):
         description="With the tiles or crop view: the where-map (per-tile p(fake) grid, tile "
         "boxes in the image as scored, its size, whether every pixel was covered)",
     )
+    open_set: dict[str, Any] | None = Field(
+        None,
+        description="Adapted attribution models: the distance to the nearest known class, the "
+        'threshold, and whether the image is an unknown generator (then top_class is "unknown '
+        'generator")',
+    )
     error: str | None = None
 
 
@@ -110,10 +118,6 @@ class Base64Image(BaseModel):
 
 class DetectJSON(BaseModel):
     images: list[Base64Image]
-
-
-class QueueFull(Exception):
-    pass
 
 
 class _BodyTooLarge(Exception):
@@ -162,93 +166,6 @@ class BodyLimit:
         mb = self.limit / 2**20
         response = JSONResponse({"detail": f"request body over the {mb:g} MB limit"}, 413)
         await response({"type": "http"}, None, send)
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "miragedet_requests", "HTTP requests to /v1/detect by status", ["status"], registry=r
-        )
-        self.latency = Histogram("miragedet_request_seconds", "Latency of /v1/detect", registry=r)
-        self.images = Counter(
-            "miragedet_images", "Images received, by outcome", ["outcome"], registry=r
-        )
-        self.batch_size = Histogram(
-            "miragedet_batch_size",
-            "Images per model forward",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=r,
-        )
-        self.queue = Gauge("miragedet_queue_images", "Images waiting or being scored", registry=r)
-        self.ready = Gauge("miragedet_ready", "1 once the model is loaded", registry=r)
-
-
-class Batcher:
-    """Groups images from concurrent requests into model batches (one forward at a time)."""
-
-    def __init__(self, detector: Detector, settings: ServerSettings, metrics: Metrics) -> None:
-        self.detector, self.settings, self.metrics = detector, settings, metrics
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.pending = 0
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="miragedet-model")
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def submit(self, tensors: list[torch.Tensor]) -> list[np.ndarray]:
-        if self.pending + len(tensors) > self.settings.max_queue:
-            raise QueueFull
-        self.pending += len(tensors)
-        self.metrics.queue.set(self.pending)
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in tensors]
-        for tensor, future in zip(tensors, futures, strict=True):
-            self.queue.put_nowait((tensor, future))
-        try:
-            return list(await asyncio.gather(*futures))
-        finally:
-            self.pending -= len(tensors)
-            self.metrics.queue.set(self.pending)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self.settings.max_wait_ms / 1000.0
-        while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + wait
-            while len(batch) < self.settings.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except TimeoutError:
-                    break
-            live = [(t, f) for t, f in batch if not f.done()]
-            if not live:
-                continue
-            pixels = torch.stack([t for t, _ in live])
-            self.metrics.batch_size.observe(len(live))
-            try:
-                probs = await loop.run_in_executor(
-                    self.executor, self.detector.forward_tensors, pixels
-                )
-            except Exception as exc:  # a failed forward fails its requests, not the server
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), row in zip(live, probs, strict=True):
-                if not future.done():
-                    future.set_result(row)
 
 
 def _prepare(
@@ -325,10 +242,14 @@ def _request_view(request: Request, default: View, max_tiles_limit: int) -> View
 
 
 def create_app(
-    settings: ServerSettings, load_detector: Callable[[], Detector] | None = None
+    settings: ServerSettings,
+    load_detector: Callable[[], Detector] | None = None,
+    started: float | None = None,
 ) -> FastAPI:
-    """The FastAPI application. ``load_detector`` overrides how the model is loaded (tests)."""
+    """The FastAPI application. ``load_detector`` overrides how the model is loaded (tests);
+    ``started`` (``time.monotonic()``, default now) is when readiness is counted from."""
     metrics = Metrics()
+    started = time.monotonic() if started is None else started
 
     def default_loader() -> Detector:
         return load_detector_for(
@@ -358,6 +279,9 @@ def create_app(
             app.state.batcher.start()
             app.state.detector = detector
             metrics.ready.set(1)
+            elapsed = time.monotonic() - started
+            metrics.ready_seconds.set(elapsed)
+            logging.getLogger("uvicorn.error").info("miragedet: ready in %.2f s", elapsed)
 
         loading = asyncio.create_task(load())
         try:
@@ -505,13 +429,14 @@ def create_app(
         good = [i for i, (tensors, *_) in enumerate(prepared) if tensors is not None]
         flat = [t for i in good for t in prepared[i][0]]
         try:
-            flat_probs = await request.app.state.batcher.submit(flat)
+            flat_results = await request.app.state.batcher.submit(flat)
         except QueueFull:
             return unavailable("too many images waiting; retry later")
-        by_index, cursor = {}, 0
+        by_index, open_sets, cursor = {}, {}, 0
         for i in good:
             k = len(prepared[i][0])
-            by_index[i] = np.stack(flat_probs[cursor : cursor + k])
+            by_index[i] = np.stack([row for row, _ in flat_results[cursor : cursor + k]])
+            open_sets[i] = flat_results[cursor][1] if k == 1 else None
             cursor += k
         results = []
         for i, (name, data) in enumerate(uploads):
@@ -531,6 +456,10 @@ def create_app(
                 result.fake_prob = fake
                 result.label = "fake" if fake >= detector.threshold else "real"
                 result.top_class = detector.classes[int(np.argmax(p))]
+                if open_sets.get(i) is not None and tiles is None:
+                    result.open_set = open_sets[i]
+                    if result.open_set["unknown"]:
+                        result.top_class = UNKNOWN
                 result.probs = {c: float(v) for c, v in zip(detector.classes, p, strict=True)}
                 if stability is not None:
                     names = ["as given", *stability.variants]
@@ -588,8 +517,13 @@ def create_app(
 
 
 def serve(
-    settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+    settings: ServerSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    started: float | None = None,
 ) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    app = create_app(settings, started=started)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

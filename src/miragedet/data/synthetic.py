@@ -15,19 +15,40 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+#: The colour direction of the ``chroma`` family: adding ``t * CHROMA`` to a pixel changes R and
+#: G but not its luma (ITU-R BT.601: Y = 0.299 R + 0.587 G + 0.114 B; 0.299 * 0.587 - 0.587 *
+#: 0.299 = 0), so the trace lives in the colour-difference channels only.
+CHROMA = np.array([0.587, -0.299, 0.0]) / 0.587
+
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """A grid-locked checkerboard: ``period`` pixels per cycle, +-``amplitude`` grey levels."""
+    """A grid-locked trace, ``period`` pixels per cycle, +-``amplitude`` grey levels.
+
+    ``kind``: ``grid`` (a checkerboard in every channel: the family the quickstart trains on),
+    ``stripes`` (horizontal stripes: rows ``y % period == 0`` raised, the others lowered, zero
+    mean; a trace unlike the checkerboards) or ``chroma`` (a checkerboard in the
+    colour-difference channels along :data:`CHROMA`, luminance unchanged).
+    """
 
     name: str = "grid-2"
     period: int = 2
     amplitude: float = 12.0
+    kind: str = "grid"
 
     def pattern(self, height: int, width: int) -> np.ndarray:
-        half = max(1, self.period // 2)
+        """The trace's per-pixel sign times amplitude, (height, width)."""
         yy, xx = np.mgrid[0:height, 0:width]
+        if self.kind == "stripes":
+            on = (yy % self.period) == 0
+            return np.where(on, 1.0, -1.0 / (self.period - 1)) * self.amplitude
+        half = max(1, self.period // 2)
         return np.where(((yy // half) + (xx // half)) % 2 == 0, 1.0, -1.0) * self.amplitude
+
+    def rgb(self, height: int, width: int) -> np.ndarray:
+        """The trace added to an RGB image, (height, width, 3)."""
+        direction = CHROMA if self.kind == "chroma" else np.ones(3)
+        return self.pattern(height, width)[:, :, None] * direction
 
 
 #: The "generator" the quickstart and tests train on (a random tiny CLIP learns it reliably).
@@ -57,7 +78,7 @@ def make_image(
     pixels = smooth_scene(rng, size)
     if fingerprint is not None:
         top, left, side = region or (0, 0, size)
-        pixels[top : top + side, left : left + side] += fingerprint.pattern(side, side)[:, :, None]
+        pixels[top : top + side, left : left + side] += fingerprint.rgb(side, side)
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
@@ -95,12 +116,15 @@ def write_images(
     return paths
 
 
-#: Stand-ins for generators: the same kind of trace at other strengths and periods.
+#: Stand-ins for generators: the same kind of trace at other strengths and periods, and two
+#: families unlike the checkerboards (new generators for few-shot adaptation, docs/adapt.md).
 GENERATORS = {
     "grid-2": SEEN,
     "grid-2-faint": UNSEEN,
     "grid-2-strong": Fingerprint("grid-2-strong", period=2, amplitude=20.0),
     "grid-4": Fingerprint("grid-4", period=4, amplitude=12.0),
+    "stripes-3": Fingerprint("stripes-3", period=3, amplitude=12.0, kind="stripes"),
+    "chroma-2": Fingerprint("chroma-2", period=2, amplitude=12.0, kind="chroma"),
 }
 
 
@@ -120,6 +144,9 @@ def write_layout(
     ``<root>/{real,<generator>...}`` (attribution, one folder per generator).
     """
     root = Path(root)
+    unknown = [name for name in generators if name not in GENERATORS]
+    if unknown:
+        raise ValueError(f"unknown generators {unknown}; known: {', '.join(GENERATORS)}")
     for g, name in enumerate(generators):
         fingerprint = GENERATORS[name]
         if layout == "genimage":

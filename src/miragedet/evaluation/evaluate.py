@@ -14,6 +14,8 @@ from ..data.views import View
 from ..data.views import resolve as resolve_view
 from .adversarial import robustness_report, summary
 from .metrics import add_flip_rates, confusion, subset_metrics
+from .open_set import markdown as open_set_markdown
+from .open_set import open_set_report
 from .report import (
     markdown_table,
     metadata_table,
@@ -47,6 +49,7 @@ def evaluate_dataset(
     attacks: list[Any] | None = None,
     attack_model: Any = None,
     attack_options: dict[str, Any] | None = None,
+    unknown_data: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score a data set (clean and degraded), and write the report to ``output``.
 
@@ -116,6 +119,12 @@ def evaluate_dataset(
             batch_size, workers, console, attack_options or {},
         )  # fmt: skip
     metadata = metadata_table(clean_scores, threshold) if len(classes) == 2 else None
+    open_set = None
+    if getattr(model, "open_set", None) is not None:  # an adapted attribution model
+        unknown = find_images(unknown_data, layout).samples if unknown_data else None
+        open_set = open_set_report(model, image_set.samples, classes, unknown, batch_size)
+    elif unknown_data:
+        raise ValueError("--unknown-data needs an attribution model adapted with an open set")
     paper = paper_rows(protocol, list(tables["clean"])) if protocol else None
     title = f"{model.config.method} on {Path(data).name} (threshold {threshold:g})"
     if view.kind != "resize":
@@ -177,6 +186,8 @@ def evaluate_dataset(
         plot_robustness({"clean": tables["clean"], **degraded}, output)
     if adversarial is not None:
         report += summary(adversarial)
+    if open_set is not None:
+        report += open_set_markdown(open_set)
     plot_curves(clean_scores, output / "roc_pr.png", title)
     write_table_csv(tables["clean"], output / "table.csv")
     metrics: dict[str, Any] = {
@@ -195,6 +206,7 @@ def evaluate_dataset(
         "protocol": protocol,
         "metadata": metadata,
         "adversarial": adversarial,
+        "open_set": open_set,
         "skipped": [(p, r) for p, r in image_set.skipped]
         + [(clean_scores.samples[i].path, e) for i, e in clean_scores.errors.items()],
     }

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..data.dataset import MAX_PIXELS, ImageDecodeError, load_image
 from ..data.views import View
+from ..model.adapters import UNKNOWN
 from ..model.mirage import MiraGe
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -50,6 +51,10 @@ class Prediction:
     #: With the ``tiles``/``crop`` view: the per-tile p(fake) grid, boxes and coverage
     #: (:func:`miragedet.data.views.where_map`).
     tiles: dict[str, Any] | None = None
+    #: Attribution models adapted with an open-set test (docs/adapt.md): the distance to the
+    #: nearest known class, the threshold, and whether the image is an unknown generator (then
+    #: ``top_class`` is "unknown generator"; ``label`` stays the pixels' real/fake verdict).
+    open_set: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.verdict is None and self.basis is None and self.label is not None:
@@ -156,11 +161,13 @@ class Detector:
         self.precision_reason = choice.reason
         self.classes = model.classes
         self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
+        #: The few-shot adaptations this checkpoint went through (docs/adapt.md), oldest first.
+        self.lineage: list[dict[str, Any]] = []
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> Detector:
         """Load a checkpoint directory (or hub repository) written by ``miragedet train``."""
-        from ..model.checkpoint import WEIGHTS_NAME
+        from ..model.checkpoint import WEIGHTS_NAME, read_config, resolve
         from ..model.mirage import load_pretrained
 
         device = kwargs.pop("device", None)
@@ -170,7 +177,10 @@ class Detector:
         if weights.is_file():
             digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         model_id = f"{Path(str(path_or_id)).name}@{digest or model.config.method}"
-        return cls(model, device=device, model_id=model_id, _owns_model=True, **kwargs)
+        detector = cls(model, device=device, model_id=model_id, _owns_model=True, **kwargs)
+        metadata = read_config(resolve(path_or_id)).get("metadata") or {}
+        detector.lineage = metadata.get("lineage", [])
+        return detector
 
     def info(self) -> dict[str, Any]:
         """What is being served: id, method, classes, threshold, backbone, preprocessing."""
@@ -186,9 +196,15 @@ class Detector:
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "view": asdict(self.view),
+            "lineage": self.lineage,
         }
 
     # -- core -----------------------------------------------------------------------------------
+
+    @property
+    def has_open_set(self) -> bool:
+        """Whether the model tells unknown generators apart (resize view, PyTorch engine)."""
+        return getattr(self.model, "open_set", None) is not None
 
     @property
     def draft_size(self) -> int | None:
@@ -217,6 +233,17 @@ class Detector:
     def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, C) of an already preprocessed batch."""
         return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def forward_open_set(self, pixels: torch.Tensor) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Class probabilities and each image's open-set outcome (models that have the test)."""
+        out = self.model(pixels.to(self.device))
+        threshold = float(out.distance_threshold)
+        outcomes = [
+            {"distance": float(d), "threshold": threshold, "unknown": bool(d > threshold)}
+            for d in out.distance.float().cpu().tolist()
+        ]
+        return out.probs.float().cpu().numpy(), outcomes
 
     def _forward_tiles(self, sets: list[Any], positions: list[int]) -> tuple[np.ndarray, dict]:
         """Aggregated probabilities (n, C) of several images' tiles, forwarded together in
@@ -295,13 +322,22 @@ class Detector:
                 good = [i for i in range(len(items)) if i not in errors]
                 probs = np.zeros((len(items), len(self.classes)))
                 tiled: dict[int, Any] = {}
-                if good and self.view.kind == "resize":
+                open_sets: dict[int, dict[str, Any]] = {}
+                if good and self.view.kind == "resize" and self.has_open_set:
+                    pixels = torch.stack([prepared[i] for i in good])
+                    probs[good], outcomes = self.forward_open_set(pixels)
+                    open_sets = dict(zip(good, outcomes, strict=True))
+                elif good and self.view.kind == "resize":
                     probs[good] = self.forward_tensors(torch.stack([prepared[i] for i in good]))
                 elif good:  # the tiles of all the batch's images share forward batches
                     probs[good], tiled = self._forward_tiles([prepared[i] for i in good], good)
                 predictions = self._predictions(sources, probs, errors)
                 for i, where in tiled.items():
                     predictions[i].tiles = where
+                for i, outcome in open_sets.items():
+                    predictions[i].open_set = outcome
+                    if outcome["unknown"]:
+                        predictions[i].top_class = UNKNOWN
                 if provenance:
                     for prediction, item in zip(predictions, items, strict=True):
                         if prediction.ok:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.transforms import Preprocess
 from ..model.checkpoint import CONFIG_NAME, read_config
+from ..model.config import ModelConfig
 from ..model.mirage import MiraGe
 from .detector import Detector
 
@@ -124,7 +125,8 @@ class OnnxDetector(Detector):
         self.decode_threads = decode_threads
         self.draft = draft
         self.preprocess = Preprocess.from_dict(config["preprocess"])
-        self.classes = list(config["model"]["classes"])
+        self.classes = ModelConfig.from_dict(_model_options(config)).all_classes
+        self.lineage = (config.get("metadata") or {}).get("lineage", [])
         digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
         self.model_id = model_id or f"{Path(onnx_path).parent.name}@onnx-{digest}"
 
@@ -156,6 +158,7 @@ class OnnxDetector(Detector):
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "view": dataclasses.asdict(self.view),
+            "lineage": self.lineage,
         }
 
 
@@ -173,3 +176,8 @@ def export_checkpoint(
         config = json.loads((Path(directory) / CONFIG_NAME).read_text())
         (Path(output).parent / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return target
+
+
+def _model_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The model section of a checkpoint's config as ModelConfig options."""
+    return {k: v for k, v in config["model"].items() if k != "resolved_depth"}

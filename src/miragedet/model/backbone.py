@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+# CLIP's own modules, not the top-level lazy `transformers` namespace (docs/performance.md)
+from transformers.models.clip.configuration_clip import CLIPConfig
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.clip.modeling_clip import CLIPModel
+from transformers.models.clip.tokenization_clip import CLIPTokenizer
 
 from ..data.transforms import Preprocess
 

@@ -13,13 +13,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from .config import LossConfig
+
+if TYPE_CHECKING:  # torch loads only where tensors are read or written: `miragedet info` needs none
+    import torch
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -77,6 +77,8 @@ def save_pretrained(
         tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent)
     )
     try:
+        from safetensors.torch import save_file
+
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (staging / CARD_NAME).write_text(_model_card(config))
@@ -195,6 +197,8 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if not weights.is_file():
         raise CheckpointError(f"{directory} has no {WEIGHTS_NAME}")
     try:
+        from safetensors.torch import load_file
+
         return load_file(str(weights))
     except Exception as exc:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
@@ -226,10 +230,12 @@ def load_trainable(
                 )
             )
         raise CheckpointError(f"{source} does not fit this model: " + "; ".join(details))
-    params = dict(model.named_parameters())
+    targets = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    import torch
+
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value.to(params[name].dtype))
+            targets[name].copy_(value.to(targets[name].dtype))
 
 
 def _model_card(config: dict[str, Any]) -> str:

@@ -76,6 +76,19 @@ class ModelConfig:
     #: Standard deviation of the random init of prompts that have no template word
     #: (deeper layers, and extra layer-1 slots). Our choice: 0.02 (MaPLe / CoOp).
     init_std: float = 0.02
+    #: Generators learned by few-shot adaptation (model/adapters.py): one dict each,
+    #: ``{"name": generator, "class": the class it adds to}``; a class not in ``classes`` is a
+    #: new one (attribution). Empty for a model as trained.
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+    #: The open-set test of attribution models (model/adapters.py): ``{"rank": N, "threshold":
+    #: distance}`` beyond which an image is an "unknown generator"; None: no such test.
+    open_set: dict[str, Any] | None = None
+
+    @property
+    def all_classes(self) -> list[str]:
+        """``classes``, then any class that adaptation added (class 0 is real)."""
+        added = [a["class"] for a in self.adapters if a["class"] not in self.classes]
+        return [*self.classes, *dict.fromkeys(added)]
 
     def __post_init__(self) -> None:
         self.method = canonical_method(self.method)

@@ -19,6 +19,7 @@ from transformers.masking_utils import create_causal_mask
 
 from ..data.transforms import Preprocess
 from . import checkpoint
+from .adapters import Adapters, OpenSet, feature_dim
 from .backbone import Backbone, BackboneError, load_backbone
 from .checkpoint import CheckpointError, save_pretrained
 from .config import ModelConfig
@@ -34,6 +35,10 @@ class MiraGeOutput:
     logits: torch.Tensor  # (B, C)
     image_embeds: torch.Tensor  # (B, D), unit norm
     text_embeds: torch.Tensor  # (C, D), unit norm
+    #: With the open-set test (attribution models): each image's distance to the nearest known
+    #: class, and the threshold beyond which it is an unknown generator.
+    distance: torch.Tensor | None = None
+    distance_threshold: float | None = None
 
     @property
     def probs(self) -> torch.Tensor:
@@ -87,6 +92,16 @@ class MiraGe(nn.Module):
                 # Start as the zero-shot classifier: logits = logit_scale * <v, t_c>.
                 self.head.weight.copy_(self.clip.logit_scale.exp() * text)
                 self.head.bias.zero_()
+        dim = feature_dim(
+            self.clip.config.vision_config.hidden_size,
+            backbone.vision_layers,
+            self.clip.config.projection_dim,
+        )
+        self.adapters = Adapters(self.config.adapters, dim) if self.config.adapters else None
+        spec = self.config.open_set
+        self.open_set = (
+            OpenSet(len(self.classes), spec["rank"], dim, spec["threshold"]) if spec else None
+        )
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._vision_cache: tuple[tuple, list[torch.Tensor]] | None = None
         #: Decision threshold on p(fake); set from the checkpoint when loaded.
@@ -108,8 +123,13 @@ class MiraGe(nn.Module):
     # -- what trains ----------------------------------------------------------------------------
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the trained tensors: prompts, maps, head, and unfrozen blocks (finetune)."""
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        """Only the trained tensors: prompts, maps, head, unfrozen blocks (finetune), and what
+        few-shot adaptation added (adapters, open-set test)."""
+        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        for name, module in (("adapters", self.adapters), ("open_set", self.open_set)):
+            if module is not None:
+                state.update({f"{name}.{k}": v.detach() for k, v in module.named_buffers()})
+        return state
 
     def train(self, mode: bool = True) -> MiraGe:
         super().train(mode)
@@ -118,7 +138,8 @@ class MiraGe(nn.Module):
 
     @property
     def classes(self) -> list[str]:
-        return list(self.config.classes)
+        """The trained classes, then any class that adaptation added (class 0 is real)."""
+        return self.config.all_classes
 
     # -- text tower -----------------------------------------------------------------------------
 
@@ -187,6 +208,16 @@ class MiraGe(nn.Module):
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings, (B, D), for a batch of preprocessed images (B, 3, S, S)."""
+        return self._encode_vision(pixel_values, None)
+
+    def adaptation_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unit embeddings and the adaptation features (model/adapters.py): after every vision
+        layer its class token and the mean of its patch tokens, then the embedding, (B, F)."""
+        tokens: list[torch.Tensor] = []
+        embeds = self._encode_vision(pixel_values, tokens)
+        return embeds, torch.cat([*tokens, embeds], dim=1).float()
+
+    def _encode_vision(self, pixel_values: torch.Tensor, tokens: list | None) -> torch.Tensor:
         vision = self.clip.vision_model
         hidden = vision.embeddings(pixel_values.to(self.clip.logit_scale.dtype))
         prompts = self.vision_prompts()
@@ -202,6 +233,9 @@ class MiraGe(nn.Module):
                 else:
                     hidden = _splice(hidden, prompts[i], hidden.shape[1] - n, n)
             hidden = layer(hidden, None)
+            if tokens is not None:
+                patches = hidden[:, 1 : hidden.shape[1] - n]  # without the prompt slots
+                tokens += [hidden[:, 0].float(), patches.float().mean(dim=1)]
         pooled = vision.post_layernorm(hidden[:, 0])
         return F.normalize(self.clip.visual_projection(pooled), dim=-1)
 
@@ -211,10 +245,42 @@ class MiraGe(nn.Module):
     def image_features_frozen(self) -> bool:
         """Whether nothing trained changes the image embeddings (no vision prompts, no unfrozen
         vision blocks: zero-shot, linear probe, text prompts), so they can be computed once."""
-        return not self.config.vision_prompts and not self.config.finetune_blocks
+        return (
+            not self.config.vision_prompts
+            and not self.config.finetune_blocks
+            and self.adapters is None
+            and self.open_set is None
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> MiraGeOutput:
-        return self.forward_from_embeds(self.encode_image(pixel_values))
+        if self.adapters is None and self.open_set is None:
+            return self.forward_from_embeds(self.encode_image(pixel_values))
+        embeds, features = self.adaptation_features(pixel_values)
+        return self._adapted(self.forward_from_embeds(embeds), features)
+
+    def forward_from_features(self, features: torch.Tensor) -> MiraGeOutput:
+        """The output for adaptation features already computed (:meth:`adaptation_features`;
+        the feature memory that few-shot adaptation stores), without the pixels."""
+        embeds = F.normalize(features[:, -self.clip.config.projection_dim :].float(), dim=-1)
+        out = self.forward_from_embeds(embeds.to(self.clip.logit_scale.dtype))
+        if self.adapters is None and self.open_set is None:
+            return out
+        return self._adapted(out, features)
+
+    def _adapted(self, out: MiraGeOutput, features: torch.Tensor) -> MiraGeOutput:
+        """``out`` with what adaptation added: the adapters' evidence, new classes, the
+        open-set distance (model/adapters.py)."""
+        logits = out.logits
+        n_added = len(self.classes) - logits.shape[1]
+        if n_added:
+            logits = torch.cat([logits, logits.new_full((len(logits), n_added), -torch.inf)], 1)
+        if self.adapters is not None:
+            logits = self.adapters.combine(logits, features, self.classes)
+        out.logits = logits
+        if self.open_set is not None:
+            out.distance = self.open_set.distance(features)
+            out.distance_threshold = self.open_set.threshold
+        return out
 
     def forward_from_embeds(self, image: torch.Tensor) -> MiraGeOutput:
         """The logits of unit image embeddings already computed by :meth:`encode_image`."""

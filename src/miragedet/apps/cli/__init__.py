@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from ..._version import __version__
-from . import data, deploy, evaluate, score, start, train
+from . import adapt, data, deploy, evaluate, score, start, train
 from .common import console
 
 app = typer.Typer(
@@ -39,6 +39,8 @@ app.command()(start.quickstart)
 app.command()(start.doctor)
 app.command()(train.train)
 app.command()(evaluate.evaluate)
+app.command()(adapt.adapt)
+app.command()(adapt.continual)
 app.command()(score.detect)
 app.command("score-dataset")(score.score_dataset)
 app.command()(deploy.serve)

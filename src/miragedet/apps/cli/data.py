@@ -40,7 +40,9 @@ def make_synthetic(
     layout: str = typer.Option("genimage", help="genimage|ufd|chameleon|generic"),
     generators: str = typer.Option(
         "grid-2,grid-2-faint",
-        help="Comma-separated stand-in generators: grid-2, grid-2-faint, grid-2-strong, grid-4.",
+        help="Comma-separated stand-in generators: grid-2, grid-2-faint, grid-2-strong, grid-4, "
+        "stripes-3 (horizontal stripes, period 3 px), chroma-2 (a period-2 pattern in the "
+        "colour-difference channels, luminance unchanged). See docs/adapt.md.",
     ),
     n_per_class: int = typer.Option(64),
     size: int = typer.Option(32),

@@ -53,6 +53,9 @@ def serve(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
+    import time
+
+    started = time.monotonic()  # readiness (log line, /metrics) is counted from here
     from ...data.views import resolve
     from ..server import ServerSettings
     from ..server import serve as run_server
@@ -85,7 +88,7 @@ def serve(
         max_tiles_limit=max_tiles_limit,
     )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
-    run_server(settings, host=host, port=port, log_level=log_level)
+    run_server(settings, host=host, port=port, log_level=log_level, started=started)
 
 
 def export(

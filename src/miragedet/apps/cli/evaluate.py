@@ -58,6 +58,11 @@ def evaluate(
         "miragedet[attacks].",
     ),
     attack_max: int = typer.Option(100, help="Images attacked per subset (a seeded sample)."),
+    unknown_data: str = typer.Option(
+        None,
+        help="Adapted attribution models: images of generators the model does not know, for the "
+        "open-set report (unknown rate per class, AUROC). See docs/adapt.md.",
+    ),
     attack_survival: str = typer.Option(
         "jpeg:90,jpeg:75,scale:0.5",
         help="Re-encodings the adversarial images must survive (degradation specs).",
@@ -129,6 +134,7 @@ def evaluate(
                 "attack_batch": attack_batch,
                 "stability": attack_stability,
             },
+            unknown_data=unknown_data,
         )
     except (ValueError, OSError, ImportError) as exc:
         raise fail(exc) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -49,8 +50,16 @@ def doctor(
     """What this machine can do and what is missing, with the line that fixes each.
 
     Exit status 0 when the main job can run (PyTorch works and the backbone can be loaded)."""
+    import platform
+
+    from ..._version import __version__
     from ..doctor import can_run, run_checks
 
+    # the first line comes before the checks import torch and look for the backbone
+    console.print(
+        f"miragedet {__version__}, Python {platform.python_version()} on {platform.platform()}"
+        f" ({os.cpu_count()} CPUs); checking PyTorch, the backbone and the optional parts..."
+    )
     checks = run_checks(backbone)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for column in ("", "check", "found", "fix"):
@@ -93,7 +102,8 @@ def backbones() -> None:
 
 
 def info(checkpoint: Path = typer.Argument(..., help="A checkpoint directory.")) -> None:
-    """Show what a checkpoint holds (method, classes, backbone, threshold, tensors)."""
+    """Show what a checkpoint holds (method, classes, backbone, threshold, tensors, and the
+    lineage of its few-shot adaptations)."""
     from ...model.checkpoint import CheckpointError, read_config
 
     try:
@@ -115,5 +125,6 @@ def info(checkpoint: Path = typer.Argument(..., help="A checkpoint directory."))
                     "tensors",
                 )
             }
+            | {"lineage": (config.get("metadata") or {}).get("lineage", [])}
         )
     )

@@ -106,6 +106,12 @@ function card(file, result) {
     badge.textContent = `AI-generated: metadata ${result.basis}`;
     el.appendChild(badge);
   }
+  if (result.open_set && result.open_set.unknown) {
+    const badge = document.createElement("div");
+    badge.className = "badge unknown";
+    badge.textContent = `Unknown generator: unlike every generator this model knows (distance ${result.open_set.distance.toFixed(1)} > ${result.open_set.threshold.toFixed(1)})`;
+    el.appendChild(badge);
+  }
   if (result.provenance) {
     const prov = document.createElement("div");
     prov.className = "prov";
