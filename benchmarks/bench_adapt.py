@@ -110,6 +110,8 @@ def main() -> None:
                         }
                     )
                     print(rows[-1], flush=True)
+                    # kept after every row: a run stopped early still leaves what it measured
+                    save(args.out, rows, memory=args.memory, held_out=args.held_out)
     table(
         rows,
         [

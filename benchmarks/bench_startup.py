@@ -3,7 +3,7 @@ against the import floor it cannot beat.
 
 Floors: ``python -c pass`` (the interpreter) and ``python -c "import torch,
 transformers.models.clip.modeling_clip"`` (what scoring must load). Each command runs in a fresh
-process, ``--repeats`` times; the median is shown.
+process, ``--repeats`` times in turn (round robin); the median is shown.
     python benchmarks/bench_startup.py [--repeats 5]
 """
 
@@ -100,11 +100,12 @@ def main() -> None:
                 str(SCRIPT), "detect", str(image), "-m", str(checkpoint),
             ],
         }  # fmt: skip
-        rows = []
-        for name, command in cases.items():
-            times = [run(command) for _ in range(args.repeats)]
-            rows.append({"command": name, "seconds": float(np.median(times))})
-            print(rows[-1], flush=True)
+        # round robin, so that a slower spell of a shared machine hits every command alike
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.repeats):
+            for name, command in cases.items():
+                times[name].append(run(command))
+        rows = [{"command": n, "seconds": float(np.median(t))} for n, t in times.items()]
         ready = [serve_to_ready(checkpoint) for _ in range(max(1, args.repeats // 2))]
         rows.append(
             {

@@ -149,3 +149,32 @@ async def in_process(server_app):
         while (await client.get("/readyz")).status_code != 200:  # the model loads
             await asyncio.sleep(0.05)
         yield client
+
+
+@pytest.fixture(scope="session")
+def attribution(tmp_path_factory) -> Path:
+    """An attribution model (real, grid-2) trained on a tiny CLIP and adapted to stripes-3 from 16
+    shots, with its open-set test calibrated at 2% (docs/adapt.md): its checkpoint directory,
+    beside the data it came from and chroma-2 images it has never seen (``unseen``)."""
+    from PIL import Image
+
+    from miragedet import save_pretrained
+    from miragedet.data.layouts import find_images
+    from miragedet.data.synthetic import write_layout
+    from miragedet.training.adapt import AdaptConfig, adapt
+
+    root = tmp_path_factory.mktemp("attribution")
+    torch.manual_seed(0)  # before any function-scoped fixture: seed it here
+    tiny = load_backbone("tiny")
+    write_layout(root / "train", "generic", ("grid-2",), n_per_class=600, seed=11)
+    write_layout(root / "old", "generic", ("grid-2",), n_per_class=460, seed=12)
+    write_layout(root / "new", "generic", ("stripes-3",), n_per_class=216, seed=13)
+    write_layout(root / "unseen", "generic", ("chroma-2",), n_per_class=200, seed=14)
+    train = find_images(root / "train")
+    pixels = tiny.preprocess.batch([Image.open(s.path).convert("RGB") for s in train.samples])
+    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2, classes=train.classes))
+    model, _ = fit_tiny(tiny, pixels, [s.label for s in train.samples], 400, model=model)
+    save_pretrained(model, root / "base")
+    config = AdaptConfig(old_data=str(root / "old"), split=None, old_split=None, unknown_rate=0.02)
+    adapt(root / "base", root / "new", root / "attr", config)
+    return root / "attr"

@@ -150,27 +150,15 @@ def test_a_sequence_of_generators_keeps_forgetting_low(world, tmp_path):
     assert "| 2 (chroma-2) |" in (tmp_path / "seq" / "continual.md").read_text()
 
 
-def test_an_attribution_model_says_unknown_generator_for_a_family_it_never_saw(tmp_path):
-    from PIL import Image
-
-    tiny = load_backbone("tiny")
-    write_layout(tmp_path / "train", "generic", ("grid-2",), n_per_class=600, seed=11)
-    write_layout(tmp_path / "old", "generic", ("grid-2",), n_per_class=460, seed=12)
-    write_layout(tmp_path / "new", "generic", ("stripes-3",), n_per_class=216, seed=13)
-    write_layout(tmp_path / "unseen", "generic", ("chroma-2",), n_per_class=200, seed=14)
-    train = find_images(tmp_path / "train")
-    pixels = tiny.preprocess.batch([Image.open(s.path).convert("RGB") for s in train.samples])
-    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2, classes=train.classes))
-    model, _ = fit_tiny(tiny, pixels, [s.label for s in train.samples], 400, model=model)
-    save_pretrained(model, tmp_path / "base")
-    config = AdaptConfig(old_data=str(tmp_path / "old"), split=None, old_split=None,
-                         unknown_rate=0.02)  # fmt: skip
-    adapt(tmp_path / "base", tmp_path / "new", tmp_path / "attr", config)
-    detector = Detector.from_pretrained(tmp_path / "attr")
+def test_an_attribution_model_says_unknown_generator_for_a_family_it_never_saw(
+    attribution, tmp_path
+):
+    root = attribution.parent
+    detector = Detector.from_pretrained(attribution)
     assert detector.classes == ["real", "grid-2", "stripes-3"]
     write_layout(tmp_path / "fresh", "generic", ("grid-2", "stripes-3"), n_per_class=150, seed=15)
     known = [p for p in detector.score([s.path for s in find_images(tmp_path / "fresh").samples])]
-    unseen = find_images(tmp_path / "unseen")
+    unseen = find_images(root / "unseen")
     chroma = [s.path for s in unseen.samples if s.label == 1]
     flagged_known = np.mean([p.top_class == "unknown generator" for p in known])
     flagged_chroma = np.mean([p.top_class == "unknown generator" for p in detector.score(chroma)])
@@ -178,12 +166,27 @@ def test_an_attribution_model_says_unknown_generator_for_a_family_it_never_saw(t
     assert flagged_chroma >= 0.80, flagged_chroma
     assert all(p.open_set is not None and p.label in ("real", "fake") for p in known)
 
+    # detect's rows and score-dataset's Parquet carry the same outcome
+    rows = tmp_path / "rows.jsonl"
+    args = ["detect", *chroma[:3], "-m", str(attribution), "-f", "jsonl", "-o", str(rows)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    api = detector.score(chroma[:3])
+    detected = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [r["unknown_generator"] for r in detected] == [p.open_set["unknown"] for p in api]
+    assert [r["top_class"] for r in detected] == [p.top_class for p in api]
+    from miragedet.apps.score_dataset import read_scores, score_dataset
+
+    score_dataset(str(root / "unseen"), tmp_path / "scores", str(attribution), engine="local")
+    table = read_scores(tmp_path / "scores")
+    by_path = dict(zip(*(table[c].to_pylist() for c in ("path", "top_class")), strict=True))
+    assert [by_path[c] for c in chroma[:3]] == [p.top_class for p in api]
+
     # the server gives the same outcome as the Python API
     import asyncio
 
     from miragedet.apps.server import ServerSettings, create_app
 
-    server_app = create_app(ServerSettings(model=str(tmp_path / "attr"), provenance=False))
+    server_app = create_app(ServerSettings(model=str(attribution), provenance=False))
 
     async def ask(path: str) -> dict:
         async with in_process(server_app) as client:
@@ -199,7 +202,7 @@ def test_an_attribution_model_says_unknown_generator_for_a_family_it_never_saw(t
 
     metrics = evaluate_dataset(
         detector.model, tmp_path / "fresh", tmp_path / "eval", split=None,
-        unknown_data=tmp_path / "unseen", workers=0,
+        unknown_data=root / "unseen", workers=0,
     )  # fmt: skip
     report = metrics["open_set"]
     assert set(report["unknown_rate"]) == {"real", "grid-2", "stripes-3", "unknown generators"}
@@ -249,3 +252,16 @@ def test_prompt_mode_is_guarded_against_forgetting(world, tmp_path):
     # tuning the prompts on 32 images moves what grid-2 relied on; the guard refuses to save
     assert run.exit_code == 1, run.output
     assert "not saved" in run.output and not out.exists()
+
+
+def test_shrinkage_through_the_gram_matrix_equals_scikit_learns():
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    from miragedet.training.adapt_prototype import shrinkage
+
+    generator = torch.Generator().manual_seed(0)
+    for n, d in ((50, 3), (40, 300), (200, 64)):
+        x = torch.randn(n, d, generator=generator) @ torch.randn(d, d, generator=generator)
+        x = x - x.mean(dim=0)
+        expected = ledoit_wolf_shrinkage(x.double().numpy(), assume_centered=True)
+        assert shrinkage(x) == pytest.approx(expected, rel=1e-9)

@@ -3,6 +3,7 @@ upload an image, the verdict appears. Skipped where Chromium is not installed.""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -28,37 +29,44 @@ def _launch(p):
     )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
-def test_upload_shows_the_verdict(server, tmp_path):
+@contextlib.contextmanager
+def _page(url: str):
+    """A page of headless Chromium at ``url`` (closed afterwards)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    image = tmp_path / "photo.png"
-    Image.new("RGB", (64, 48), (30, 140, 90)).save(image)
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
-    SCREENSHOTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = _launch(p)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 700})
             # waits end on a condition; the limit only catches a hang (slow, busy machines)
             page.set_default_timeout(180_000)
-            page.goto(server + "/")
-            page.click("details.key summary")
-            page.fill("#apikey", "s3cret")
-            page.dispatch_event("#apikey", "change")
-            page.set_input_files("#files", [str(image), str(broken)])
-            page.wait_for_selector(".card .verdict")
-            page.wait_for_function("document.querySelectorAll('.card').length == 2")
-            verdicts = page.locator(".card .verdict").all_inner_texts()
-            assert any("Likely" in v and "%" in v for v in verdicts), verdicts
-            assert any("Could not score (415)" in v for v in verdicts), verdicts
-            assert (
-                "Provenance:" in page.locator(".card").first.inner_text()
-                or "Provenance:" in page.locator(".card").last.inner_text()
-            )
-            page.screenshot(path=str(SCREENSHOTS / "web-page.png"), full_page=True)
+            page.goto(url)
+            yield page
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_upload_shows_the_verdict(server, tmp_path):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (30, 140, 90)).save(image)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with _page(server + "/") as page:
+        page.click("details.key summary")
+        page.fill("#apikey", "s3cret")
+        page.dispatch_event("#apikey", "change")
+        page.set_input_files("#files", [str(image), str(broken)])
+        page.wait_for_selector(".card .verdict")
+        page.wait_for_function("document.querySelectorAll('.card').length == 2")
+        verdicts = page.locator(".card .verdict").all_inner_texts()
+        assert any("Likely" in v and "%" in v for v in verdicts), verdicts
+        assert any("Could not score (415)" in v for v in verdicts), verdicts
+        assert (
+            "Provenance:" in page.locator(".card").first.inner_text()
+            or "Provenance:" in page.locator(".card").last.inner_text()
+        )
+        page.screenshot(path=str(SCREENSHOTS / "web-page.png"), full_page=True)
     assert (SCREENSHOTS / "web-page.png").stat().st_size > 5000
 
 
@@ -69,7 +77,6 @@ def test_where_map_is_drawn_over_the_image(server, tmp_path):
     import httpx
     import numpy as np
 
-    sync_api = pytest.importorskip("playwright.sync_api")
     image = tmp_path / "wide.png"
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 255, (150, 200, 3), np.uint8)).save(image)
@@ -80,38 +87,70 @@ def test_where_map_is_drawn_over_the_image(server, tmp_path):
         timeout=300,
     ).json()["results"][0]["tiles"]
     SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = _launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 700})
-            page.set_default_timeout(180_000)  # a hang guard; conditions end the waits
-            page.goto(server + "/")
-            page.click("details.key summary")
-            page.fill("#apikey", "s3cret")
-            page.dispatch_event("#apikey", "change")
-            page.check("#where")
-            page.set_input_files("#files", [str(image)])
-            page.wait_for_selector(".card .where .tile")
-            page.wait_for_function(
-                "[...document.querySelectorAll('.card img')].every(i => i.complete)"
-            )
-            tiles = page.locator(".card .where .tile")
-            assert tiles.count() == len(expected["boxes"]) == 16
-            shown = [float(tiles.nth(k).get_attribute("data-p")) for k in range(tiles.count())]
-            np.testing.assert_allclose(shown, expected["fake_probs"], atol=1e-4)
-            picture = page.locator(".card .pic img").bounding_box()
-            w, h = expected["size"]
-            for k in (0, tiles.count() - 1):  # first and last tile sit where the boxes say
-                box, (left, top, right, bottom) = tiles.nth(k).bounding_box(), expected["boxes"][k]
-                assert abs(box["x"] - (picture["x"] + left / w * picture["width"])) < 1.5
-                assert abs(box["y"] - (picture["y"] + top / h * picture["height"])) < 1.5
-                assert abs(box["width"] - (right - left) / w * picture["width"]) < 1.5
-                assert abs(box["height"] - (bottom - top) / h * picture["height"]) < 1.5
-            legend = page.locator(".card .where-legend").inner_text()
-            assert "16 tiles" in legend and "most suspicious" in legend
-            page.screenshot(path=str(SCREENSHOTS / "web-page-where.png"), full_page=True)
-            page.locator(".card .pic").click()  # the overlay hides on a click
-            assert page.locator(".card .where.hidden").count() == 1
-        finally:
-            browser.close()
+    with _page(server + "/") as page:
+        page.click("details.key summary")
+        page.fill("#apikey", "s3cret")
+        page.dispatch_event("#apikey", "change")
+        page.check("#where")
+        page.set_input_files("#files", [str(image)])
+        page.wait_for_selector(".card .where .tile")
+        page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete)")
+        tiles = page.locator(".card .where .tile")
+        assert tiles.count() == len(expected["boxes"]) == 16
+        shown = [float(tiles.nth(k).get_attribute("data-p")) for k in range(tiles.count())]
+        np.testing.assert_allclose(shown, expected["fake_probs"], atol=1e-4)
+        picture = page.locator(".card .pic img").bounding_box()
+        w, h = expected["size"]
+        for k in (0, tiles.count() - 1):  # first and last tile sit where the boxes say
+            box, (left, top, right, bottom) = tiles.nth(k).bounding_box(), expected["boxes"][k]
+            assert abs(box["x"] - (picture["x"] + left / w * picture["width"])) < 1.5
+            assert abs(box["y"] - (picture["y"] + top / h * picture["height"])) < 1.5
+            assert abs(box["width"] - (right - left) / w * picture["width"]) < 1.5
+            assert abs(box["height"] - (bottom - top) / h * picture["height"]) < 1.5
+        legend = page.locator(".card .where-legend").inner_text()
+        assert "16 tiles" in legend and "most suspicious" in legend
+        page.screenshot(path=str(SCREENSHOTS / "web-page-where.png"), full_page=True)
+        page.locator(".card .pic").click()  # the overlay hides on a click
+        assert page.locator(".card .where.hidden").count() == 1
     assert (SCREENSHOTS / "web-page-where.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_an_unknown_generator_gets_its_badge(attribution):
+    """An adapted attribution model's server: an image of a generator it never saw shows the
+    "Unknown generator" badge under its verdict (docs/adapt.md)."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from miragedet.apps.server import ServerSettings, create_app
+
+    chroma = sorted((attribution.parent / "unseen" / "chroma-2").iterdir())[0]
+    from conftest import _free_port
+
+    port = _free_port()
+    app = create_app(ServerSettings(model=str(attribution), provenance=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(3000):  # a hang guard: readiness, not speed, ends the wait
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        SCREENSHOTS.mkdir(exist_ok=True)
+        with _page(base + "/") as page:
+            page.set_input_files("#files", [str(chroma)])
+            page.wait_for_selector(".card .badge.unknown")
+            badge = page.locator(".card .badge.unknown").inner_text()
+            assert badge.startswith("Unknown generator")
+            page.screenshot(path=str(SCREENSHOTS / "web-page-unknown.png"), full_page=True)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -397,6 +397,10 @@ def _prototype(
         weights, biases = list(model.adapters.weight), list(model.adapters.bias)
     for generator in generators:
         mask = torch.tensor([s == generator for s in shot_sources])
+        if not mask.any():
+            raise AdaptError(
+                f"none of the {generator!r} shots could be read (see the skipped list)"
+            )
         weight, bias = adapt_prototype.fit_adapter(
             memory.features, memory.labels, shot_feats[mask], config.fpr_budget
         )

@@ -3,9 +3,10 @@
 The shots' mean in the detector's adaptation feature space is the generator's prototype; the
 real class's prototype is the mean of the known real images. Distances are measured with the
 within-class covariance of the known images (the feature memory: the old data's images and the
-shots), shrunk towards a scaled identity by the Ledoit-Wolf rule (scikit-learn's
-``ledoit_wolf_shrinkage``): that metric makes the prototypes work where plain nearest-mean does
-not, because a generator's trace is a small, consistent shift beside large scene variation.
+shots), shrunk towards a scaled identity by the Ledoit-Wolf rule (Ledoit & Wolf, 2004; computed
+as scikit-learn's ``ledoit_wolf_shrinkage`` does, through the Gram matrix): that metric makes
+the prototypes work where plain nearest-mean does not, because a generator's trace is a small,
+consistent shift beside large scene variation.
 The result is Fisher's linear discriminant between the two prototypes, an adapter
 (:class:`miragedet.model.adapters.Adapters`) deciding at their midpoint, its bias raised if more
 than ``fpr_budget`` of the known real images would cross it (never lowered: the known reals also
@@ -25,10 +26,23 @@ FPR_BUDGET = 0.005
 
 
 def shrinkage(centred: torch.Tensor) -> float:
-    """The Ledoit-Wolf shrinkage intensity of these centred rows (scikit-learn)."""
-    from sklearn.covariance import ledoit_wolf_shrinkage
+    """The Ledoit-Wolf shrinkage intensity of these centred rows (N, D).
 
-    return float(ledoit_wolf_shrinkage(centred.double().numpy(), assume_centered=True))
+    scikit-learn's ``ledoit_wolf_shrinkage`` (the reference: tests/test_adapt.py checks the two
+    agree) sums blocks of the D x D matrix ``X^T X``: for a ViT-L/14's D = 49,920 features and a
+    few hundred images that is ~10^12 operations. The same two sums come from the N x N Gram
+    matrix: ``sum((X^T X)^2) = sum((X X^T)^2)`` and ``sum((X^2)^T X^2) = sum_i |x_i|^4``."""
+    x = centred.double()
+    n, d = x.shape
+    norms = (x**2).sum(dim=1)  # |x_i|^2
+    trace = float(norms.sum()) / n  # trace of the empirical covariance
+    mu = trace / d
+    beta_ = float((norms**2).sum())
+    delta_ = float(((x @ x.t()) ** 2).sum()) / n**2
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
+    beta = min(beta, delta)
+    return 0.0 if beta == 0 else beta / delta
 
 
 def within_class(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
