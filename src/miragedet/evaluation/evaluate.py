@@ -121,8 +121,14 @@ def evaluate_dataset(
     metadata = metadata_table(clean_scores, threshold) if len(classes) == 2 else None
     open_set = None
     if getattr(model, "open_set", None) is not None:  # an adapted attribution model
-        unknown = find_images(unknown_data, layout).samples if unknown_data else None
-        open_set = open_set_report(model, image_set.samples, classes, unknown, batch_size)
+        known = clean_scores
+        if known.distance is None:  # scored through tiles: the test needs the resize view
+            known = score_samples(model, image_set.samples, batch_size=batch_size)
+        unknown = None
+        if unknown_data:
+            samples = find_images(unknown_data, layout).samples
+            unknown = score_samples(model, samples, batch_size=batch_size)
+        open_set = open_set_report(known, classes, model.open_set.threshold, unknown)
     elif unknown_data:
         raise ValueError("--unknown-data needs an attribution model adapted with an open set")
     paper = paper_rows(protocol, list(tables["clean"])) if protocol else None

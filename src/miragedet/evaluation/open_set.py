@@ -7,51 +7,28 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
-from ..data.layouts import Sample
-
-
-@torch.inference_mode()
-def distances(model: Any, samples: list[Sample], batch_size: int = 64) -> np.ndarray:
-    """Each sample's distance to the nearest known class (NaN where unreadable)."""
-    from ..data.dataset import ImageDataset, collate
-
-    preprocess = model.backbone.preprocess
-    dataset = ImageDataset(samples, lambda image, i: preprocess(image))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    out = np.full(len(samples), np.nan)
-    device = model.clip.logit_scale.device
-    model.eval()
-    for batch in loader:
-        if len(batch["indices"]):
-            result = model(batch["pixel_values"].to(device))
-            out[batch["indices"].numpy()] = result.distance.float().cpu().numpy()
-    return out
+from .scores import Scores
 
 
 def open_set_report(
-    model: Any,
-    known: list[Sample],
-    classes: list[str],
-    unknown: list[Sample] | None = None,
-    batch_size: int = 64,
+    known: Scores, classes: list[str], threshold: float, unknown: Scores | None = None
 ) -> dict[str, Any]:
-    """Unknown rate per known class (and on ``unknown``), and the AUROC of the distance."""
-    threshold = model.open_set.threshold
-    d_known = distances(model, known, batch_size)
-    labels = np.array([s.label for s in known])
+    """Unknown rate per known class (and on ``unknown``'s generated images), and the AUROC of the
+    distance separating the known images from the unknown generators' (both scored with the
+    distance: :func:`~miragedet.evaluation.scores.score_samples` of an open-set model)."""
+    d_known = known.distance
+    labels = known.labels
     per_class = {
         name: float(np.nanmean(d_known[labels == c] > threshold))
         for c, name in enumerate(classes)
         if np.isfinite(d_known[labels == c]).any()
     }
     report: dict[str, Any] = {"threshold": threshold, "unknown_rate": per_class}
-    if unknown:
-        d_unknown = distances(model, unknown, batch_size)
-        fakes = np.array([s.label != 0 for s in unknown])  # the unknown generators' images
-        d_new = d_unknown[fakes & np.isfinite(d_unknown)]
+    if unknown is not None:
+        fakes = unknown.labels != 0  # the unknown generators' images
+        d_new = unknown.distance[fakes & np.isfinite(unknown.distance)]
         d_old = d_known[np.isfinite(d_known)]
         report["unknown_rate"]["unknown generators"] = float(np.mean(d_new > threshold))
         y = np.r_[np.zeros(len(d_old)), np.ones(len(d_new))]

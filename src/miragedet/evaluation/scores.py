@@ -26,6 +26,9 @@ class Scores:
     samples: list[Sample]
     probs: np.ndarray  # (n, C); NaN rows where the image could not be read
     errors: dict[int, str] = field(default_factory=dict)
+    #: Adapted attribution models, resize view: each image's distance to the nearest known class
+    #: (NaN where unreadable; model/adapters.py); None otherwise.
+    distance: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -88,15 +91,18 @@ def score_samples(
     )
     probs = np.full((len(samples), len(model.classes)), np.nan)
     errors: dict[int, str] = {}
+    distance = np.full(len(samples), np.nan) if getattr(model, "open_set", None) else None
     model.eval()
     for batch in loader:
         errors.update(dict(batch["errors"]))
         if len(batch["indices"]):
             out = model(batch["pixel_values"].to(device))
             probs[batch["indices"].numpy()] = out.probs.float().cpu().numpy()
+            if distance is not None:
+                distance[batch["indices"].numpy()] = out.distance.float().cpu().numpy()
         if on_batch is not None:
             on_batch(len(batch["indices"]) + len(batch["errors"]))
-    return Scores(samples, probs, errors)
+    return Scores(samples, probs, errors, distance)
 
 
 def _score_tiles(

@@ -162,12 +162,12 @@ class Detector:
         self.classes = model.classes
         self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
         #: The few-shot adaptations this checkpoint went through (docs/adapt.md), oldest first.
-        self.lineage: list[dict[str, Any]] = []
+        self.lineage: list[dict[str, Any]] = getattr(model, "lineage", [])
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> Detector:
         """Load a checkpoint directory (or hub repository) written by ``miragedet train``."""
-        from ..model.checkpoint import WEIGHTS_NAME, read_config, resolve
+        from ..model.checkpoint import WEIGHTS_NAME
         from ..model.mirage import load_pretrained
 
         device = kwargs.pop("device", None)
@@ -177,10 +177,7 @@ class Detector:
         if weights.is_file():
             digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         model_id = f"{Path(str(path_or_id)).name}@{digest or model.config.method}"
-        detector = cls(model, device=device, model_id=model_id, _owns_model=True, **kwargs)
-        metadata = read_config(resolve(path_or_id)).get("metadata") or {}
-        detector.lineage = metadata.get("lineage", [])
-        return detector
+        return cls(model, device=device, model_id=model_id, _owns_model=True, **kwargs)
 
     def info(self) -> dict[str, Any]:
         """What is being served: id, method, classes, threshold, backbone, preprocessing."""

@@ -106,6 +106,8 @@ class MiraGe(nn.Module):
         self._vision_cache: tuple[tuple, list[torch.Tensor]] | None = None
         #: Decision threshold on p(fake); set from the checkpoint when loaded.
         self.threshold = 0.5
+        #: The few-shot adaptations the checkpoint went through (docs/adapt.md), oldest first.
+        self.lineage: list[dict] = []
 
     # -- persistence (the format: checkpoint.py) ------------------------------------------------
 
@@ -335,6 +337,7 @@ def load_pretrained(
     tensors = checkpoint.read_weights(directory)
     checkpoint.load_trainable(model, tensors, source=str(directory / checkpoint.WEIGHTS_NAME))
     model.threshold = float(config.get("threshold", 0.5))
+    model.lineage = (config.get("metadata") or {}).get("lineage", [])
     if device is not None:
         model.to(device)
     return model

@@ -257,7 +257,9 @@ def adapt(
     base_meta = base_config.get("metadata") or {}
     fingerprint = base_config["backbone"]["fingerprint"]["weights"]
     model = load_pretrained(base_dir)
-    before = load_pretrained(base_dir)
+    # the base as it was: prototype mode builds a new model on the same frozen backbone and
+    # leaves this one untouched; prompt mode (below) tunes in place, so it loads its own copy
+    before = model
     image_set = find_images(data, config.layout, split=config.split)
     check_roles(image_set, f"DATA {data}")
     shots, rest = draw_shots(image_set, config.shots, config.seed)
@@ -320,6 +322,7 @@ def adapt(
         if not pool:
             raise AdaptError("--mode prompt replays old images: pass --old-data")
         say(f"tuning the prompts ({config.steps} steps)")
+        before = load_pretrained(base_dir)
         adapt_prompt.tune(model, before, shot_list, pool, config)
     known = known.add(shot_feats, shot_sources)
     if len(model.classes) > 2:
