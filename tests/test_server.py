@@ -116,8 +116,15 @@ def test_the_server_says_how_long_it_took_to_be_ready(server, served_checkpoint,
         async with in_process(app) as client:
             return (await client.get("/metrics")).text
 
-    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
-        text = asyncio.run(wait_ready())
+    # uvicorn's logging config (from any uvicorn run earlier in the session) stops "uvicorn.error"
+    # from propagating to the root logger, so caplog's handler listens on it directly
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+            text = asyncio.run(wait_ready())
+    finally:
+        logger.removeHandler(caplog.handler)
     [line] = [r.getMessage() for r in caplog.records if "ready in" in r.getMessage()]
     assert float(line.split("ready in ")[1].split()[0]) == pytest.approx(
         _metric(text, "miragedet_ready_seconds"), abs=0.01
