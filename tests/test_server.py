@@ -105,7 +105,7 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_the_server_says_how_long_it_took_to_be_ready(server, served_checkpoint, caplog):
+def test_the_server_says_how_long_it_took_to_be_ready(server, served_checkpoint):
     # the subprocess server (`miragedet serve`): the gauge, counted from the command's start
     ready = _metric(httpx.get(f"{server}/metrics").text, "miragedet_ready_seconds")
     assert ready > 0
@@ -116,16 +116,21 @@ def test_the_server_says_how_long_it_took_to_be_ready(server, served_checkpoint,
         async with in_process(app) as client:
             return (await client.get("/metrics")).text
 
-    # uvicorn's logging config (from any uvicorn run earlier in the session) stops "uvicorn.error"
-    # from propagating to the root logger, so caplog's handler listens on it directly
+    # a handler of our own on "uvicorn.error": caplog sees that logger only through propagation,
+    # which uvicorn's logging config (any uvicorn run earlier in the session) turns off
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
     logger = logging.getLogger("uvicorn.error")
-    logger.addHandler(caplog.handler)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        with caplog.at_level(logging.INFO, logger="uvicorn.error"):
-            text = asyncio.run(wait_ready())
+        text = asyncio.run(wait_ready())
     finally:
-        logger.removeHandler(caplog.handler)
-    [line] = [r.getMessage() for r in caplog.records if "ready in" in r.getMessage()]
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    [line] = [r.getMessage() for r in records if "ready in" in r.getMessage()]
     assert float(line.split("ready in ")[1].split()[0]) == pytest.approx(
         _metric(text, "miragedet_ready_seconds"), abs=0.01
     )
