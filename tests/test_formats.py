@@ -136,7 +136,10 @@ def mixed(tmp_path_factory) -> dict:
     }
     for name, text in others.items():
         (root / name).write_text(text)
-    (root / "clip.mov").write_bytes(MP4_HEAD + b"\x00" * 100)
+    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
+
+    clip = make_frames(np.random.default_rng(0), ClipSpec("real", frames=8, size=32))
+    images.append(write_clip(root / "clip.mov", clip))  # a video is an input too (by its frames)
     (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (root / "._IMG_0002.JPG").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork
     (root / ".thumbnails").mkdir()
@@ -166,14 +169,16 @@ def test_folder_walk_finds_images_by_content_and_accounts_for_everything(mixed):
     root = mixed["root"]
     for name in mixed["others"]:
         assert skipped[str(root / name)] == formats.NOT_IMAGE
-    assert skipped[str(root / "clip.mov")] == formats.VIDEO
+    assert str(root / "clip.mov") in found.paths and formats.VIDEO not in skipped.values()
     assert skipped[str(root / ".DS_Store")] == formats.HIDDEN
     assert skipped[str(root / "._IMG_0002.JPG")] == formats.HIDDEN
     assert skipped[str(root / ".thumbnails") + "/"] == formats.HIDDEN
-    assert len(found.paths) + len(found.skipped) == 18 + 4 + 1 + 3
+    assert len(found.paths) + len(found.skipped) == 19 + 4 + 3
     summary = formats.summarize_skipped(found.skipped)
     assert "4 not images skipped (.json 2, .txt 1, .xmp 1)" in summary
-    assert "1 video skipped (.mov 1)" in summary and "3 hidden skipped" in summary
+    assert "video" not in summary and "3 hidden skipped" in summary
+    images_only = formats.walk(root, videos=False)  # what a still-image walk leaves
+    assert dict(images_only.skipped)[str(root / "clip.mov")] == formats.VIDEO
     # score-dataset lists the same inputs and the same leftovers
     listed = discover_inputs(str(root))
     assert listed.paths == found.paths and listed.skipped == found.skipped
@@ -195,9 +200,11 @@ def test_detect_scores_every_image_of_a_mixed_folder_and_says_what_it_skipped(
     assert done.returncode == 0, done.stderr
     assert sorted(r["path"] for r in rows) == mixed["images"]
     assert all(r["error"] is None and 0 <= r["fake_prob"] <= 1 for r in rows), rows
+    [clip] = [r for r in rows if r["path"].endswith("clip.mov")]
+    assert clip["frames"] == 8 and len(clip["regions"]) == 8  # scored by its frames
     last = " ".join(done.stderr.split())
-    assert "18 scored, 0 failed, 4 not images skipped (.json 2, .txt 1, .xmp 1)" in last
-    assert "1 video skipped" in last and "3 hidden skipped" in last
+    assert "19 scored, 0 failed, 4 not images skipped (.json 2, .txt 1, .xmp 1)" in last
+    assert "video" not in last and "3 hidden skipped" in last
     assert f"skipped {mixed['root'] / 'notes.txt'}: not an image" in last
     # the folder given on stdin is walked the same way
     again, stdin_rows = _detect(["-"], served_checkpoint, tmp_path, stdin=f"{mixed['root']}\n")
@@ -207,7 +214,7 @@ def test_detect_scores_every_image_of_a_mixed_folder_and_says_what_it_skipped(
 
 def test_a_video_or_a_missing_decoder_is_an_error_that_says_so(tmp_path, monkeypatch):
     (tmp_path / "clip.mp4").write_bytes(MP4_HEAD + b"\x00" * 100)
-    with pytest.raises(ImageDecodeError, match="video is not supported") as err:
+    with pytest.raises(ImageDecodeError, match="a video clip, not an image") as err:
         load_image(tmp_path / "clip.mp4")
     assert err.value.kind == "format"
     jxl = ENCODED["JXL"][1](_photo())
@@ -276,15 +283,20 @@ def test_server_web_page_and_readme_list_the_decoders_formats():
         assert fmt.title in readme, fmt.title
 
 
-def test_video_upload_is_415(served_checkpoint):
+def test_video_upload_is_scored_by_its_frames_and_an_unreadable_one_is_415(
+    served_checkpoint, tmp_path
+):
     from miragedet.apps.server import _prepare
+    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
+    from miragedet.inference.clips import ClipInputs
     from miragedet.inference.detector import Detector
 
     detector = Detector.from_pretrained(served_checkpoint)
-    assert _prepare(MP4_HEAD, detector, 10**8)[1:3] == (
-        415,
-        "video is not supported: send frames as images",
-    )
+    status, error = _prepare(MP4_HEAD, detector, 10**8)[1:3]
+    assert status == 415 and error.startswith("not a readable video")
+    clip = write_clip(tmp_path / "c.mp4", make_frames(np.random.default_rng(1), ClipSpec()))
+    tensors, status, error, prepared = _prepare(clip.read_bytes(), detector, 10**8)
+    assert status == 200 and isinstance(prepared, ClipInputs) and len(tensors) == 16
     tensors, status, error, tiles = _prepare(ENCODED["HEIF"][1](_photo()), detector, 10**8)
     assert status == 200 and error is None and len(tensors) == 1 and tiles is None
 

@@ -83,9 +83,10 @@ def test_where_map_points_at_the_faked_quadrant(fingerprint_model):
     for k in range(n):
         quadrant = k % 4
         [p] = detector.score([_partial_fake(rng, quadrant)])
-        grid = np.array(p.tiles["grid"], dtype=float)  # 4 x 4 tiles of 32 px over 128 px
-        r, c = np.unravel_index(np.nanargmax(grid), grid.shape)
-        hits += (r // 2) * 2 + (c // 2) == quadrant
+        assert p.tiles["count"] == len(p.regions) == 16  # 4 x 4 tiles of 32 px over 128 px
+        top = max(p.regions, key=lambda region: region["p"])
+        left, upper = top["box"][:2]
+        hits += (upper // 64) * 2 + (left // 64) == quadrant
     assert hits >= 0.9 * n, hits
 
 
@@ -100,7 +101,8 @@ def test_cli_tiles_view_reports_the_grid(served_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["tiles"] == 4 and 0 <= row["tile_max_fake_prob"] <= 1
-    assert len(row["where"]) >= 2 and row["fake_prob"] is not None
+    assert len(row["regions"]) == 4 and row["fake_prob"] is not None
+    assert all(len(r["box"]) == 4 and 0 <= r["p"] <= 1 for r in row["regions"])
     from miragedet.apps.detect import where_path
 
     drawn = Image.open(where_path(tmp_path / "where", str(tmp_path / "a.png")))
@@ -163,7 +165,7 @@ def test_train_view_crop_is_recorded_and_detect_defaults_to_tiles(tmp_path):
     detector = Detector.from_pretrained(tmp_path / "run" / "last")
     assert detector.view.kind == "tiles"  # scored as it was trained: native resolution
     [p] = detector.score([str(next((data / "real").iterdir()))])
-    assert p.tiles is not None and len(p.tiles["fake_probs"]) == 16  # 96 px: 4 x 4 tiles of 32
+    assert p.tiles is not None and len(p.regions) == 16  # 96 px: 4 x 4 tiles of 32
     assert Detector.from_pretrained(tmp_path / "run" / "last", view="resize").view.kind == "resize"
     # calibrated as it scores: with its tiles, recorded beside the threshold
     result = CliRunner().invoke(
@@ -218,7 +220,7 @@ def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
     image = _photo(tmp_path / "a.png")
     detector = Detector.from_pretrained(served_checkpoint, view={"kind": "tiles", "max_tiles": 4})
     [api] = detector.score([str(image)])
-    assert api.tiles is not None and len(api.tiles["fake_probs"]) == 4
+    assert api.tiles is not None and len(api.regions) == 4
 
     out = tmp_path / "rows.jsonl"
     args = ["detect", str(image), "-m", str(served_checkpoint), "-f", "jsonl", "-o", str(out)]
@@ -247,11 +249,12 @@ def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
 
     tiled, plain, refused = asyncio.run(ask())
     [served] = tiled["results"]
-    assert served["tiles"]["boxes"] == api.tiles["boxes"] and served["tiles"]["size"] == [100, 70]
-    np.testing.assert_allclose(served["tiles"]["fake_probs"], api.tiles["fake_probs"], atol=1e-6)
-    grid = np.array(api.tiles["grid"], dtype=float)
-    np.testing.assert_allclose(np.array(served["tiles"]["grid"], dtype=float), grid, atol=1e-6)
-    np.testing.assert_allclose(np.array(row["where"], dtype=float), grid, atol=1e-6)
+    assert served["tiles"]["size"] == [100, 70] and served["tiles"]["count"] == 4
+    boxes = [r["box"] for r in api.regions]
+    assert [r["box"] for r in served["regions"]] == boxes == [r["box"] for r in row["regions"]]
+    probs = [r["p"] for r in api.regions]
+    np.testing.assert_allclose([r["p"] for r in served["regions"]], probs, atol=1e-6)
+    np.testing.assert_allclose([r["p"] for r in row["regions"]], probs, atol=1e-6)
     assert served["fake_prob"] == pytest.approx(api.fake_prob, abs=1e-6)
     assert row["fake_prob"] == pytest.approx(api.fake_prob, abs=1e-6)
     assert plain["results"][0]["tiles"] is None  # the checkpoint's own view: resize
@@ -283,8 +286,12 @@ def test_score_dataset_and_evaluate_score_with_the_view(served_checkpoint, tmp_p
     for row in table:
         want = expected[row["path"]]
         assert row["tiles"] == 9 and row["fake_prob"] == pytest.approx(want.fake_prob, abs=1e-6)
-        np.testing.assert_allclose(json.loads(row["where"]), want.tiles["grid"], atol=1e-6)
-        assert row["tile_max_fake_prob"] == pytest.approx(max(want.tiles["fake_probs"]), abs=1e-6)
+        got = json.loads(row["regions"])
+        assert [r["box"] for r in got] == [r["box"] for r in want.regions]
+        np.testing.assert_allclose([r["p"] for r in got], [r["p"] for r in want.regions], atol=1e-6)
+        top = max(r["p"] for r in want.regions)
+        assert row["tile_max_fake_prob"] == pytest.approx(top, abs=1e-6)
+        assert row["frames"] is None and row["duration"] is None  # still images
     from miragedet.apps.score_dataset import ScoringError
 
     with pytest.raises(ScoringError, match="view"):  # another view is another job

@@ -72,8 +72,12 @@ def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
         row["stability_spread"] = prediction.stability["spread"]
         row["stability_reason"] = prediction.stability["reason"]
     from ..data.views import tile_columns
+    from ..inference.clips import clip_columns
 
-    row.update(tile_columns(prediction.tiles))  # `where`: JSON/JSONL only (CSV keeps the rest)
+    row.update(tile_columns(prediction.tiles, prediction.regions))
+    row.update(clip_columns(prediction.clip, prediction.regions))
+    if prediction.regions is not None:  # JSON/JSONL only (CSV keeps the rest)
+        row["regions"] = prediction.regions
     return row
 
 
@@ -153,6 +157,11 @@ class RowWriter:
                 line += f"  [bold]{escape(row['basis'])}[/bold] (pixels: {row['label']})"
             if any(c.startswith("p_") for c in self.columns):  # attribution: name the class
                 line += f"  ({escape(str(row['top_class']))})"
+        if row.get("frames"):
+            top = max(row.get("regions") or [{"t": 0.0, "p": 0.0}], key=lambda r: r["p"])
+            span = f" over {row['duration']:.1f} s" if row.get("duration") else ""
+            line += f"  ({row['frames']} frames{span}, most suspicious "
+            line += f"{top['p']:.4f} at {top['t']:g} s)"
         if row.get("tiles"):
             line += f"  ({row['tiles']} tiles, most suspicious {row['tile_max_fake_prob']:.4f})"
         if row.get("stability_reason"):
@@ -179,9 +188,11 @@ def run_detect(
     progress_console: Any = None,
     stability: Any = None,
     where: Path | None = None,
+    timeline: Path | None = None,
 ) -> dict[str, int]:
     """Score ``inputs`` and write rows; returns counts of scored, failed and skipped inputs.
-    With ``where`` (and the tiles or crop view), each image is also drawn with its where-map."""
+    With ``where`` (and the tiles or crop view), each image is also drawn with its where-map;
+    with ``timeline``, each clip with its p(fake) over time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if fmt not in FORMATS:
@@ -202,8 +213,9 @@ def run_detect(
     if stability is not None:
         template.stability = {"spread": 0.0, "reason": None}
     if detector.view.kind != "resize":
-        template.tiles = {"fake_probs": [0.0], "grid": []}
-    columns = [c for c in row_of(template, detector.classes) if c != "where"]
+        template.tiles, template.regions = {}, [{"p": 0.0}]
+    template.clip = {"frames_scored": 0, "duration": 0.0}  # clips may be among the inputs
+    columns = [c for c in row_of(template, detector.classes) if c != "regions"]
     counts = {"scored": 0, "failed": 0, "skipped": len(inputs) - len(todo)}
     handle: IO[str]
     if output is not None:
@@ -233,6 +245,8 @@ def run_detect(
                 writer.write(row_of(prediction, detector.classes))
                 if where is not None and prediction.tiles is not None:
                     _draw_where(detector, prediction, where)
+                if timeline is not None and prediction.clip is not None:
+                    _draw_timeline(detector, prediction, timeline)
                 counts["failed" if prediction.error else "scored"] += 1
                 progress.update(task, advance=1)
     finally:
@@ -261,7 +275,24 @@ def _draw_where(detector: Detector, prediction: Prediction, folder: Path) -> Non
     title = (
         f"{Path(prediction.source).name}: p(fake) {prediction.fake_prob:.3f} ({prediction.label})"
     )
-    plot_where(image, prediction.tiles, where_path(folder, prediction.source), title)
+    where = {**prediction.tiles, "regions": prediction.regions or []}
+    plot_where(image, where, where_path(folder, prediction.source), title)
+
+
+def _draw_timeline(detector: Detector, prediction: Prediction, folder: Path) -> None:
+    from ..data.video import read_clip
+    from .timeline_plot import plot_timeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        clip = read_clip(prediction.source, detector.sampling)
+    except ValueError:  # scored a moment ago; a file changed since is not drawn
+        return
+    title = (
+        f"{Path(prediction.source).name}: p(fake) {prediction.fake_prob:.3f} ({prediction.label})"
+    )
+    plot_timeline(clip, prediction.regions or [], detector.threshold,
+                  where_path(folder, prediction.source), title)  # fmt: skip
 
 
 def _rewrite_complete(path: Path, fmt: str, rows: list[dict[str, Any]], columns: list[str]) -> None:

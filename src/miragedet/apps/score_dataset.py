@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, Found, walk
+from ..data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, VIDEO_EXTENSIONS, Found, walk
 
 PLAN_NAME = "_plan.json"
 COLUMNS = (
@@ -42,9 +42,11 @@ COLUMNS = (
     "basis",
     "provenance",
     "error",
-    "tiles",  # with the tiles/crop view: how many tiles, the most suspicious one, the
-    "tile_max_fake_prob",  # where-map grid as JSON (null with the resize view)
-    "where",
+    "tiles",  # with the tiles/crop view: how many tiles and the most suspicious one
+    "tile_max_fake_prob",
+    "frames",  # clips: frames scored and duration (null for still images)
+    "duration",
+    "regions",  # where/when as JSON: tiles' boxes or a clip's frames with p(fake)
 )
 ENGINES = ("ray", "local")
 
@@ -117,7 +119,7 @@ def _list_uri(uri: str) -> Found:
     files = sorted(f"{scheme}://{i.path}" for i in infos if i.type == pyarrow.fs.FileType.File)
     found = Found()
     for name in files:
-        if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
             found.paths.append(name)
         else:
             found.skipped.append((name, NOT_IMAGE))
@@ -150,6 +152,7 @@ class Scorer:
         precision: str = "auto",
         provenance: bool = True,
         view: Any = None,
+        sampling: Any = None,
     ) -> None:
         from ..inference.loader import load_detector
 
@@ -163,6 +166,7 @@ class Scorer:
             device=device,
             precision=precision,
             view=view,
+            sampling=sampling,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -186,13 +190,16 @@ class Scorer:
         predictions = dict(zip(good, scored, strict=True))
         fake_prob, label, top_class, error = [], [], [], []
         verdict, basis, summary = [], [], []
-        tiles, tile_max, where = [], [], []
+        tiles, tile_max, frames, duration, regions = [], [], [], [], []
         for i in range(len(paths)):
             p = predictions.get(i)
-            columns = tile_columns(None if p is None else p.tiles)
+            columns = tile_columns(None, None) if p is None else tile_columns(p.tiles, p.regions)
             tiles.append(columns.get("tiles", -1))
             tile_max.append(columns.get("tile_max_fake_prob", np.nan))
-            where.append(json.dumps(columns["where"]) if columns else None)
+            clip = None if p is None else p.clip
+            frames.append(clip["frames_scored"] if clip else -1)
+            duration.append(clip["duration"] if clip and clip["duration"] is not None else np.nan)
+            regions.append(json.dumps(p.regions) if p is not None and p.regions else None)
             fake_prob.append(np.nan if p is None or p.fake_prob is None else p.fake_prob)
             label.append(None if p is None else p.label)
             top_class.append(None if p is None else p.top_class)
@@ -214,7 +221,9 @@ class Scorer:
             "error": np.array(error, dtype=object),
             "tiles": np.array(tiles, dtype=np.int64),  # -1: none (resize view, or an error)
             "tile_max_fake_prob": np.array(tile_max, dtype=np.float64),
-            "where": np.array(where, dtype=object),
+            "frames": np.array(frames, dtype=np.int64),  # -1: a still image (or an error)
+            "duration": np.array(duration, dtype=np.float64),
+            "regions": np.array(regions, dtype=object),
         }
 
 
@@ -236,13 +245,20 @@ class ScoreReport:
 
 
 def _plan(
-    paths: list[str], shard_size: int, output: Path, model: str, view: Any = None
+    paths: list[str],
+    shard_size: int,
+    output: Path,
+    model: str,
+    view: Any = None,
+    sampling: Any = None,
 ) -> dict[str, Any]:
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
     plan = {"n": len(paths), "shard_size": shard_size, "paths_sha256": digest, "model": model}
     if is_dataclass(view):
         view = asdict(view)
     plan["view"] = view  # None (the checkpoint's) is what plans written before views held
+    if sampling is not None:  # clips sampled otherwise than by default score otherwise
+        plan["sampling"] = asdict(sampling)
     existing = output / PLAN_NAME
     if existing.is_file():
         old = json.loads(existing.read_text())
@@ -321,7 +337,9 @@ def write_shard(output: Path, shard: int, rows: dict[str, list[Any]]) -> Path:
             "tile_max_fake_prob": pa.array(
                 [_number(rows["tile_max_fake_prob"][i]) for i in order], pa.float64()
             ),
-            "where": pa.array([_text(rows["where"][i]) for i in order], pa.string()),
+            "frames": pa.array([_count(rows["frames"][i]) for i in order], pa.int64()),
+            "duration": pa.array([_number(rows["duration"][i]) for i in order], pa.float64()),
+            "regions": pa.array([_text(rows["regions"][i]) for i in order], pa.string()),
         }
     )
     final = shard_path(output, shard)
@@ -360,6 +378,7 @@ def score_dataset(
     precision: str = "auto",
     provenance: bool = True,
     view: Any = None,
+    sampling: Any = None,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
     address: str | None = None,
@@ -379,7 +398,7 @@ def score_dataset(
         from ..data.views import resolve
 
         resolve(view, "resize")  # refuse bad options here, not in every worker
-    _plan(paths, shard_size, output, model, view)
+    _plan(paths, shard_size, output, model, view, sampling)
     for stale in output.glob(".part-*.tmp"):  # a kill between write and rename
         stale.unlink()
     n_shards = (len(paths) + shard_size - 1) // shard_size
@@ -401,6 +420,7 @@ def score_dataset(
         precision=precision,
         provenance=provenance,
         view=view,
+        sampling=sampling,
     )
     batches = (
         _ray_batches(work, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import io
 import logging
 import time
@@ -34,7 +35,9 @@ from pydantic import BaseModel, Field
 from .._version import __version__
 from ..data import formats
 from ..data.dataset import ImageDecodeError, load_image
-from ..data.views import View, inputs, summarize
+from ..data.video import clip_kind
+from ..data.views import Tiles, View, inputs, summarize
+from ..inference.clips import ClipInputs, prepare_clip, summarize_clip
 from ..inference.detector import Detector
 from ..inference.loader import load_detector as load_detector_for
 from ..inference.stability import Stability
@@ -69,6 +72,10 @@ class ServerSettings:
     #: (tiles for one trained on native crops).
     view: Any = None
     max_tiles_limit: int = 64  # the most tiles a request may ask for per image (?max_tiles=)
+    max_video_mb: float = 64.0  # one video upload at most (images: max_body_mb)
+    max_video_seconds: float = 600.0  # longer clips are refused (413)
+    #: Frames scored per clip (None: the detector's, 16 by default); at most 64 per clip.
+    frames: int | None = None
 
 
 class ImageResult(BaseModel):
@@ -95,8 +102,19 @@ class ImageResult(BaseModel):
     )
     tiles: dict[str, Any] | None = Field(
         None,
-        description="With the tiles or crop view: the where-map (per-tile p(fake) grid, tile "
-        "boxes in the image as scored, its size, whether every pixel was covered)",
+        description="With the tiles or crop view: how the image was tiled (view, rule, its "
+        "size as tiled, whether every pixel was covered, number of tiles)",
+    )
+    regions: list[dict[str, Any]] | None = Field(
+        None,
+        description='Where and when the evidence is: per tile {"box": [left, top, right, '
+        'bottom], "p": p(fake)}; per scored frame of a clip {"t": seconds, "p": p(fake)} '
+        "(docs/video.md)",
+    )
+    clip: dict[str, Any] | None = Field(
+        None,
+        description="Videos and animated images: frames scored, duration, size, decoder, the "
+        "frames' aggregate and (temporal head) the temporal p(fake)",
     )
     open_set: dict[str, Any] | None = Field(
         None,
@@ -168,12 +186,32 @@ class BodyLimit:
         await response({"type": "http"}, None, send)
 
 
+def _prepare_clip(
+    data: bytes, detector: Detector, view: View, limits: ServerSettings | None
+) -> tuple[list[torch.Tensor] | None, int, str | None, Any]:
+    """A video or animated image: its frames' inputs, or the status of why not."""
+    limits = limits or ServerSettings()
+    if len(data) > limits.max_video_mb * 2**20:
+        return None, 413, f"video over the {limits.max_video_mb:g} MB limit", None
+    sampling = detector.sampling
+    if limits.frames is not None:
+        sampling = dataclasses.replace(sampling, frames=min(limits.frames, 64))
+    sampling = dataclasses.replace(sampling, max_pixels=min(sampling.max_pixels, limits.max_pixels))
+    prepared = prepare_clip(data, detector.preprocess, view, sampling)
+    duration = prepared.clip.duration or 0.0
+    if duration > limits.max_video_seconds:
+        return None, 413, (f"clip of {duration:.0f} s is over this server's limit of "
+                           f"{limits.max_video_seconds:g} s"), None  # fmt: skip
+    return list(prepared.pixels), 200, None, prepared
+
+
 def _prepare(
     data: bytes,
     detector: Detector,
     max_pixels: int,
     stability: Stability | None = None,
     view: View | None = None,
+    limits: ServerSettings | None = None,
 ) -> tuple[list[torch.Tensor] | None, int, str | None, Any]:
     """Decode and preprocess one upload: ([tensor, ...], 200, None, tiles) or (None, status,
     error, None).
@@ -184,11 +222,13 @@ def _prepare(
     view = view or detector.view
     try:
         fmt = formats.sniff(formats.read_head(data))
+        if fmt == "VIDEO" or (fmt in ("GIF", "WEBP", "PNG") and clip_kind(data)):
+            return _prepare_clip(data, detector, view, limits)
+        if limits is not None and len(data) > limits.max_body_mb * 2**20:
+            return None, 413, f"upload over the {limits.max_body_mb:g} MB limit for images", None
         if fmt is None:  # no signature we know: ask Pillow what it is (TGA, PPM, ...)
             with Image.open(io.BytesIO(data)) as probe:
                 fmt = probe.format
-        if fmt == "VIDEO":
-            return None, 415, "video is not supported: send frames as images", None
         if fmt not in ALLOWED_FORMATS:
             return (
                 None,
@@ -305,7 +345,8 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 2**20))
+    body_mb = max(settings.max_body_mb, settings.max_video_mb)  # one video may exceed images'
+    app.add_middleware(BodyLimit, limit=int(body_mb * 2**20))
     app.state.metrics = metrics
     app.state.settings = settings
 
@@ -422,11 +463,24 @@ def create_app(
 
         prepared = await asyncio.gather(
             *[
-                asyncio.to_thread(_prepare, data, detector, settings.max_pixels, stability, view)
+                asyncio.to_thread(
+                    _prepare, data, detector, settings.max_pixels, stability, view, settings
+                )
                 for _, data in uploads
             ]
         )
-        good = [i for i, (tensors, *_) in enumerate(prepared) if tensors is not None]
+        if stability is not None and any(isinstance(p[3], ClipInputs) for p in prepared):
+            return JSONResponse({"detail": "stability works with still images only"}, 422)
+        temporal = {  # clips through the temporal head: scored with their embeddings
+            i: p[3]
+            for i, p in enumerate(prepared)
+            if isinstance(p[3], ClipInputs) and detector.has_temporal
+        }
+        if temporal:
+            scored = await asyncio.to_thread(detector.score_clips, list(temporal.values()))
+            temporal = dict(zip(temporal, scored, strict=True))
+        good = [i for i, (tensors, *_) in enumerate(prepared)
+                if tensors is not None and i not in temporal]  # fmt: skip
         flat = [t for i in good for t in prepared[i][0]]
         try:
             flat_results = await request.app.state.batcher.submit(flat)
@@ -448,15 +502,22 @@ def create_app(
                 model_id=detector.model_id,
                 error=error,
             )
-            if i in by_index:
-                p = by_index[i][0]
-                if tiles is not None:
-                    p, result.tiles = summarize(tiles, by_index[i], view)
+            if i in by_index or i in temporal:
+                if i in temporal:
+                    p, result.clip, result.regions = temporal[i]
+                elif isinstance(tiles, ClipInputs):
+                    p, result.clip, result.regions = summarize_clip(tiles, by_index[i], view)
+                else:
+                    p = by_index[i][0]
+                if isinstance(tiles, Tiles):
+                    p, where = summarize(tiles, by_index[i], view)
+                    result.regions = where.pop("regions")
+                    result.tiles = {**where, "count": len(result.regions)}
                 fake = float(1.0 - p[0])
                 result.fake_prob = fake
                 result.label = "fake" if fake >= detector.threshold else "real"
                 result.top_class = detector.classes[int(np.argmax(p))]
-                if open_sets.get(i) is not None and tiles is None:
+                if open_sets.get(i) is not None and tiles is None:  # still images only
                     result.open_set = open_sets[i]
                     if result.open_set["unknown"]:
                         result.top_class = UNKNOWN
@@ -475,7 +536,7 @@ def create_app(
                         read_provenance, data, settings.trust_anchors, settings.watermarks
                     )
                     result.verdict, result.basis = combine(result.label, result.provenance)
-            metrics.images.labels("scored" if i in by_index else "error").inc()
+            metrics.images.labels("scored" if result.fake_prob is not None else "error").inc()
             results.append(result)
         body = DetectResponse(results=results).model_dump()
         if len(results) == 1 and results[0].status != 200:

@@ -21,7 +21,8 @@ def plot_where(image: Image.Image, where: dict[str, Any], path: str | Any, title
     # in grey, so that every colour on the figure is the map's, not the picture's
     axis.imshow(image.convert("L"), cmap="gray", vmin=0, vmax=255)
     cmap = plt.get_cmap("RdYlGn_r")
-    for (left, top, right, bottom), p in zip(where["boxes"], where["fake_probs"], strict=True):
+    for region in where["regions"]:
+        (left, top, right, bottom), p = region["box"], region["p"]
         axis.add_patch(
             Rectangle((left, top), right - left, bottom - top, facecolor=cmap(p), alpha=0.45)
         )

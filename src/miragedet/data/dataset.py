@@ -62,7 +62,9 @@ def _open(source: str | os.PathLike | bytes, max_pixels: int, draft_size: int | 
     kind = formats.sniff(formats.read_head(source))
     if kind == "VIDEO":
         raise ImageDecodeError(
-            "video is not supported: save the frames to check as images", "format"
+            "a video clip, not an image: it is scored by its frames (detect, score-dataset, "
+            "the server, the Python API's Detector), docs/video.md",
+            "format",
         )
     if kind is not None and (missing := formats.missing_decoder(kind)):
         raise ImageDecodeError(missing, "format")

@@ -74,6 +74,8 @@ PILLOW_OTHERS = ("MPO", "PPM", "ICO", "PSD", "JPEG2000", "TGA", "QOI", "PCX", "S
 ACCEPTED = frozenset({f.name for f in FORMATS} | {"MPO"})
 IMAGE_EXTENSIONS = frozenset(e for f in FORMATS for e in f.extensions) | {".ppm", ".pgm", ".pbm"}
 RAW_EXTENSIONS = frozenset(next(f for f in FORMATS if f.name == "RAW").extensions)
+#: Video files (read by content; the names matter only for storage listings and the web page).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
                 b"msf1", b"mif2"}  # fmt: skip
@@ -334,8 +336,9 @@ def classify(path: str | os.PathLike) -> str:
         return "other"
 
 
-#: Why a file found in a folder is not an input (the summary groups by these).
-NOT_IMAGE, VIDEO, HIDDEN = "not an image", "video (not supported)", "hidden"
+#: Why a file found in a folder is not an input (the summary groups by these). Videos are
+#: inputs (scored by their frames, docs/video.md) unless a walk asks for images only.
+NOT_IMAGE, VIDEO, HIDDEN = "not an image", "video (images only here)", "hidden"
 
 
 @dataclass
@@ -350,11 +353,12 @@ class Found:
         self.skipped += other.skipped
 
 
-def walk(folder: str | os.PathLike) -> Found:
-    """Every regular file under ``folder`` (recursive, sorted): images by content are inputs; the
-    rest is listed as skipped with its reason. Hidden files and folders (names starting with
-    ".", such as ``.DS_Store``, the ``._IMG_0001.JPG`` resource forks macOS leaves on shared
-    drives, ``.git``) are not opened or walked, and are listed as skipped "hidden"."""
+def walk(folder: str | os.PathLike, videos: bool = True) -> Found:
+    """Every regular file under ``folder`` (recursive, sorted): images and (with ``videos``)
+    video files by content are inputs; the rest is listed as skipped with its reason. Hidden
+    files and folders (names starting with ".", such as ``.DS_Store``, the ``._IMG_0001.JPG``
+    resource forks macOS leaves on shared drives, ``.git``) are not opened or walked, and are
+    listed as skipped "hidden"."""
     found = Found()
     for dirpath, dirnames, filenames in os.walk(folder):
         hidden = sorted(d for d in dirnames if d.startswith("."))
@@ -368,7 +372,7 @@ def walk(folder: str | os.PathLike) -> Found:
                 found.skipped.append((path, "not a regular file"))
             else:
                 kind = classify(path)
-                if kind == "image":
+                if kind == "image" or (kind == "video" and videos):
                     found.paths.append(path)
                 else:
                     found.skipped.append((path, VIDEO if kind == "video" else NOT_IMAGE))
@@ -399,5 +403,6 @@ def summarize_skipped(skipped: Iterable[tuple[str, str]]) -> str:
 
 
 def html_accept() -> str:
-    """The web page's file-picker ``accept`` attribute for :data:`FORMATS`."""
-    return ",".join(["image/*", *(e for f in FORMATS for e in f.extensions)])
+    """The web page's file-picker ``accept`` attribute for :data:`FORMATS` and videos."""
+    return ",".join(["image/*", "video/*", *(e for f in FORMATS for e in f.extensions),
+                     *sorted(VIDEO_EXTENSIONS)])  # fmt: skip

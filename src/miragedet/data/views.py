@@ -210,27 +210,27 @@ def forward_tiles(
     return np.split(per_tile, np.cumsum([len(t) for t in tile_sets])[:-1])
 
 
-def tile_columns(where: dict[str, Any] | None) -> dict[str, Any]:
-    """A where-map as table columns: how many tiles, the most suspicious one's p(fake), the
-    grid (nothing without a where-map)."""
-    if where is None:
+def tile_columns(
+    where: dict[str, Any] | None, regions: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """A where-map as table columns: how many tiles and the most suspicious one's p(fake)
+    (nothing without a where-map; the regions themselves are their own column)."""
+    if where is None or not regions:
         return {}
-    return {
-        "tiles": len(where["fake_probs"]),
-        "tile_max_fake_prob": max(where["fake_probs"]),
-        "where": where["grid"],
-    }
+    probs = [r["p"] for r in regions]
+    return {"tiles": len(probs), "tile_max_fake_prob": max(probs)}
 
 
 def where_map(tiles: Tiles, fake_probs: np.ndarray) -> dict[str, Any]:
-    """The per-tile p(fake) as a rows x cols grid (None where a tile was thinned out)."""
-    grid: list[list[float | None]] = [[None] * tiles.cols for _ in range(tiles.rows)]
-    for (r, c), p in zip(tiles.cells, fake_probs, strict=True):
-        grid[r][c] = float(p)
+    """The per-tile p(fake) as scored regions, one per tile scored: ``{"box": [left, top,
+    right, bottom], "p": p}`` in the image as tiled (``size``), ``covered`` saying whether the
+    tiles cover every pixel. The same compact shape as a clip's timeline (docs/video.md): a
+    thinned 2478 x 1332 image gives its 16 regions, not a 56 x 103 grid of mostly nothing."""
     return {
-        "grid": grid,
-        "boxes": [list(b) for b in tiles.boxes],
-        "fake_probs": [float(p) for p in fake_probs],
+        "regions": [
+            {"box": [int(v) for v in box], "p": float(p)}
+            for box, p in zip(tiles.boxes, fake_probs, strict=True)
+        ],
         "size": list(tiles.size),
         "covered": tiles.covered,
     }

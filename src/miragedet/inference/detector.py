@@ -21,9 +21,11 @@ import torch
 from PIL import Image
 
 from ..data.dataset import MAX_PIXELS, ImageDecodeError, load_image
+from ..data.video import Sampling, clip_kind
 from ..data.views import View
 from ..model.adapters import UNKNOWN
 from ..model.mirage import MiraGe
+from .clips import ClipInputs
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -48,9 +50,16 @@ class Prediction:
     #: what decided it: "pixels", or "declared (c2pa|watermark|xmp|parameters|exif)".
     verdict: str | None = None
     basis: str | None = None
-    #: With the ``tiles``/``crop`` view: the per-tile p(fake) grid, boxes and coverage
-    #: (:func:`miragedet.data.views.where_map`).
+    #: With the ``tiles``/``crop`` view: how the image was tiled (view, rule, size as tiled,
+    #: whether every pixel was covered, number of tiles; :func:`miragedet.data.views.where_map`).
     tiles: dict[str, Any] | None = None
+    #: Where and when the evidence is, one compact list for images and clips (docs/video.md):
+    #: tiles ``{"box": [left, top, right, bottom], "p": p(fake)}``; a clip's frames ``{"t":
+    #: seconds, "p": p(fake)}`` (plus the most suspicious tile's ``box`` with the tiles view).
+    regions: list[dict[str, Any]] | None = None
+    #: A video or animated image: frames scored, duration, size, decoder, the frames' own
+    #: aggregate and, with a temporal head, its p(fake) (:mod:`miragedet.inference.clips`).
+    clip: dict[str, Any] | None = None
     #: Attribution models adapted with an open-set test (docs/adapt.md): the distance to the
     #: nearest known class, the threshold, and whether the image is an unknown generator (then
     #: ``top_class`` is "unknown generator"; ``label`` stays the pixels' real/fake verdict).
@@ -119,6 +128,9 @@ class Detector:
     #: With ``provenance=True``, also look for the invisible watermarks open generators embed
     #: (:mod:`miragedet.provenance.watermark`; costs a full decode and tens of ms per megapixel).
     watermarks: bool = False
+    #: Which frames of a video or animated image are scored (:class:`~miragedet.data.video.
+    #: Sampling`: 16 evenly by default, ``fps``, guards).
+    sampling: Sampling = Sampling()
 
     def __init__(
         self,
@@ -131,6 +143,7 @@ class Detector:
         draft: bool = True,
         precision: str = "auto",
         view: View | str | dict[str, Any] | None = None,
+        sampling: Sampling | None = None,
         _owns_model: bool = False,
     ) -> None:
         from ..data.views import resolve as resolve_view
@@ -139,6 +152,9 @@ class Detector:
         #: How an image becomes model inputs (:mod:`miragedet.data.views`): by default the view the
         #: checkpoint was trained with (resize; tiles for one trained on native crops).
         self.view = resolve_view(view, model.backbone.preprocess.view)
+        temporal = getattr(model, "temporal", None)
+        frames = model.config.temporal.get("frames") if temporal is not None else None
+        self.sampling = sampling or (Sampling(frames=frames) if frames else Sampling())
 
         choice = resolve(
             precision, torch.device(device) if device else model.clip.logit_scale.device
@@ -212,9 +228,18 @@ class Detector:
             return None
         return 2 * self.preprocess.resize_shortest
 
+    @property
+    def has_temporal(self) -> bool:
+        """Whether clips get the checkpoint's temporal head (resize view, PyTorch engine)."""
+        return getattr(self.model, "temporal", None) is not None and self.view.kind == "resize"
+
     def _prepare(self, item: ImageInput) -> Any:
-        """A (3, S, S) tensor (resize view), or the :class:`~miragedet.data.views.Tiles` of the crop
-        and tiles views."""
+        """A (3, S, S) tensor (resize view), the :class:`~miragedet.data.views.Tiles` of the crop
+        and tiles views, or a clip's :class:`~miragedet.inference.clips.ClipInputs`."""
+        if clip_kind(item) is not None:
+            from .clips import prepare_clip
+
+            return prepare_clip(item, self.preprocess, self.view, self.sampling)
         image = to_image(item, draft_size=self.draft_size)
         if self.view.kind == "resize":
             return self.preprocess(image)
@@ -241,6 +266,50 @@ class Detector:
             for d in out.distance.float().cpu().tolist()
         ]
         return out.probs.float().cpu().numpy(), outcomes
+
+    @torch.inference_mode()
+    def forward_embeds(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (n, C) and unit image embeddings (n, D) of a preprocessed batch."""
+        out = self.model(pixels.to(self.device))
+        return out.probs.float().cpu().numpy(), out.image_embeds.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def temporal_probs(self, embeds: np.ndarray, frame_probs: np.ndarray) -> np.ndarray:
+        """A clip's probabilities (C,) from its frames' embeddings (T, D), in order, and the
+        probabilities the frames give by themselves (C,) (the temporal head, model/temporal.py)."""
+        head = self.model.temporal
+        device = next(head.parameters()).device
+        x = torch.as_tensor(embeds, dtype=torch.float32, device=device)[None]
+        prior = torch.as_tensor(np.log(np.clip(frame_probs, 1e-12, 1.0)), device=device)[None]
+        return head(x, prior.float()).softmax(dim=-1)[0].cpu().numpy()
+
+    def score_clips(self, prepared: list[Any]) -> list[tuple[np.ndarray, dict, list]]:
+        """Clips' probabilities, descriptions and regions; their frames share forward batches
+        (with a temporal head, each clip's embeddings go through it)."""
+        from ..data.views import forward_tiles
+        from .clips import summarize_clip
+
+        if not prepared:
+            return []
+        if not self.has_temporal:
+            per_clip = forward_tiles(
+                self.forward_tensors, [c.pixels for c in prepared], self.batch_size
+            )
+            pairs = zip(prepared, per_clip, strict=True)
+            return [summarize_clip(c, rows, self.view) for c, rows in pairs]
+        flat = torch.cat([c.pixels for c in prepared])
+        parts = [self.forward_embeds(flat[i : i + self.batch_size])
+                 for i in range(0, len(flat), self.batch_size)]  # fmt: skip
+        cuts = np.cumsum([len(c.pixels) for c in prepared])[:-1]
+        rows = np.split(np.concatenate([p for p, _ in parts]), cuts)
+        embeds = np.split(np.concatenate([e for _, e in parts]), cuts)
+        out = []
+        for clip, r, e in zip(prepared, rows, embeds, strict=True):
+            from ..data.views import aggregate
+
+            temporal = self.temporal_probs(e, aggregate(r, self.view.aggregate))
+            out.append(summarize_clip(clip, r, self.view, temporal))
+        return out
 
     def _forward_tiles(self, sets: list[Any], positions: list[int]) -> tuple[np.ndarray, dict]:
         """Aggregated probabilities (n, C) of several images' tiles, forwarded together in
@@ -316,8 +385,12 @@ class Detector:
                 else:
                     prepared = [future.result() for future in futures]
                 errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
-                good = [i for i in range(len(items)) if i not in errors]
+                clips = [i for i, r in enumerate(prepared) if isinstance(r, ClipInputs)]
+                good = [i for i in range(len(items)) if i not in errors and i not in clips]
                 probs = np.zeros((len(items), len(self.classes)))
+                scored_clips = self.score_clips([prepared[i] for i in clips])
+                for i, (clip_probs, _, _) in zip(clips, scored_clips, strict=True):
+                    probs[i] = clip_probs
                 tiled: dict[int, Any] = {}
                 open_sets: dict[int, dict[str, Any]] = {}
                 if good and self.view.kind == "resize" and self.has_open_set:
@@ -330,7 +403,10 @@ class Detector:
                     probs[good], tiled = self._forward_tiles([prepared[i] for i in good], good)
                 predictions = self._predictions(sources, probs, errors)
                 for i, where in tiled.items():
-                    predictions[i].tiles = where
+                    predictions[i].regions = where.pop("regions")
+                    predictions[i].tiles = {**where, "count": len(predictions[i].regions)}
+                for i, (_, info, regions) in zip(clips, scored_clips, strict=True):
+                    predictions[i].clip, predictions[i].regions = info, regions
                 for i, outcome in open_sets.items():
                     predictions[i].open_set = outcome
                     if outcome["unknown"]:

@@ -103,12 +103,15 @@ class OnnxDetector(Detector):
         draft: bool = True,
         precision: str = "auto",
         view: Any = None,
+        sampling: Any = None,
     ) -> None:
         import onnxruntime as ort
 
         from ..data.views import resolve
 
         self.view = resolve(view, config.get("preprocess", {}).get("view", "resize"))
+        if sampling is not None:
+            self.sampling = sampling
 
         if precision not in ("auto", "fp32"):
             raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")

@@ -83,6 +83,9 @@ class ModelConfig:
     #: The open-set test of attribution models (model/adapters.py): ``{"rank": N, "threshold":
     #: distance}`` beyond which an image is an "unknown generator"; None: no such test.
     open_set: dict[str, Any] | None = None
+    #: The temporal head of clip models (model/temporal.py: ``{"hidden", "kernel", "frames"}``),
+    #: trained by ``train --temporal``; None: clips are scored by their frames alone.
+    temporal: dict[str, Any] | None = None
 
     @property
     def all_classes(self) -> list[str]:

@@ -24,6 +24,7 @@ from .backbone import Backbone, BackboneError, load_backbone
 from .checkpoint import CheckpointError, save_pretrained
 from .config import ModelConfig
 from .prompts import PromptLearner
+from .temporal import TemporalHead, TemporalSpec
 
 T = TypeVar("T")
 
@@ -102,6 +103,13 @@ class MiraGe(nn.Module):
         self.open_set = (
             OpenSet(len(self.classes), spec["rank"], dim, spec["threshold"]) if spec else None
         )
+        self.temporal: TemporalHead | None = None
+        if self.config.temporal:
+            self.temporal = TemporalHead(
+                self.clip.config.projection_dim,
+                len(self.classes),
+                TemporalSpec.from_dict(self.config.temporal),
+            )
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._vision_cache: tuple[tuple, list[torch.Tensor]] | None = None
         #: Decision threshold on p(fake); set from the checkpoint when loaded.

@@ -18,6 +18,10 @@ _MIME = {
     "GIF": "image/gif",
     "HEIF": "image/heif",
     "AVIF": "image/avif",
+    "MP4": "video/mp4",
+    "MOV": "video/quicktime",
+    "M4V": "video/x-m4v",
+    "AVI": "video/avi",
 }
 
 
@@ -99,7 +103,7 @@ def jpeg_has_app11(data: bytes) -> bool:
 
 
 def read_c2pa(
-    data: bytes, image_format: str | None, trust_anchors: str | None = None
+    data: bytes | Any, image_format: str | None, trust_anchors: str | None = None
 ) -> dict[str, Any]:
     """The active C2PA manifest: claim generator, IPTC source types and what they declare,
     validation state (``Trusted`` when the signer chains to ``trust_anchors``), and the AI claims
@@ -113,7 +117,8 @@ def read_c2pa(
         return {"checked": True, "present": False}
     mime = _MIME.get(image_format or "", "image/jpeg")
     try:
-        reader = c2pa.Reader(mime, io.BytesIO(data), context=_context(trust_anchors))
+        stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data  # or a file
+        reader = c2pa.Reader(mime, stream, context=_context(trust_anchors))
         report = json.loads(reader.json())
     except Exception as exc:
         if "ManifestNotFound" in type(exc).__name__ or "ManifestNotFound" in str(exc):

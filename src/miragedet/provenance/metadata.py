@@ -137,7 +137,11 @@ def read_xmp(image: Image.Image) -> dict[str, Any]:
     (JPEG APP1, PNG iTXt ``XML:com.adobe.xmp``, WebP, HEIF), parsed with defusedxml: XMP is
     attacker-controlled, so entity declarations (billion laughs) and external references are
     refused, and a packet over 4 MB is not parsed."""
-    packet = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    return parse_xmp(image.info.get("xmp") or image.info.get("XML:com.adobe.xmp"))
+
+
+def parse_xmp(packet: bytes | str | None) -> dict[str, Any]:
+    """:func:`read_xmp` of a packet found elsewhere (a video's ``uuid`` or ``XMP_`` box)."""
     if not packet:
         return {}
     if len(packet) > MAX_XMP:

@@ -17,6 +17,7 @@ from ..data import formats
 from . import parameters
 from .c2pa_manifest import read_c2pa
 from .metadata import AI_SOURCE_TYPES, ai_tool_in, raw_exif, read_exif, read_xmp
+from .signals import declared_basis, signals_of
 
 formats.register()  # HEIF and JPEG XL files carry metadata too
 
@@ -35,12 +36,25 @@ def _read_bytes(item: Any) -> bytes | None:
     return None
 
 
+def _is_video(item: Any) -> bool:
+    if not isinstance(item, str | os.PathLike | bytes | bytearray):
+        return False
+    try:
+        return formats.sniff(formats.read_head(item)) == "VIDEO"
+    except OSError:
+        return False
+
+
 def read_provenance(
     item: Any, trust_anchors: str | None = None, watermarks: bool = False
 ) -> dict[str, Any]:
     """C2PA, XMP, generator parameters, EXIF and (with ``watermarks``) invisible generator
     watermarks of an input (path, bytes or Pillow image), with a one-line summary (never raw
     JSON)."""
+    if _is_video(item):
+        from .clip_metadata import read_clip_provenance
+
+        return read_clip_provenance(item, trust_anchors)
     data = _read_bytes(item)
     image = item if isinstance(item, Image.Image) else None
     if image is None and data is not None:
@@ -111,7 +125,7 @@ def read_provenance(
     else:
         summary = "no provenance metadata (no C2PA manifest, no camera or software EXIF)"
     result = {
-        "signals": _signals(c2pa_info, xmp, declared, marks, exif if ai_software else None),
+        "signals": signals_of(c2pa_info, xmp, declared, marks, exif if ai_software else None),
         "c2pa": c2pa_info,
         "parameters": params,
         "xmp": xmp,
@@ -123,84 +137,6 @@ def read_provenance(
     return result
 
 
-def _signals(
-    c2pa_info: dict[str, Any],
-    xmp: dict[str, Any],
-    declared: list[dict[str, Any]],
-    marks: dict[str, Any] | None,
-    exif_tool: dict[str, str] | None,
-) -> list[dict[str, Any]]:
-    """Every signal found, in one shape: source, claim, generator, details, verified (a valid
-    signature: only C2PA can be), declares_ai."""
-    out = []
-    if c2pa_info.get("present"):
-        ingredients = c2pa_info.get("ingredients_declaring_ai") or []
-        out.append(
-            {
-                "source": "c2pa",
-                "claim": ", ".join(dict.fromkeys(c2pa_info.get("source_claims") or []))
-                or ("ingredient: generative AI" if ingredients else "no source type"),
-                "generator": c2pa_info.get("claim_generator"),
-                "details": {
-                    k: v
-                    for k, v in (
-                        ("ingredients declaring AI", ingredients),
-                        ("software agents", c2pa_info.get("software_agents")),
-                    )
-                    if v
-                },
-                "verified": c2pa_info.get("validation_state") in ("Valid", "Trusted"),
-                "declares_ai": bool(c2pa_info.get("declares_ai")),
-            }
-        )
-    if marks and marks.get("found"):
-        out.append(
-            {
-                "source": "watermark",
-                "claim": "generative AI",
-                "generator": marks["generator"],
-                "details": {"bit_match": round(marks["bit_match"], 3)},
-                "verified": False,
-                "declares_ai": True,
-            }
-        )
-    if xmp.get("source_claim") or xmp.get("ai_system"):
-        out.append(
-            {
-                "source": "xmp",
-                "claim": xmp.get("source_claim") or "AI system named",
-                "generator": xmp.get("ai_system") or xmp.get("creator_tool"),
-                "details": {},
-                "verified": False,
-                "declares_ai": bool(xmp.get("declares_ai") or xmp.get("ai_system")),
-            }
-        )
-    for found in declared:
-        out.append(
-            {
-                "source": "parameters",
-                "claim": "generative AI",
-                "generator": found["tool"]
-                + (f": {found['generator']}" if found["generator"] else ""),
-                "details": {k: v for k, v in found.get("details", {}).items() if k != "prompt"},
-                "verified": False,
-                "declares_ai": True,
-            }
-        )
-    if exif_tool:
-        out.append(
-            {
-                "source": "exif",
-                "claim": "generative tool named",
-                "generator": exif_tool.get("software") or exif_tool.get("make"),
-                "details": {},
-                "verified": False,
-                "declares_ai": True,
-            }
-        )
-    return out
-
-
 def _watermarks(item: Any, image: Image.Image | None) -> dict[str, Any]:
     from ..data.dataset import ImageDecodeError, load_image
     from . import watermark
@@ -210,25 +146,6 @@ def _watermarks(item: Any, image: Image.Image | None) -> dict[str, Any]:
     except ImageDecodeError as exc:
         return {"checked": False, "reason": str(exc)}
     return watermark.read(pixels)
-
-
-def declared_basis(provenance: dict[str, Any] | None) -> str | None:
-    """Which declaration of generative AI the file holds, strongest first, or None:
-    "declared (c2pa)", "declared (watermark)", "declared (xmp)", "declared (parameters)",
-    "declared (exif)"."""
-    if not provenance:
-        return None
-    xmp = provenance.get("xmp") or {}
-    exif = provenance.get("exif") or {}
-    checks = [
-        ("c2pa", bool((provenance.get("c2pa") or {}).get("declares_ai"))),
-        ("watermark", bool((provenance.get("watermark") or {}).get("found"))),
-        ("xmp", bool(xmp.get("declares_ai"))),
-        ("parameters", any(p.get("tool") for p in provenance.get("parameters") or [])),
-        ("exif", ai_tool_in(" ".join(exif.get(k, "") for k in ("software", "make", "model")))),
-        ("xmp", ai_tool_in(" ".join(xmp.get(k, "") for k in ("creator_tool", "ai_system")))),
-    ]
-    return next((f"declared ({name})" for name, hit in checks if hit), None)
 
 
 def combine(label: str | None, provenance: dict[str, Any] | None) -> tuple[str | None, str]:

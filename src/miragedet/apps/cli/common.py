@@ -4,6 +4,7 @@ and small helpers (errors, lists, the view options, trust anchors, durations, mo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -31,6 +32,21 @@ def view_options(view: str | None, max_tiles: int | None, aggregate: str | None)
     """What the view options ask for (a missing kind: the checkpoint's; see views.resolve)."""
     options = {"kind": view, "max_tiles": max_tiles, "aggregate": aggregate}
     return options if any(v is not None for v in options.values()) else None
+
+
+FRAMES_HELP = "Videos and animated images: frames scored per clip, evenly spread. Default 16."
+FPS_HELP = "Videos: sample this many frames per second of the clip instead (at most 256)."
+MAX_SECONDS_HELP = "Videos: only the first this many seconds are sampled."
+
+
+def sampling_options(frames: int | None, fps: float | None, max_seconds: float | None) -> Any:
+    """The clip sampling asked for (:class:`miragedet.data.video.Sampling`), or None (the
+    detector's default)."""
+    if frames is None and fps is None and max_seconds is None:
+        return None
+    from ...data.video import DEFAULT_FRAMES, Sampling
+
+    return Sampling(frames=frames or DEFAULT_FRAMES, fps=fps, max_seconds=max_seconds)
 
 
 console = Console()

@@ -8,6 +8,7 @@ import typer
 
 from .common import (
     AGGREGATE_HELP,
+    FRAMES_HELP,
     MAX_TILES_HELP,
     PRECISION_HELP,
     VIEW_HELP,
@@ -50,6 +51,9 @@ def serve(
     max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
     aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
     max_tiles_limit: int = typer.Option(64, help="The most tiles a request may ask for."),
+    max_video_mb: float = typer.Option(64.0, help="One video upload at most (MB)."),
+    max_video_seconds: float = typer.Option(600.0, help="Longer clips are refused (413)."),
+    frames: int = typer.Option(None, "--frames", help=FRAMES_HELP + " At most 64."),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
@@ -86,6 +90,9 @@ def serve(
         precision=precision,
         view=options,
         max_tiles_limit=max_tiles_limit,
+        max_video_mb=max_video_mb,
+        max_video_seconds=max_video_seconds,
+        frames=frames,
     )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
     run_server(settings, host=host, port=port, log_level=log_level, started=started)

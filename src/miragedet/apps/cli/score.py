@@ -11,18 +11,23 @@ from rich.markup import escape
 from ...data.formats import summarize_skipped
 from .common import (
     AGGREGATE_HELP,
+    FPS_HELP,
+    FRAMES_HELP,
+    MAX_SECONDS_HELP,
     MAX_TILES_HELP,
     PRECISION_HELP,
     VIEW_HELP,
     console,
     fail,
+    sampling_options,
     view_options,
 )
 
 
 def detect(
     inputs: list[str] = typer.Argument(
-        ..., help="Image files, folders (recursive), globs, or - for paths on stdin."
+        ...,
+        help="Image and video files, folders (recursive), globs, or - for paths on stdin.",
     ),
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
     fmt: str = typer.Option("table", "--format", "-f", help="table|json|jsonl|csv"),
@@ -73,11 +78,21 @@ def detect(
     where: Path = typer.Option(
         None, help="With --view tiles/crop: draw each image's where-map (a PNG per image) here."
     ),
+    frames: int = typer.Option(None, "--frames", help=FRAMES_HELP),
+    fps: float = typer.Option(None, "--fps", help=FPS_HELP),
+    max_seconds: float = typer.Option(None, "--max-seconds", help=MAX_SECONDS_HELP),
+    timeline: Path = typer.Option(
+        None,
+        help="Draw each clip's timeline here (a PNG per clip: p(fake) over time with a strip "
+        "of its frames).",
+    ),
 ) -> None:
-    """Score images. Exit status: 0 all scored, 1 some inputs could not be read, 2 usage error.
+    """Score images and videos. Exit status: 0 all scored, 1 some inputs could not be read, 2
+    usage error.
 
-    Folders are walked for images by content (any extension or none); what else they hold is
-    counted in the summary and named with --list-skipped."""
+    Folders are walked for images and videos by content (any extension or none); what else
+    they hold is counted in the summary and named with --list-skipped. A video or animated
+    image is scored by its frames (docs/video.md): one row per clip, with its timeline."""
     import sys
 
     from ...inference.loader import load_detector
@@ -95,6 +110,7 @@ def detect(
             precision=precision,
             draft=not exact_decode,
             view=view_options(view, max_tiles, aggregate),
+            sampling=sampling_options(frames, fps, max_seconds),
         )
         if trust_anchors is not None:
             from ...provenance.c2pa_manifest import load_trust_anchors
@@ -120,6 +136,7 @@ def detect(
             stability=Stability.parse(stability_variants, stability_margin) if stability else None,
             progress_console=Console(stderr=True),
             where=where,
+            timeline=timeline,
         )
     except (ValueError, OSError) as exc:
         raise fail(exc) from exc
@@ -174,8 +191,14 @@ def score_dataset(
     view: str = typer.Option(None, help=VIEW_HELP),
     max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
     aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+    frames: int = typer.Option(None, "--frames", help=FRAMES_HELP),
+    fps: float = typer.Option(None, "--fps", help=FPS_HELP),
+    max_seconds: float = typer.Option(None, "--max-seconds", help=MAX_SECONDS_HELP),
 ) -> None:
     """Score a large collection into Parquet shards; rerun the same command to resume.
+
+    Videos and animated images are scored by their frames: a row per clip (frames, duration,
+    and each scored frame's p(fake) in the regions column).
 
     Exit status: 0 all scored, 1 some inputs could not be read (error rows), 2 usage error."""
     from rich.progress import (
@@ -225,6 +248,7 @@ def score_dataset(
                 precision=precision,
                 provenance=provenance,
                 view=view_options(view, max_tiles, aggregate),
+                sampling=sampling_options(frames, fps, max_seconds),
                 cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker,
                 address=address,

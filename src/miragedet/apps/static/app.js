@@ -24,13 +24,12 @@ function heat(p, alpha) {
 }
 
 // The where-map over the image: each tile a box at its place (percent of the image as tiled),
-// coloured by its p(fake); boxes come from the server (`tiles.boxes`, `tiles.size`).
-function whereLayer(tiles) {
+// coloured by its p(fake); the server sends them as regions ({box, p}) and `tiles.size`.
+function whereLayer(tiles, regions) {
   const layer = document.createElement("div");
   layer.className = "where";
   const [w, h] = tiles.size;
-  tiles.boxes.forEach(([left, top, right, bottom], k) => {
-    const p = tiles.fake_probs[k];
+  regions.forEach(({ box: [left, top, right, bottom], p }, k) => {
     const cell = document.createElement("div");
     cell.className = "tile";
     Object.assign(cell.style, {
@@ -45,16 +44,55 @@ function whereLayer(tiles) {
   return layer;
 }
 
-function whereLegend(tiles) {
+function whereLegend(tiles, regions) {
   const legend = document.createElement("div");
   legend.className = "where-legend";
-  const top = Math.max(...tiles.fake_probs);
+  const top = Math.max(...regions.map((r) => r.p));
   const coverage = tiles.covered ? "every pixel" : "thinned evenly";
   legend.innerHTML = `<span class="scale"></span><span class="text"></span>`;
   legend.querySelector(".text").textContent =
-    `Where-map: ${tiles.fake_probs.length} tiles (${coverage}, ${tiles.aggregate}); most suspicious ${(100 * top).toFixed(1)}% · click the image to hide`;
+    `Where-map: ${regions.length} tiles (${coverage}, ${tiles.aggregate}); most suspicious ${(100 * top).toFixed(1)}% · click the image to hide`;
   legend.title = "tile colour: p(AI) from 0% (green) to 100% (red)";
   return legend;
+}
+
+// A clip's timeline under it: each scored frame's p(fake) at its time (an SVG line with a
+// dot per frame, the threshold dashed); clicking a dot seeks the video there.
+function timeline(result, video) {
+  const W = 240, H = 60, regions = result.regions || [];
+  const end = Math.max(result.clip.duration || 0, ...regions.map((r) => r.t), 1e-3);
+  const x = (t) => (W * t) / end, y = (p) => H - 4 - (H - 8) * p;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", "timeline");
+  svg.setAttribute("role", "img");
+  const mark = document.createElementNS(ns, "line");
+  Object.entries({ x1: 0, x2: W, y1: y(result.threshold), y2: y(result.threshold), class: "threshold" })
+    .forEach(([k, v]) => mark.setAttribute(k, v));
+  svg.appendChild(mark);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", regions.map((r) => `${x(r.t).toFixed(1)},${y(r.p).toFixed(1)}`).join(" "));
+  svg.appendChild(line);
+  regions.forEach((r) => {
+    const dot = document.createElementNS(ns, "circle");
+    Object.entries({ cx: x(r.t), cy: y(r.p), r: 2.5, fill: heat(r.p, 1) }).forEach(([k, v]) => dot.setAttribute(k, v));
+    dot.dataset.t = r.t; dot.dataset.p = r.p.toFixed(4);
+    const tip = document.createElementNS(ns, "title");
+    tip.textContent = `${r.t.toFixed(2)} s: p(AI) ${(100 * r.p).toFixed(1)}%`;
+    dot.appendChild(tip);
+    if (video) dot.addEventListener("click", () => { video.currentTime = r.t; });
+    svg.appendChild(dot);
+  });
+  const box = document.createElement("div");
+  box.className = "timeline-box";
+  box.appendChild(svg);
+  const top = regions.reduce((a, r) => (r.p > a.p ? r : a), { p: -1, t: 0 });
+  const legend = document.createElement("div");
+  legend.className = "where-legend";
+  legend.textContent = `Timeline: ${result.clip.frames_scored} frames over ${(result.clip.duration || 0).toFixed(1)} s; most suspicious ${(100 * top.p).toFixed(1)}% at ${top.t.toFixed(2)} s`;
+  box.appendChild(legend);
+  return box;
 }
 
 function card(file, result) {
@@ -64,21 +102,23 @@ function card(file, result) {
   frame.className = "frame";
   const pic = document.createElement("div");
   pic.className = "pic";
-  const img = document.createElement("img");
+  const isVideo = file.type.startsWith("video/") || (result.clip && !file.type.startsWith("image/"));
+  const img = document.createElement(isVideo ? "video" : "img");
   img.src = URL.createObjectURL(file);
-  img.alt = file.name;
+  if (isVideo) { img.controls = true; img.muted = true; img.preload = "metadata"; } else { img.alt = file.name; }
   pic.appendChild(img);
   frame.appendChild(pic);
   el.appendChild(frame);
-  if (result.tiles && $("where").checked) {
-    const layer = whereLayer(result.tiles);
+  if (result.clip) el.appendChild(timeline(result, isVideo ? img : null));
+  if (result.tiles && result.regions && $("where").checked) {
+    const layer = whereLayer(result.tiles, result.regions);
     pic.appendChild(layer);
     pic.classList.add("mapped");
     pic.addEventListener("click", () => {
       layer.classList.toggle("hidden");
       pic.classList.toggle("mapped");
     });
-    el.appendChild(whereLegend(result.tiles));
+    el.appendChild(whereLegend(result.tiles, result.regions));
   }
   const name = document.createElement("div");
   name.className = "name";
@@ -123,7 +163,7 @@ function card(file, result) {
 
 async function score(files) {
   if (!files.length) return;
-  $("status").textContent = `scoring ${files.length} image(s)…`;
+  $("status").textContent = `scoring ${files.length} file(s)…`;
   const body = new FormData();
   for (const f of files) body.append("files", f, f.name);
   let data;
