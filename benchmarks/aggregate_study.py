@@ -103,7 +103,7 @@ def main() -> None:
     for max_tiles in (int(v) for v in args.max_tiles.split(",")):
         detector = Detector(model, precision="fp32", view=View("tiles", max_tiles=max_tiles))
         tile_scores = {
-            name: [np.array(p.tiles["fake_probs"]) for p in detector.score(images)]
+            name: [np.array([r["p"] for r in p.regions]) for p in detector.score(images)]
             for name, images in sets.items()
         }
         for rule in AGGREGATES:

@@ -49,7 +49,7 @@ def measure(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
         folder = write_jpegs(tmp / f"{side}", n_images, [(side, side)])
         paths = sorted(str(p) for p in folder.iterdir())
         [check] = detectors["tiles"].score(paths[:1])
-        assert len(check.tiles["fake_probs"]) == n_tiles, len(check.tiles["fake_probs"])
+        assert len(check.regions) == n_tiles, len(check.regions)
         inputs = {"tiles": paths, "resize": (paths * n_tiles)[: n_images * n_tiles]}
         times: dict[str, list[float]] = {"tiles": [], "resize": []}
         for k in ("tiles", "resize"):  # warm-up

@@ -52,9 +52,13 @@ def main() -> None:
     [prediction] = detector.score([image])
     print(f"{side} x {side} scene, the 2 px trace in its lower-right quadrant only")
     print(f"p(fake) {prediction.fake_prob:.3f} ({prediction.label}); per-tile p(fake):")
-    for row in prediction.tiles["grid"]:
-        print("  " + " ".join(f"{p:.2f}" for p in row))
-    plot_where(image, prediction.tiles, args.out, "lower-right quadrant faked (synthetic)")
+    tops = sorted({r["box"][1] for r in prediction.regions})
+    for top in tops:  # the regions, row by row of tiles
+        row = [r for r in prediction.regions if r["box"][1] == top]
+        row.sort(key=lambda r: r["box"][0])
+        print("  " + " ".join(f"{r['p']:.2f}" for r in row))
+    where = {**prediction.tiles, "regions": prediction.regions}
+    plot_where(image, where, args.out, "lower-right quadrant faked (synthetic)")
     print(f"wrote {args.out}")
 
 

@@ -230,4 +230,25 @@ def write_corpus(folder: Path, seed: int = 0) -> tuple[dict[Path, str], list[Pat
     exif = Image.Exif()
     exif[0x0112] = 9  # an orientation that does not exist
     good.append(put("valid-bad-orientation", _encode(base, "JPEG", exif=exif.tobytes()), ".jpg"))
+    # video clips (docs/video.md): scored by their frames, or refused with a reason
+    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
+
+    frames = make_frames(__import__("numpy").random.default_rng(seed), ClipSpec(frames=24))
+    clips = {}
+    for suffix in (".mkv", ".mp4"):
+        clips[suffix] = write_clip(folder / f"clip{suffix}", frames).read_bytes()
+        (folder / f"clip{suffix}").unlink()
+    mkv, mp4 = clips[".mkv"], clips[".mp4"]
+    good.append(put("valid-clip-mkv", mkv, ".mkv"))
+    good.append(put("valid-clip-renamed", mp4, ".jpg"))  # a video under an image's name
+    good.append(put("valid-truncated-mkv", mkv[: len(mkv) * 2 // 3], ".mkv"))  # frames to the cut
+    at = mkv.find(b"\x44\x89\x88")  # Matroska Duration: declare ten hours
+    good.append(put("valid-forged-duration", mkv[: at + 3] + struct.pack(">d", 3.6e7)
+                    + mkv[at + 11 :], ".mkv"))  # fmt: skip
+    put("truncated-mp4", mp4[: len(mp4) // 2], ".mp4")
+    put("zero-frames-mp4", mp4[:64], ".mp4")
+    nested = b""
+    for _ in range(5000):
+        nested = struct.pack(">I", len(nested) + 8) + b"moov" + nested
+    put("nested-boxes-mp4", mp4[:32] + nested, ".mp4")
     return files, good

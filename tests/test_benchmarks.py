@@ -48,6 +48,10 @@ CASES = {
         "1",
     ],
     "aggregate_study.py": ["--images", "6", "--max-tiles", "4,8", "--steps", "3"],
+    "bench_video.py": [
+        *("--backbone", "tiny", "--height", "144", "--short", "2", "--long", "30"),
+        *("--repeats", "1"),
+    ],
 }
 
 

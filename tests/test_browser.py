@@ -159,3 +159,37 @@ def test_an_unknown_generator_gets_its_badge(attribution):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_a_clip_is_shown_with_its_timeline(server, tmp_path):
+    """A video upload: the card shows the clip and its timeline, a dot per scored frame at the
+    p(fake) the server gave (docs/video.md)."""
+    import httpx
+    import numpy as np
+
+    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
+
+    frames = make_frames(np.random.default_rng(4), ClipSpec(size=96))
+    clip = write_clip(tmp_path / "clip.webm", frames)
+    served = httpx.post(
+        server + "/v1/detect",
+        files={"files": ("clip.webm", clip.read_bytes())},
+        headers={"X-API-Key": "s3cret"},
+        timeout=300,
+    ).json()["results"][0]
+    assert served["clip"]["frames_scored"] == 16
+    with _page(server + "/") as page:
+        page.click("details.key summary")
+        page.fill("#apikey", "s3cret")
+        page.dispatch_event("#apikey", "change")
+        page.set_input_files("#files", [str(clip)])
+        page.wait_for_selector(".card .timeline circle")
+        dots = page.locator(".card .timeline circle")
+        assert dots.count() == 16
+        shown = [float(dots.nth(k).get_attribute("data-p")) for k in range(dots.count())]
+        np.testing.assert_allclose(shown, [r["p"] for r in served["regions"]], atol=1e-4)
+        assert page.locator(".card video").count() == 1
+        assert "16 frames over 2.0 s" in page.locator(".card .timeline-box").inner_text()
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "web-page-video.png"), full_page=True)

@@ -285,7 +285,7 @@ def _draw_timeline(detector: Detector, prediction: Prediction, folder: Path) -> 
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        clip = read_clip(prediction.source, detector.sampling)
+        clip = read_clip(prediction.source, detector.clip_sampling)
     except ValueError:  # scored a moment ago; a file changed since is not drawn
         return
     title = (

@@ -193,7 +193,7 @@ def _prepare_clip(
     limits = limits or ServerSettings()
     if len(data) > limits.max_video_mb * 2**20:
         return None, 413, f"video over the {limits.max_video_mb:g} MB limit", None
-    sampling = detector.sampling
+    sampling = detector.clip_sampling
     if limits.frames is not None:
         sampling = dataclasses.replace(sampling, frames=min(limits.frames, 64))
     sampling = dataclasses.replace(sampling, max_pixels=min(sampling.max_pixels, limits.max_pixels))

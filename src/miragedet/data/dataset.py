@@ -157,7 +157,12 @@ class ImageDataset(torch.utils.data.Dataset):
             "pixel_values": None,
         }
         try:
-            image = load_image(sample.path, draft_size=self.draft_size)
+            if getattr(sample, "frame", None) is not None:  # a frame of a clip
+                from .video import read_frame
+
+                image = read_frame(sample.path, sample.frame)
+            else:
+                image = load_image(sample.path, draft_size=self.draft_size)
             if self.image_transform is not None:
                 image = self.image_transform(image, index)
             item["pixel_values"] = self.transform(image, index)

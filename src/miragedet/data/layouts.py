@@ -48,6 +48,9 @@ class Sample:
     path: str
     label: int
     subset: str
+    #: A frame of a video clip: its time in seconds (:mod:`miragedet.data.clip_samples`); None
+    #: for an image.
+    frame: float | None = None
 
 
 @dataclass

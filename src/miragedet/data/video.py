@@ -39,6 +39,9 @@ DEFAULT_FRAMES = 16
 MAX_FRAME_PIXELS = 40_000_000
 #: Animated images: frames whose delay is missing or zero are shown for this long by browsers.
 DEFAULT_DELAY_MS = 100
+#: Samples at least this far apart (seconds) take the keyframe before their time (``seek``).
+#: x264's default keyframe interval is 250 frames (10 s at 25 fps); phones write one every 1-2 s.
+KEYFRAME_SPACING = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,15 @@ class Sampling:
     #: Decoded frames allowed per sampled frame (seeking decodes from the keyframe before a
     #: position: x264's default keyframe interval is 250 frames).
     decode_per_frame: int = 300
+    #: ``auto``: when samples are at least :data:`KEYFRAME_SPACING` seconds apart (a long clip),
+    #: each is the keyframe at or before its time (at most one keyframe interval early; the time
+    #: reported is the frame's own), sparing the decode of up to a keyframe interval of frames
+    #: per sample; ``exact``: always the frame shown at the time.
+    seek: str = "auto"
+    #: Convert frames larger than this (short side) to RGB at this short side, in FFmpeg's
+    #: scaler (area averaging), as JPEG draft decoding does for stills; None: full size. The
+    #: Detector sets it for the resize view only (docs/video.md: speed and score tolerance).
+    draft_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.max_frames < 1:
@@ -65,6 +77,8 @@ class Sampling:
             raise ValueError("fps must be > 0")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError("max seconds must be > 0")
+        if self.seek not in ("auto", "exact"):
+            raise ValueError("seek must be auto or exact")
 
 
 @dataclass
@@ -129,6 +143,8 @@ def plan(duration: float, sampling: Sampling) -> list[float]:
     """The times (seconds) to sample in a clip of ``duration``: ``frames`` evenly spaced, each in
     the middle of its share of the clip, or one every 1/``fps`` seconds (at most
     ``max_frames``, then evenly thinned)."""
+    if isinstance(sampling, _AtTime):
+        return [min(sampling.at, max(duration, 0.0))]
     if sampling.max_seconds is not None:
         duration = min(duration, sampling.max_seconds)
     duration = max(duration, 0.0)
@@ -155,6 +171,54 @@ def read_clip(source: Any, sampling: Sampling | None = None) -> Clip:
     if kind == "animation":
         return _read_animation(source, sampling)
     return _read_video(source, sampling)
+
+
+def is_video_file(source: Any) -> bool:
+    """Whether a path or bytes is a video container (by content; cheap: the first bytes only).
+    Animated images are not counted: data sets treat them as stills (their first frame)."""
+    if not isinstance(source, str | os.PathLike | bytes | bytearray):
+        return False
+    try:
+        return formats.sniff(formats.read_head(source)) == "VIDEO"
+    except OSError:
+        return False
+
+
+def frame_times(source: Any, frames: int) -> list[float] | None:
+    """The times :func:`read_clip` would sample ``frames`` frames at (None: unreadable)."""
+    import av
+
+    try:
+        with av.open(os.fspath(source) if not isinstance(source, bytes | bytearray)
+                     else io.BytesIO(bytes(source))) as container:  # fmt: skip
+            stream = container.streams.video[0]
+            base = float(stream.time_base or 1e-6)
+            if stream.duration:
+                duration = float(stream.duration * base)
+            elif container.duration:
+                duration = container.duration / 1_000_000
+            else:
+                return None
+    except Exception:
+        return None
+    return plan(duration, Sampling(frames=frames))
+
+
+def read_frame(source: Any, t: float, max_pixels: int = MAX_FRAME_PIXELS) -> Image.Image:
+    """The frame of a video shown at ``t`` seconds (RGB, rotation applied)."""
+    clip = read_clip(source, _AtTime(t, max_pixels))
+    return clip.frames[0]
+
+
+@dataclass(frozen=True)
+class _AtTime(Sampling):
+    """A sampling of exactly one time (a data set's frame sample)."""
+
+    at: float = 0.0
+
+    def __init__(self, at: float, max_pixels: int) -> None:
+        super().__init__(frames=1, max_pixels=max_pixels)
+        object.__setattr__(self, "at", at)
 
 
 # -- Pillow: animated WebP, GIF, APNG -------------------------------------------------------------
@@ -257,17 +321,19 @@ def _decode(container: Any, sampling: Sampling, deadline: float) -> Clip:
         notes.append("duration not declared: measured from the packets")
     times = plan(duration, sampling)
     budget = [sampling.decode_per_frame * (len(times) + 1)]
-    frames, got, end = _sample(container, stream, base, start, times, budget, deadline)
+    spacing = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+    keyframes = sampling.seek == "auto" and spacing >= KEYFRAME_SPACING
+    frames, got, end = _sample(container, stream, base, start, times, budget, deadline, keyframes)
     if end is not None and len(got) < len(set(times)) and end > 0:
         # the frames end before the declared duration: re-plan over what exists (once)
         notes.append(f"declared {duration:.1f} s, frames end at {end:.1f} s")
         duration = end
         times = plan(end, sampling)
-        frames, got, _ = _sample(container, stream, base, start, times, budget, deadline)
+        frames, got, _ = _sample(container, stream, base, start, times, budget, deadline, False)
     if not frames:
         raise ImageDecodeError("no decodable video frame (empty or truncated clip)")
     rotation = int(frames[0][1].rotation or 0) if hasattr(frames[0][1], "rotation") else 0
-    images = [_rotated(f.to_image(), rotation) for _, f in frames]
+    images = [_rotated(_to_image(f, sampling.draft_size), rotation) for _, f in frames]
     if rotation % 180:
         width, height = height, width
     total = int(stream.frames) or None
@@ -275,6 +341,17 @@ def _decode(container: Any, sampling: Sampling, deadline: float) -> Clip:
         images, [t for t, _ in frames], duration, width, height, decoder, fmt, fps=rate,
         rotation=rotation, total_frames=total, notes=notes,
     )  # fmt: skip
+
+
+def _to_image(frame: Any, draft_size: int | None) -> Image.Image:
+    """The frame in RGB; with ``draft_size``, scaled (area averaging) so that its short side
+    is ``draft_size`` when it is larger."""
+    short = min(frame.width, frame.height)
+    if draft_size is None or short <= draft_size:
+        return frame.to_image()
+    scale = draft_size / short
+    width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+    return frame.reformat(width, height, "rgb24", interpolation="AREA").to_image()
 
 
 def _rotated(image: Image.Image, rotation: int) -> Image.Image:
@@ -309,11 +386,14 @@ def _sample(
     times: list[float],
     budget: list[int],
     deadline: float,
+    keyframes: bool = False,
 ) -> tuple[list[tuple[float, Any]], set[int], float | None]:
     """Decode, for each of ``times`` (ascending), the frame shown at that time (the last one
     starting at or before it): seek when the target is more than a second ahead of the decoder,
-    else decode forward. Returns (time, frame) pairs, the indices of the targets reached, and
-    the time of the last frame when the stream ended well before the targets (else None)."""
+    else decode forward. With ``keyframes``, the first frame a seek lands on (the keyframe at
+    or before the target) is taken. Returns (time, frame) pairs, the indices of the targets
+    reached, and the time of the last frame when the stream ended well before the targets
+    (else None)."""
     out: list[tuple[float, Any]] = []
     reached: set[int] = set()
     decoder = None
@@ -325,8 +405,15 @@ def _sample(
     for k, target in enumerate(times):
         latest = ahead or shown
         if decoder is None or (not ended and latest is not None and target - latest[0] > 1.0):
-            decoder = _seek(container, stream, base, start, target if k else 0.0)
+            decoder = _seek(container, stream, base, start, target if k or keyframes else 0.0)
             shown = ahead = None
+            if keyframes:
+                landed = _first(decoder, base, start, budget, deadline)
+                if landed is not None and (not out or landed[0] > out[-1][0]):
+                    out.append(landed)
+                    reached.add(k)
+                    shown = landed
+                    continue
         while not ended:
             if ahead is not None:
                 if ahead[0] > target + 1e-6:
@@ -350,6 +437,17 @@ def _sample(
         out.append(chosen)
         reached.add(k)
     return _unique(out), reached, None
+
+
+def _first(decoder: Any, base: float, start: float, budget: list[int], deadline: float) -> Any:
+    """The first frame of a decoder just after a seek (the keyframe it landed on), or None."""
+    _check(budget, deadline)
+    try:
+        frame = next(decoder)
+    except StopIteration:
+        return None
+    t = _frame_time(frame, base, start)
+    return None if t is None else (t, frame)
 
 
 def _seek(container: Any, stream: Any, base: float, start: float, target: float) -> Any:

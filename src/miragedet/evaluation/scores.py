@@ -68,6 +68,11 @@ def score_samples(
     epoch's validation reads them back. With a ``crop``/``tiles`` ``view`` each image is scored from
     its native-resolution tiles
     (:mod:`miragedet.data.views`), ``batch_size`` images' tiles at a time."""
+    from ..data.video import is_video_file
+
+    clips = [i for i, s in enumerate(samples) if s.frame is None and is_video_file(s.path)]
+    if clips:  # video clips are scored as clips, one label each (docs/video.md)
+        return _with_clips(model, samples, clips, degradation, view, on_batch, locals())
     preprocess = preprocess or model.backbone.preprocess
     device = torch.device(device) if device is not None else model.clip.logit_scale.device
     if view is not None and view.kind != "resize":
@@ -102,6 +107,52 @@ def score_samples(
                 distance[batch["indices"].numpy()] = out.distance.float().cpu().numpy()
         if on_batch is not None:
             on_batch(len(batch["indices"]) + len(batch["errors"]))
+    return Scores(samples, probs, errors, distance)
+
+
+def _with_clips(
+    model: Any,
+    samples: list[Sample],
+    clips: list[int],
+    degradation: Degradation | None,
+    view: View | None,
+    on_batch: Callable[[int], None] | None,
+    options: dict[str, Any],
+) -> Scores:
+    """Scores of a set holding video clips: the stills as usual, each clip by its sampled frames
+    through the Detector's clip path (frames aggregated by the view's rule; the temporal head
+    when the model has one). Degradations apply to still images only: a clip in a degraded run
+    is an error row saying so."""
+    from ..inference.detector import Detector
+
+    chosen = set(clips)
+    stills = [i for i in range(len(samples)) if i not in chosen]
+    probs = np.full((len(samples), len(model.classes)), np.nan)
+    errors: dict[int, str] = {}
+    distance = None
+    if stills:
+        kwargs = {k: options[k] for k in ("batch_size", "workers", "preprocess", "device",
+                                          "cache_dir")}  # fmt: skip
+        part = score_samples(model, [samples[i] for i in stills], degradation=degradation,
+                             on_batch=on_batch, view=view, **kwargs)  # fmt: skip
+        probs[stills] = part.probs
+        errors.update({stills[k]: e for k, e in part.errors.items()})
+        if part.distance is not None:
+            distance = np.full(len(samples), np.nan)
+            distance[stills] = part.distance
+    if degradation is not None:
+        errors.update({i: "degradations apply to still images only (docs/video.md)"
+                       for i in clips})  # fmt: skip
+    else:
+        detector = Detector(model, precision="fp32", view=view, batch_size=options["batch_size"])
+        for i, prediction in zip(clips, detector.score([samples[i].path for i in clips]),
+                                 strict=True):  # fmt: skip
+            if prediction.ok:
+                probs[i] = [prediction.probs[c] for c in detector.classes]
+            else:
+                errors[i] = prediction.error
+    if on_batch is not None:
+        on_batch(len(clips))
     return Scores(samples, probs, errors, distance)
 
 

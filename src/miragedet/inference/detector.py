@@ -7,6 +7,7 @@ rest of the batch is still scored.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -210,6 +211,7 @@ class Detector:
             "precision_reason": self.precision_reason,
             "view": asdict(self.view),
             "lineage": self.lineage,
+            "video": {**asdict(self.sampling), "temporal_head": self.has_temporal},
         }
 
     # -- core -----------------------------------------------------------------------------------
@@ -233,13 +235,21 @@ class Detector:
         """Whether clips get the checkpoint's temporal head (resize view, PyTorch engine)."""
         return getattr(self.model, "temporal", None) is not None and self.view.kind == "resize"
 
+    @property
+    def clip_sampling(self) -> Sampling:
+        """:attr:`sampling` with frames converted at :attr:`draft_size` (resize view), as
+        JPEGs are drafted (docs/video.md)."""
+        if self.sampling.draft_size is not None or self.draft_size is None:
+            return self.sampling
+        return dataclasses.replace(self.sampling, draft_size=self.draft_size)
+
     def _prepare(self, item: ImageInput) -> Any:
         """A (3, S, S) tensor (resize view), the :class:`~miragedet.data.views.Tiles` of the crop
         and tiles views, or a clip's :class:`~miragedet.inference.clips.ClipInputs`."""
         if clip_kind(item) is not None:
             from .clips import prepare_clip
 
-            return prepare_clip(item, self.preprocess, self.view, self.sampling)
+            return prepare_clip(item, self.preprocess, self.view, self.clip_sampling)
         image = to_image(item, draft_size=self.draft_size)
         if self.view.kind == "resize":
             return self.preprocess(image)

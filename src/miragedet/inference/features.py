@@ -30,7 +30,9 @@ def cache_key(samples: list[Any], **settings: Any) -> str:
     for sample in samples:
         try:
             stat = os.stat(sample.path)
-            digest.update(f"{sample.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            frame = getattr(sample, "frame", None)  # frames of one clip are distinct inputs
+            at = f"@{frame}" if frame is not None else ""
+            digest.update(f"{sample.path}{at}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(f"{sample.path}\0missing\n".encode())
     return digest.hexdigest()[:24]

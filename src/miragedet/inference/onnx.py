@@ -162,6 +162,7 @@ class OnnxDetector(Detector):
             "precision_reason": self.precision_reason,
             "view": dataclasses.asdict(self.view),
             "lineage": self.lineage,
+            "video": {**dataclasses.asdict(self.sampling), "temporal_head": False},
         }
 
 

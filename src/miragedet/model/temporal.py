@@ -55,6 +55,7 @@ class TemporalHead(nn.Module):
         embeds = F.normalize(embeds.float(), dim=-1)
         change = torch.diff(embeds, dim=1, prepend=embeds[:, :1])
         x = torch.cat([embeds, change], dim=-1).transpose(1, 2)  # (B, 2D, T)
+        x = x.to(self.conv1.weight.dtype)  # the head may run in the detector's bf16/fp16
         x = F.gelu(self.conv2(F.gelu(self.conv1(x))))
         pooled = torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=-1)
-        return self.out(pooled) + frame_log_probs.float()
+        return self.out(pooled).float() + frame_log_probs.float()

@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from ..data import formats
+from ..data.video import is_video_file
 from . import parameters
 from .c2pa_manifest import read_c2pa
 from .metadata import AI_SOURCE_TYPES, ai_tool_in, raw_exif, read_exif, read_xmp
@@ -36,22 +37,13 @@ def _read_bytes(item: Any) -> bytes | None:
     return None
 
 
-def _is_video(item: Any) -> bool:
-    if not isinstance(item, str | os.PathLike | bytes | bytearray):
-        return False
-    try:
-        return formats.sniff(formats.read_head(item)) == "VIDEO"
-    except OSError:
-        return False
-
-
 def read_provenance(
     item: Any, trust_anchors: str | None = None, watermarks: bool = False
 ) -> dict[str, Any]:
     """C2PA, XMP, generator parameters, EXIF and (with ``watermarks``) invisible generator
     watermarks of an input (path, bytes or Pillow image), with a one-line summary (never raw
     JSON)."""
-    if _is_video(item):
+    if is_video_file(item):
         from .clip_metadata import read_clip_provenance
 
         return read_clip_provenance(item, trust_anchors)

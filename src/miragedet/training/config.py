@@ -21,6 +21,9 @@ class TrainConfig:
     val_data: str | None = None  # default: same root, val split, when it exists
     val_split: str = "val"
     max_per_class: int | None = None  # e.g. 20000 for UFD's 20k + 20k ProGAN subset
+    # video clips in the data contribute this many evenly spread frames each, labelled as the
+    # clip (data/clip_samples.py; our choice 8)
+    frames_per_clip: int = 8
     classes: list[str] | None = None  # prompt class names; default Real/Fake or folder names
     method: str = "mirage"
     backbone: str = "openai/clip-vit-large-patch14"

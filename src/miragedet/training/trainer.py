@@ -61,8 +61,13 @@ class Trainer:
         train_set = find_images(c.data, c.layout, split=c.train_split)
         if c.subsets:
             train_set = train_set.only(c.subsets)
+        from ..data.clip_samples import expand_clips
+
+        train_set = expand_clips(train_set, c.frames_per_clip)  # clips: their sampled frames
         self.train_set = _cap_per_class(train_set, c.max_per_class, c.seed)
         self.val_set = self._find_val(find_images)
+        if self.val_set is not None:
+            self.val_set = expand_clips(self.val_set, c.frames_per_clip)
         classes = c.classes or (
             ["Real", "Fake"]
             if self.train_set.classes == ["real", "fake"]
@@ -296,9 +301,12 @@ class Trainer:
             (self.output / "train_config.json").write_text(json.dumps(c.to_dict(), indent=2))
         if self.can_cache_features():
             self._load_features()
+        frames = [s for s in self.train_set.samples if s.frame is not None]
+        clips = len({s.path for s in frames})
         self.console.print(
             f"training {c.method} on {len(self.train_set.samples)} images "
-            f"({', '.join(self.train_set.subsets)}; layout {self.train_set.layout}); "
+            + (f"({len(frames)} of them frames of {clips} clips) " if clips else "")
+            + f"({', '.join(self.train_set.subsets)}; layout {self.train_set.layout}); "
             f"validation: {len(self.val_set.samples) if self.val_set else 'none'}; "
             f"backbone {self.backbone.source}; {self.steps_per_epoch} steps/epoch"
             + (f"; {self.dist.world} ranks" if self.dist.enabled else "")

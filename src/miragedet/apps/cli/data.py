@@ -52,11 +52,36 @@ def make_synthetic(
         help="biased: reals JPEG q90 of one size, fakes PNG of "
         "another; aligned: both alike (0_real/1_fake layout).",
     ),
+    video: str = typer.Option(
+        None,
+        help="Write clips instead (0_real/1_fake): fake (the fingerprint in every frame), span "
+        "(only in frames 40-60 of 100) or temporal (a flicker no single frame shows). See "
+        "docs/video.md.",
+    ),
+    video_format: str = typer.Option(
+        "mkv", help="With --video: mkv (FFV1), mp4 (H.264 qp 0), avi, mov, webm, webp or gif."
+    ),
+    frames: int = typer.Option(None, "--frames", help="With --video: frames per clip (16)."),
 ) -> None:
-    """Write a small synthetic real/fake data set in one of the field's layouts."""
+    """Write a small synthetic real/fake data set (images, or clips with --video) in one of the
+    field's layouts."""
     from ...data.synthetic import write_layout, write_shortcut_set
 
     try:
+        if video is not None:
+            from ...data.synthetic_video import write_video_set
+
+            if video not in ("fake", "span", "temporal"):
+                raise ValueError("--video is fake, span or temporal")
+            n_frames = frames or (100 if video == "span" else 16)
+            span = (round(0.4 * n_frames), round(0.6 * n_frames)) if video == "span" else None
+            suffix = "." + video_format.lstrip(".")
+            write_video_set(
+                root, n_per_class, video, frames=n_frames, size=size, suffix=suffix, seed=seed,
+                span=span,
+            )  # fmt: skip
+            console.print(f"wrote {2 * n_per_class} synthetic clips ({video}) to {root}")
+            return
         if shortcut is not None:
             if shortcut not in ("biased", "aligned"):
                 raise ValueError("--shortcut is 'biased' or 'aligned'")

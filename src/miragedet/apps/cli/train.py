@@ -30,6 +30,9 @@ def train(
     ),
     val_data: str = typer.Option(None, help="Validation root (default: the val split, if any)."),
     max_per_class: int = typer.Option(None, help="Cap on training images per class."),
+    frames_per_clip: int = typer.Option(
+        None, help="Video clips in the data: evenly spread frames each contributes (8)."
+    ),
     classes: str = typer.Option(None, help="Comma-separated prompt class names."),
     method: str = typer.Option(
         None,
@@ -89,6 +92,17 @@ def train(
     adv_fraction: float = typer.Option(
         None, help="With --adv-train: share of each batch replaced by attacks (default 0.5)."
     ),
+    temporal: bool = typer.Option(
+        False,
+        "--temporal",
+        help="Clips: add a temporal head to the detector --model (trained on its frozen "
+        "per-frame embeddings of DATA's clips, a label per clip); writes --output. See "
+        "docs/video.md.",
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="With --temporal: the checkpoint to extend."
+    ),
+    frames: int = typer.Option(None, "--frames", help="With --temporal: frames per clip (16)."),
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -101,6 +115,9 @@ def train(
     from ...training.config import TrainConfig
     from ...training.trainer import Trainer
 
+    if temporal:
+        _train_temporal(data, model, output, frames, seed, layout)
+        return
     if nproc > 1 and not distributed.env_from_launcher().enabled:
         raise typer.Exit(_launch_torchrun(nproc))
 
@@ -112,6 +129,7 @@ def train(
             subsets=csv_list(subsets),
             val_data=val_data,
             max_per_class=max_per_class,
+            frames_per_clip=frames_per_clip,
             classes=csv_list(classes),
             method=method,
             backbone=backbone,
@@ -167,6 +185,33 @@ def train(
         f"done: {result.global_step} steps; best {result.best}; "
         f"checkpoints in {result.output}/last and /best"
     )
+
+
+def _train_temporal(
+    data: str | None,
+    model: str | None,
+    output: str | None,
+    frames: int | None,
+    seed: int | None,
+    layout: str | None,
+) -> None:
+    from ...training.temporal import TemporalConfig, train_temporal
+
+    try:
+        if not (data and model and output):
+            raise ValueError("--temporal needs DATA (clips), --model BASE and --output OUT")
+        config = TemporalConfig(frames=frames or 16, seed=seed or 0)
+        with console.status("computing the clips' frame embeddings and training the head"):
+            report = train_temporal(model, data, output, config, layout=layout or "auto")
+    except (ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    console.print(
+        f"temporal head on {report['clips']} clips: training accuracy "
+        f"{100 * report['train_accuracy_frames']:.1f}% by frames alone, "
+        f"{100 * report['train_accuracy_temporal']:.1f}% with the head -> {output}"
+    )
+    for path, reason in report["unreadable"]:
+        console.print(f"[yellow]left out[/yellow] {escape(path)}: {escape(reason)}")
 
 
 def _dry_run(trainer: Any) -> None:
