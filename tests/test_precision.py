@@ -41,6 +41,32 @@ def test_explicit_bf16_without_native_support_warns_and_with_it_does_not(monkeyp
         precision.resolve("int4", "cpu")
 
 
+@pytest.mark.parametrize("native, expected", [(False, "none"), (True, "bf16")])
+def test_train_amp_auto_never_picks_an_emulated_precision(monkeypatch, tmp_path, native, expected):
+    """`train --amp auto`: bf16 only where the CPU computes it natively; an explicit bf16
+    without it warns, naming --amp; the trainer's autocast follows the resolved choice."""
+    from miragedet.data.synthetic import write_layout
+    from miragedet.training.config import TrainConfig
+    from miragedet.training.trainer import Trainer
+
+    monkeypatch.setattr(precision, "cpu_native", lambda kind: native)
+    choice = precision.training_precision("auto", "cpu")
+    assert choice.precision == expected and choice.reason.startswith("auto:")
+    data = write_layout(tmp_path / "data", "ufd", ("grid-2",), n_per_class=8)
+    config = TrainConfig(data=str(data), backbone="tiny", depth=2, batch_size=8, workers=0,
+                         amp="auto", output=str(tmp_path / "run"), device="cpu")  # fmt: skip
+    trainer = Trainer(config)
+    assert trainer.amp == expected
+    with trainer._autocast():
+        assert torch.is_autocast_enabled("cpu") is native
+    monkeypatch.setattr(precision, "cpu_native", lambda kind: False)
+    with pytest.warns(precision.SlowPrecisionWarning, match="--amp bf16 on a CPU"):
+        assert precision.training_precision("bf16", "cpu").precision == "bf16"
+    assert precision.training_precision("none", "cpu").precision == "none"
+    with pytest.raises(ValueError, match="amp must be one of"):
+        precision.training_precision("fp8", "cpu")
+
+
 def test_the_server_reports_the_choice(served_checkpoint):
     import asyncio
 
@@ -95,3 +121,39 @@ def test_int8_stays_within_tolerance_of_fp32_and_agrees_on_verdicts(tiny, tmp_pa
     assert ((a >= 0.5) == np.asarray(test_labels)).mean() >= 0.9  # a model worth comparing
     with pytest.raises(ValueError, match="CPU path"):
         precision.resolve("int8", "cuda")
+
+
+def test_threads_follow_the_cpus_the_process_may_use(tmp_path):
+    """Affinity and cgroup quotas (v2 cpu.max, v1 cfs files) limit the CPUs counted; PyTorch's
+    pool is set from them in a process pinned to one CPU (unless OMP_NUM_THREADS says)."""
+    import os
+    import subprocess
+    import sys
+
+    from miragedet.inference.threads import _quota, available_cpus
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert _quota(v2) == 1.5
+    assert available_cpus(v2).count == min(2, len(os.sched_getaffinity(0)))
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert _quota(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    limited = available_cpus(v1)
+    assert limited.count == 1 and limited.source in ("cgroup quota", "affinity", "host")
+    assert "1" in limited.describe()
+    code = (
+        "import os, torch; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from miragedet.inference.threads import configure_torch; torch.set_num_threads(4); "
+        "print(configure_torch())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+    env["OMP_NUM_THREADS"] = "3"  # the user's choice wins
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.stdout.strip() == "4", done.stderr

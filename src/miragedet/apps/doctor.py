@@ -118,6 +118,18 @@ def run_checks(backbone: str = DEFAULT_BACKBONE) -> list[Check]:
             f"{resolve('auto', 'cpu').precision} here",
         )
     )
+    from ..inference.threads import available_cpus, configure_torch
+
+    cpus = available_cpus()
+    checks.append(
+        Check(
+            "torch",
+            "threads",
+            True,
+            f"{cpus.describe()}: {configure_torch(cpus)} intra-op threads, "
+            f"{min(8, max(2, cpus.count))} decode threads by default",
+        )
+    )
     checks.append(backbone_check(backbone))
     cached = cached_backbones()
     checks.append(

@@ -84,6 +84,14 @@ class Prediction:
         return asdict(self)
 
 
+def default_decode_threads() -> int:
+    """Decode threads by default: the CPUs this process may use (affinity, cgroup quota), 2 to
+    8 (decoding overlaps the forward, so two threads help even on one CPU)."""
+    from .threads import available_cpus
+
+    return min(8, max(2, available_cpus().count))
+
+
 def _describe(item: Any, index: int) -> str:
     if isinstance(item, str | os.PathLike):
         return str(item)
@@ -139,7 +147,7 @@ class Detector:
         threshold: float | None = None,
         batch_size: int = 32,
         device: str | torch.device | None = None,
-        decode_threads: int = 4,
+        decode_threads: int | None = None,
         model_id: str | None = None,
         draft: bool = True,
         precision: str = "auto",
@@ -165,10 +173,14 @@ class Detector:
             model = apply(model if _owns_model else copy.deepcopy(model), precision)
         self.model = model.eval()
         self.device = torch.device(device) if device else model.clip.logit_scale.device
+        if self.device.type == "cpu":
+            from .threads import configure_torch
+
+            configure_torch()  # threads for the CPUs this process may use, not the host's
         self.model.to(self.device)
         self.threshold = float(model.threshold if threshold is None else threshold)
         self.batch_size = batch_size
-        self.decode_threads = decode_threads
+        self.decode_threads = decode_threads or default_decode_threads()
         self.preprocess = model.backbone.preprocess
         self.draft = draft
         #: fp32, or the network in bf16/fp16 (bf16 on CPUs with AVX512-BF16/AMX, either on
@@ -212,6 +224,7 @@ class Detector:
             "view": asdict(self.view),
             "lineage": self.lineage,
             "video": {**asdict(self.sampling), "temporal_head": self.has_temporal},
+            "threads": {"intra_op": torch.get_num_threads(), "decode": self.decode_threads},
         }
 
     # -- core -----------------------------------------------------------------------------------

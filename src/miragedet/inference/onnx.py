@@ -23,7 +23,7 @@ from ..data.transforms import Preprocess
 from ..model.checkpoint import CONFIG_NAME, read_config
 from ..model.config import ModelConfig
 from ..model.mirage import MiraGe
-from .detector import Detector
+from .detector import Detector, default_decode_threads
 
 ONNX_NAME = "model.onnx"
 
@@ -97,7 +97,7 @@ class OnnxDetector(Detector):
         config: dict[str, Any],
         threshold: float | None = None,
         batch_size: int = 32,
-        decode_threads: int = 4,
+        decode_threads: int | None = None,
         providers: list[str] | None = None,
         model_id: str | None = None,
         draft: bool = True,
@@ -117,15 +117,20 @@ class OnnxDetector(Detector):
             raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")
         self.precision, self.precision_reason = "fp32", "ONNX Runtime graph (fp32)"
 
+        from .threads import available_cpus
+
+        options = ort.SessionOptions()
+        # ONNX Runtime's default is a thread per host core; a container's quota may be less
+        options.intra_op_num_threads = available_cpus().count
         self.session = ort.InferenceSession(
-            str(onnx_path), providers=providers or ["CPUExecutionProvider"]
+            str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
         )
         self.config = config
         self.model = None
         self.device = torch.device("cpu")
         self.threshold = float(config.get("threshold", 0.5) if threshold is None else threshold)
         self.batch_size = batch_size
-        self.decode_threads = decode_threads
+        self.decode_threads = decode_threads or default_decode_threads()
         self.draft = draft
         self.preprocess = Preprocess.from_dict(config["preprocess"])
         self.classes = ModelConfig.from_dict(_model_options(config)).all_classes

@@ -42,7 +42,9 @@ class TrainConfig:
     epochs: int = 10
     warmup_steps: int = 0
     max_steps: int | None = None  # stop (and checkpoint) after this many optimizer steps
-    amp: str = "none"  # none | bf16 | fp16
+    # none (fp32, the default: runs alike on every machine) | auto (bf16 where the hardware
+    # computes it natively, fp16 on GPUs without bf16, else none) | bf16 | fp16
+    amp: str = "none"
     augment: str = "none"  # none | robust
     view: str = "resize"  # resize (the paper's) | crop: random native-resolution crops
     align: str | None = None  # re-encode every training image alike: jpeg:96 or png
@@ -65,8 +67,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.method = canonical_method(self.method)
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.amp not in ("auto", "none", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, none, bf16 or fp16, got {self.amp!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError("batch_size must be divisible by grad_accum")
         if self.adv_train is not None:

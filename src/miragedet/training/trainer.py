@@ -47,6 +47,11 @@ class Trainer:
 
         self.config = c = config
         self.dist, self.device = distributed.setup(_device(c.device))
+        from ..inference.precision import training_precision
+
+        amp = training_precision(c.amp, self.device)  # warns for an emulated bf16/fp16 on CPU
+        #: The autocast precision resolved from ``--amp`` (none | bf16 | fp16) and why.
+        self.amp, self.amp_reason = amp.precision, amp.reason
         if not self.dist.is_main:
             console = Console(quiet=True)  # rank 0 alone reports, evaluates and saves
         self.console = console or Console()
@@ -126,7 +131,7 @@ class Trainer:
                 Attack.parse(c.adv_train), c.adv_fraction, self.backbone.preprocess
             )
         self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=c.amp == "fp16" and self.device.type == "cuda"
+            self.device.type, enabled=self.amp == "fp16" and self.device.type == "cuda"
         )
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: dict[str, Any] | None = None
@@ -156,7 +161,7 @@ class Trainer:
         c = self.config
         samples = self.train_set.samples
         path = features.cache_path(
-            self.output / "features", "train", samples, self.backbone, amp=c.amp, align=c.align
+            self.output / "features", "train", samples, self.backbone, amp=self.amp, align=c.align
         )
 
         def batches():
@@ -260,10 +265,9 @@ class Trainer:
         )
 
     def _autocast(self) -> Any:
-        c = self.config
-        if c.amp == "none":
+        if self.amp == "none":
             return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if c.amp == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     def dry_run(self, steps: int = 3) -> dict[str, Any]:
@@ -308,7 +312,9 @@ class Trainer:
             + (f"({len(frames)} of them frames of {clips} clips) " if clips else "")
             + f"({', '.join(self.train_set.subsets)}; layout {self.train_set.layout}); "
             f"validation: {len(self.val_set.samples) if self.val_set else 'none'}; "
-            f"backbone {self.backbone.source}; {self.steps_per_epoch} steps/epoch"
+            f"backbone {self.backbone.source}; {self.steps_per_epoch} steps/epoch; "
+            f"amp {self.amp}"
+            + (f" ({self.amp_reason})" if c.amp == "auto" else "")
             + (f"; {self.dist.world} ranks" if self.dist.enabled else "")
         )
         log = JsonlLog(self.output) if self.dist.is_main else NoLog()

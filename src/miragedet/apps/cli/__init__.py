@@ -53,7 +53,17 @@ app.command()(start.backbones)
 app.command()(start.info)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line of ours ("warning: ..."), without Python's source excerpt."""
+    import sys
+
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     app()
 
 

@@ -63,7 +63,9 @@ def detect(
     ),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     batch_size: int = typer.Option(32),
-    threads: int = typer.Option(4, help="Decode threads."),
+    threads: int = typer.Option(
+        None, help="Decode threads (default: the CPUs this process may use, 2 to 8)."
+    ),
     device: str = typer.Option(None),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     exact_decode: bool = typer.Option(

@@ -57,7 +57,12 @@ def train(
     epochs: int = typer.Option(None),
     warmup_steps: int = typer.Option(None),
     max_steps: int = typer.Option(None),
-    amp: str = typer.Option(None, help="none|bf16|fp16"),
+    amp: str = typer.Option(
+        None,
+        help="none (fp32, default) | auto (bf16 where the hardware computes it natively, fp16 "
+        "on GPUs without bf16, else none) | bf16 | fp16. bf16 on a CPU without native bf16 "
+        "is emulated and several times slower: it warns.",
+    ),
     augment: str = typer.Option(None, help="none|robust"),
     view: str = typer.Option(
         None,
