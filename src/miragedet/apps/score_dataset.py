@@ -392,6 +392,14 @@ def score_dataset(
         raise ScoringError("shard_size, batch_size and workers must be at least 1")
     output = Path(output)
     _check_model(model, backend)
+    if backend == "auto":  # chosen once here, not by every worker
+        from ..inference.engine import choose
+        from ..model.checkpoint import resolve as resolve_checkpoint
+
+        backend = choose(
+            resolve_checkpoint(model), view=view, batch_size=batch_size, precision=precision,
+            device=device,
+        ).backend  # fmt: skip
     found = discover_inputs(source)
     paths = list(dict.fromkeys(found.paths))
     if view is not None:

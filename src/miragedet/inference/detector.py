@@ -225,7 +225,20 @@ class Detector:
             "lineage": self.lineage,
             "video": {**asdict(self.sampling), "temporal_head": self.has_temporal},
             "threads": {"intra_op": torch.get_num_threads(), "decode": self.decode_threads},
+            "engine": self.engine_info(),
         }
+
+    #: With ``--backend auto``: the :class:`~miragedet.inference.engine.EngineChoice` made.
+    engine: Any = None
+
+    def engine_info(self) -> dict[str, Any]:
+        """Which engine runs the network, and (``--backend auto``) why and its figures."""
+        backend = "onnx" if self.model is None else "torch"
+        if self.engine is None:
+            return {"backend": backend, "reason": "as requested"}
+        return {"backend": backend, "reason": self.engine.reason,
+                "ms_per_image": self.engine.measured, "parity": self.engine.parity,
+                "cached": self.engine.cached}  # fmt: skip
 
     # -- core -----------------------------------------------------------------------------------
 

@@ -168,6 +168,7 @@ class OnnxDetector(Detector):
             "view": dataclasses.asdict(self.view),
             "lineage": self.lineage,
             "video": {**dataclasses.asdict(self.sampling), "temporal_head": False},
+            "engine": self.engine_info(),
         }
 
 

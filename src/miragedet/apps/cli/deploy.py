@@ -8,6 +8,7 @@ import typer
 
 from .common import (
     AGGREGATE_HELP,
+    BACKEND_HELP,
     FRAMES_HELP,
     MAX_TILES_HELP,
     PRECISION_HELP,
@@ -43,7 +44,7 @@ def serve(
         None, help="PEM file of trusted C2PA signers (see detect --help)."
     ),
     watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
-    backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     view: str = typer.Option(
         None, help=VIEW_HELP + " A request may ask for another (?view=tiles&max_tiles=16)."

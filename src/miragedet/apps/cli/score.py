@@ -11,6 +11,7 @@ from rich.markup import escape
 from ...data.formats import summarize_skipped
 from .common import (
     AGGREGATE_HELP,
+    BACKEND_HELP,
     FPS_HELP,
     FRAMES_HELP,
     MAX_SECONDS_HELP,
@@ -56,11 +57,7 @@ def detect(
         None, help="Comma-separated, default downscale:512,downscale:256,jpeg:75,crop:0.8"
     ),
     stability_margin: float = typer.Option(None, help="Default 0.05."),
-    backend: str = typer.Option(
-        "torch",
-        help="torch, or onnx: the checkpoint's model.onnx "
-        "(see `miragedet export`) on ONNX Runtime.",
-    ),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     batch_size: int = typer.Option(32),
     threads: int = typer.Option(
@@ -102,9 +99,11 @@ def detect(
     from ..detect import discover, run_detect
 
     try:
+        err = Console(stderr=True)
         detector = load_detector(
             model,
             backend,
+            notify=lambda message: err.print(f"[dim]{escape(message)}[/dim]", highlight=False),
             threshold=threshold,
             batch_size=batch_size,
             decode_threads=threads,
@@ -121,9 +120,11 @@ def detect(
         detector.watermarks = watermarks
         if where is not None and detector.view.kind == "resize":
             raise ValueError("--where draws tiles: use it with --view tiles (or crop)")
-        Console(stderr=True).print(
+        engine = detector.engine_info()
+        chosen = f"; engine {engine['backend']} ({engine['reason']})" if detector.engine else ""
+        err.print(
             f"[dim]{escape(model)}: {detector.precision} "
-            f"({escape(detector.precision_reason)})[/dim]",
+            f"({escape(detector.precision_reason)}){escape(chosen)}[/dim]",
             highlight=False,
         )
         found = discover(inputs, sys.stdin)
@@ -180,7 +181,7 @@ def score_dataset(
     ),
     batch_size: int = typer.Option(32),
     shard_size: int = typer.Option(1000, help="Inputs per Parquet shard (the unit of resume)."),
-    backend: str = typer.Option("torch", help="torch, or onnx (the checkpoint's model.onnx)."),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     device: str = typer.Option(None),
     precision: str = typer.Option("auto", help=PRECISION_HELP),

@@ -1,0 +1,222 @@
+"""``--backend auto``: the fastest engine that gives the same scores on this machine, measured once
+per machine + model + view + batch size and cached.
+
+Candidates: PyTorch at ``--precision`` (``auto``: the hardware's, docs/performance.md) and ONNX
+Runtime running the checkpoint's exported graph in fp32. ONNX Runtime is a candidate only when its
+scores on the check images (a fixed, seeded batch at the model's input size) are within
+:data:`PARITY` of PyTorch fp32's; then both run the same batch (``batch_size`` images) a few
+times, alternating, and the faster median wins. The graph is exported once (into the checkpoint
+directory when it is writable, else the user cache), with a message the first time; the choice
+and its figures are kept in ``<cache>/engines.json`` under a key of everything that decides them
+(CPU, library versions, checkpoint weights, view, batch size, precision, threads). Anything that
+stops ONNX Runtime (not installed, an export that fails, a GPU present: PyTorch is the GPU engine)
+is a reason shown with the choice, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The largest difference of p(class) allowed between an engine and PyTorch fp32.
+PARITY = 1e-4
+#: Timed calls per engine (after one warm-up call each), alternating between engines.
+REPEATS = 3
+
+
+@dataclass
+class EngineChoice:
+    backend: str  # "torch" or "onnx"
+    reason: str
+    measured: dict[str, float] = field(default_factory=dict)  # ms per image, by engine
+    parity: float | None = None  # ONNX Runtime vs PyTorch fp32, max abs difference
+    cached: bool = False  # read from the cache, not measured now
+
+    def describe(self) -> str:
+        figures = ", ".join(f"{k} {v:.1f} ms/image" for k, v in self.measured.items())
+        return f"{self.backend}: {self.reason}" + (f" ({figures})" if figures else "")
+
+
+def cache_dir() -> Path:
+    """``$MIRAGEDET_CACHE``, else ``$XDG_CACHE_HOME/miragedet``, else ``~/.cache/miragedet``."""
+    if os.environ.get("MIRAGEDET_CACHE"):
+        return Path(os.environ["MIRAGEDET_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "miragedet"
+
+
+def _weights_digest(directory: Path) -> str:
+    from ..model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    digest = hashlib.sha256()
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        path = directory / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(directory: Path, view: Any, batch_size: int, precision: str) -> str:
+    """What decides the choice: this machine, the libraries, the checkpoint, view, batch size,
+    precision and the threads available."""
+    import torch
+
+    from .threads import available_cpus
+
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    parts = {
+        "cpu": platform.processor() or platform.machine(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "cpus": available_cpus().count,
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+        "weights": _weights_digest(directory),
+        "view": asdict(view) if hasattr(view, "__dataclass_fields__") else view,
+        "batch_size": batch_size,
+        "precision": precision,
+    }
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: Path, key: str, choice: EngineChoice) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = _read_cache(path)
+        entries[key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache: measured again next time
+
+
+def onnx_graph(directory: Path, notify: Callable[[str], None] | None = None) -> Path:
+    """The checkpoint's ONNX graph: its model.onnx, else one exported now into the checkpoint
+    directory (or, read-only, into the user cache), torch.onnx's own messages kept quiet."""
+    from .onnx import ONNX_NAME, export_checkpoint
+
+    existing = directory / ONNX_NAME
+    if existing.is_file():
+        return existing
+    cached = cache_dir() / "onnx" / _weights_digest(directory) / ONNX_NAME
+    if cached.is_file():
+        return cached
+    target = existing if os.access(directory, os.W_OK) else cached
+    if notify is not None:
+        notify(f"exporting the ONNX graph once, to {target} (for --backend auto)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        export_checkpoint(directory, target if target != existing else None)
+    return target
+
+
+def _check_pixels(size: int, n: int) -> Any:
+    import torch
+
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
+
+
+def choose(
+    directory: str | os.PathLike,
+    view: Any = None,
+    batch_size: int = 32,
+    precision: str = "auto",
+    device: str | None = None,
+    notify: Callable[[str], None] | None = None,
+    measure_batch: int | None = None,
+) -> EngineChoice:
+    """The engine ``--backend auto`` runs for this checkpoint here (see the module)."""
+    import torch
+
+    directory = Path(directory)
+    if (device and device != "cpu") or (device is None and torch.cuda.is_available()):
+        return EngineChoice("torch", "a GPU is present: PyTorch is the GPU engine")
+    if precision not in ("auto", "fp32"):
+        return EngineChoice("torch", f"--precision {precision} runs on PyTorch only")
+    model_config = json.loads((directory / "config.json").read_text()).get("model", {})
+    for part, what in (("open_set", "open-set test"), ("temporal", "temporal head")):
+        if model_config.get(part):
+            return EngineChoice("torch", f"the checkpoint's {what} runs on PyTorch only")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return EngineChoice("torch", "onnxruntime is not installed (pip install 'miragedet[onnx]')")
+    store = cache_dir() / "engines.json"
+    key = cache_key(directory, view, batch_size, precision)
+    entry = _read_cache(store).get(key)
+    if entry:
+        return EngineChoice(**entry, cached=True)
+    choice = _measure(directory, view, batch_size, precision, notify, measure_batch)
+    _write_cache(store, key, choice)
+    return choice
+
+
+def _measure(
+    directory: Path,
+    view: Any,
+    batch_size: int,
+    precision: str,
+    notify: Callable[[str], None] | None,
+    measure_batch: int | None,
+) -> EngineChoice:
+    import numpy as np
+
+    from .detector import Detector
+    from .onnx import OnnxDetector
+
+    try:
+        graph = onnx_graph(directory, notify)
+    except Exception as exc:  # an export that fails for this model: PyTorch, with the reason
+        return EngineChoice("torch", f"the ONNX export failed ({type(exc).__name__}: {exc})"[:300])
+    if notify is not None:
+        notify("measuring PyTorch and ONNX Runtime once on this machine (--backend auto)")
+    reference = Detector.from_pretrained(directory, precision="fp32", view=view)
+    candidate = Detector.from_pretrained(directory, precision=precision, view=view)
+    onnx = OnnxDetector(graph, json.loads((directory / "config.json").read_text()), view=view)
+    size = reference.preprocess.image_size
+    check = _check_pixels(size, 8)
+    parity = float(np.abs(onnx.forward_tensors(check) - reference.forward_tensors(check)).max())
+    if not parity <= PARITY:
+        return EngineChoice("torch", f"ONNX Runtime differs from PyTorch fp32 by {parity:.1e} "
+                            f"(more than {PARITY:g})", parity=parity)  # fmt: skip
+    n = measure_batch or batch_size
+    pixels = _check_pixels(size, n)
+    engines = {f"torch {candidate.precision}": candidate, "onnx fp32": onnx}
+    for engine in engines.values():
+        engine.forward_tensors(pixels)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(REPEATS):  # alternating: a busy stretch of the machine hits both alike
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            engine.forward_tensors(pixels)
+            times[name].append(1000 * (time.perf_counter() - start) / n)
+    measured = {name: round(float(np.median(t)), 3) for name, t in times.items()}
+    fastest = min(measured, key=measured.get)
+    backend = "onnx" if fastest.startswith("onnx") else "torch"
+    reason = f"fastest here, batch {n}" + (
+        f"; ONNX Runtime within {parity:.1e} of PyTorch fp32" if backend == "onnx" else ""
+    )
+    return EngineChoice(backend, reason, measured, parity)

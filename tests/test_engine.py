@@ -1,0 +1,112 @@
+"""`--backend auto` (inference/engine.py): the faster engine that gives the same scores, measured
+once per machine + model + view + batch size and cached; every reason it cannot use ONNX Runtime
+is shown, never an error. No timing is asserted: which engine wins is the machine's business."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from miragedet import MiraGe, ModelConfig, save_pretrained
+from miragedet.apps.cli import app
+from miragedet.inference import engine
+from miragedet.inference.detector import Detector
+from miragedet.inference.loader import load_detector
+from miragedet.model.backbone import load_backbone
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("MIRAGEDET_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    path = tmp_path / "ckpt"
+    save_pretrained(MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2)), path)
+    return path
+
+
+def _images(n: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (40, 48, 3), np.uint8) for _ in range(n)]
+
+
+def test_auto_measures_once_caches_and_scores_as_fp32(checkpoint, tmp_path):
+    heard: list[str] = []
+    first = load_detector(str(checkpoint), "auto", notify=heard.append, precision="fp32")
+    assert first.engine is not None and not first.engine.cached
+    assert any("exporting the ONNX graph once" in m for m in heard)  # written once, here
+    assert (checkpoint / "model.onnx").is_file()
+    assert set(first.engine.measured) == {"torch fp32", "onnx fp32"}
+    assert first.engine.parity is not None and first.engine.parity <= engine.PARITY
+    again = load_detector(str(checkpoint), "auto", notify=heard.append, precision="fp32")
+    assert again.engine.cached and again.engine.backend == first.engine.backend
+    assert len(heard) == 2  # nothing exported or measured the second time
+    reference = Detector.from_pretrained(checkpoint, precision="fp32").predict_proba(_images())
+    for backend in ("torch", "onnx"):  # whichever the machine picks, the same scores
+        probs = load_detector(str(checkpoint), backend, precision="fp32").predict_proba(_images())
+        np.testing.assert_allclose(probs, reference, atol=1e-4)
+    info = again.info()["engine"]
+    assert info["backend"] == again.engine.backend and info["cached"] is True
+
+
+def test_the_cache_key_follows_model_view_batch_and_precision(checkpoint, tmp_path):
+    key = engine.cache_key(checkpoint, None, 32, "auto")
+    assert key == engine.cache_key(checkpoint, None, 32, "auto")
+    assert key != engine.cache_key(checkpoint, None, 8, "auto")
+    assert key != engine.cache_key(checkpoint, {"kind": "tiles"}, 32, "auto")
+    assert key != engine.cache_key(checkpoint, None, 32, "fp32")
+    other = tmp_path / "other"
+    torch.manual_seed(2)  # other prompts, other weights
+    save_pretrained(MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2)), other)
+    assert key != engine.cache_key(other, None, 32, "auto")
+
+
+def test_every_obstacle_falls_back_to_pytorch_with_its_reason(checkpoint, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    choice = engine.choose(checkpoint)
+    assert choice.backend == "torch" and "onnxruntime is not installed" in choice.reason
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an operator ONNX cannot express")
+
+    monkeypatch.setattr("miragedet.inference.onnx.export_checkpoint", broken)
+    choice = engine.choose(checkpoint)
+    assert choice.backend == "torch" and "the ONNX export failed" in choice.reason
+    assert "cannot express" in choice.reason
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert "GPU" in engine.choose(checkpoint).reason
+    int8 = engine.choose(checkpoint, precision="int8", device="cpu")
+    assert "runs on PyTorch only" in int8.reason
+
+
+def test_a_read_only_checkpoint_exports_into_the_user_cache(checkpoint, monkeypatch):
+    real_access = engine.os.access
+
+    def access(path, mode):  # as root, os.access says every folder is writable
+        return False if Path(path) == checkpoint else real_access(path, mode)
+
+    monkeypatch.setattr(engine.os, "access", access)
+    graph = engine.onnx_graph(checkpoint)
+    assert graph.is_file() and engine.cache_dir() in graph.parents
+    assert not (checkpoint / "model.onnx").exists()
+    choice = engine.choose(checkpoint, precision="fp32")
+    assert choice.backend in ("torch", "onnx") and choice.measured
+
+
+def test_detect_names_the_engine_it_chose(checkpoint, tmp_path):
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(_images(1)[0]).save(image)
+    out = tmp_path / "rows.jsonl"
+    args = ["detect", str(image), "-m", str(checkpoint), "--backend", "auto", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "engine" in result.output and "fastest here" in " ".join(result.output.split())
+    assert json.loads(out.read_text())["fake_prob"] is not None
