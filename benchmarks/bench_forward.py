@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import tempfile
 import time
 import warnings
@@ -132,9 +133,17 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
                 str(Path(tmp) / "int8.onnx"), providers=["CPUExecutionProvider"]
             )
             ort8 = timed(lambda: session.run(None, {"pixel_values": array}), args.repeats)
+            # --backend auto: what the engine choice picks here (inference/engine.py), and its
+            # own measurement of the chosen engine (the cache kept out of the user's)
+            from miragedet.inference import engine
+
+            os.environ["MIRAGEDET_CACHE"] = str(Path(tmp) / "cache")
+            choice = engine.choose(tmp, batch_size=args.batch, measure_batch=args.batch)
+            chosen = next(v for k, v in choice.measured.items() if k.startswith(choice.backend))
         # against the fp32 bare tower, this backbone's first row
         add("onnxruntime fp32", rows[0]["bare_ms_per_image"], ort / args.batch * 1000)
         add("onnxruntime int8", rows[0]["bare_ms_per_image"], ort8 / args.batch * 1000)
+        add(f"auto ({choice.backend})", rows[0]["bare_ms_per_image"], chosen)
     return rows
 
 

@@ -81,8 +81,8 @@ def test_every_obstacle_falls_back_to_pytorch_with_its_reason(checkpoint, monkey
     assert "cannot express" in choice.reason
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert "GPU" in engine.choose(checkpoint).reason
-    int8 = engine.choose(checkpoint, precision="int8", device="cpu")
-    assert "runs on PyTorch only" in int8.reason
+    bf16 = engine.choose(checkpoint, precision="bf16", device="cpu")
+    assert "runs on PyTorch only" in bf16.reason
 
 
 def test_a_read_only_checkpoint_exports_into_the_user_cache(checkpoint, monkeypatch):
@@ -110,3 +110,29 @@ def test_detect_names_the_engine_it_chose(checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     assert "engine" in result.output and "fastest here" in " ".join(result.output.split())
     assert json.loads(out.read_text())["fake_prob"] is not None
+
+
+def test_int8_rides_the_faster_engine_within_the_stated_tolerance(tmp_path, monkeypatch):
+    """ONNX Runtime's quantised graph scores within the int8 tolerance of fp32 and agrees on the
+    verdicts, as PyTorch's dynamic int8 must; `--backend auto --precision int8` measures both."""
+    from conftest import fit_tiny
+    from miragedet.data.synthetic import SEEN, make_set
+    from miragedet.inference.precision import INT8_TOLERANCE
+
+    monkeypatch.setenv("MIRAGEDET_CACHE", str(tmp_path / "cache"))
+    tiny = load_backbone("tiny")
+    size = tiny.preprocess.image_size
+    images, labels = make_set(600, size, SEEN, seed=1)
+    model, _ = fit_tiny(tiny, tiny.preprocess.batch(images), labels, steps=200)
+    save_pretrained(model, tmp_path / "ckpt")
+    test_images, _ = make_set(200, size, SEEN, seed=2)
+    arrays = [np.asarray(im) for im in test_images]
+    fp32 = Detector.from_pretrained(tmp_path / "ckpt", precision="fp32").predict_proba(arrays)
+    onnx = load_detector(str(tmp_path / "ckpt"), "auto", precision="int8")
+    assert onnx.engine is not None and set(onnx.engine.measured) == {"torch int8", "onnx int8"}
+    quantised = load_detector(str(tmp_path / "ckpt"), "onnx", precision="int8")
+    assert quantised.precision == "int8" and (tmp_path / "ckpt" / "model.int8.onnx").is_file()
+    b = quantised.predict_proba(arrays)
+    assert np.abs(fp32[:, 1] - b[:, 1]).max() <= INT8_TOLERANCE
+    assert not np.array_equal(fp32, b)  # int8 really ran
+    assert ((fp32[:, 1] >= 0.5) == (b[:, 1] >= 0.5)).mean() >= 0.99

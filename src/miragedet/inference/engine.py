@@ -2,11 +2,13 @@
 per machine + model + view + batch size and cached.
 
 Candidates: PyTorch at ``--precision`` (``auto``: the hardware's, docs/performance.md) and ONNX
-Runtime running the checkpoint's exported graph in fp32. ONNX Runtime is a candidate only when its
+Runtime running the checkpoint's exported graph in fp32 (with ``--precision int8``: PyTorch's
+dynamic int8 against ONNX Runtime's quantised graph). ONNX Runtime is a candidate only when its
 scores on the check images (a fixed, seeded batch at the model's input size) are within
-:data:`PARITY` of PyTorch fp32's; then both run the same batch (``batch_size`` images) a few
-times, alternating, and the faster median wins. The graph is exported once (into the checkpoint
-directory when it is writable, else the user cache), with a message the first time; the choice
+:data:`PARITY` of PyTorch fp32's (int8: the stated int8 tolerance); then both run the same
+batch (``batch_size`` images) a few times, alternating, and the faster median wins. The graph
+is exported once (into the checkpoint directory when it is writable, else the user cache), with
+a message the first time; the choice
 and its figures are kept in ``<cache>/engines.json`` under a key of everything that decides them
 (CPU, library versions, checkpoint weights, view, batch size, precision, threads). Anything that
 stops ONNX Runtime (not installed, an export that fails, a GPU present: PyTorch is the GPU engine)
@@ -154,7 +156,7 @@ def choose(
     directory = Path(directory)
     if (device and device != "cpu") or (device is None and torch.cuda.is_available()):
         return EngineChoice("torch", "a GPU is present: PyTorch is the GPU engine")
-    if precision not in ("auto", "fp32"):
+    if precision not in ("auto", "fp32", "int8"):
         return EngineChoice("torch", f"--precision {precision} runs on PyTorch only")
     model_config = json.loads((directory / "config.json").read_text()).get("model", {})
     for part, what in (("open_set", "open-set test"), ("temporal", "temporal head")):
@@ -193,18 +195,26 @@ def _measure(
         return EngineChoice("torch", f"the ONNX export failed ({type(exc).__name__}: {exc})"[:300])
     if notify is not None:
         notify("measuring PyTorch and ONNX Runtime once on this machine (--backend auto)")
+    from .precision import INT8_TOLERANCE
+
     reference = Detector.from_pretrained(directory, precision="fp32", view=view)
     candidate = Detector.from_pretrained(directory, precision=precision, view=view)
-    onnx = OnnxDetector(graph, json.loads((directory / "config.json").read_text()), view=view)
+    config = json.loads((directory / "config.json").read_text())
+    try:
+        onnx = OnnxDetector(graph, config, view=view,
+                            precision="int8" if precision == "int8" else "fp32")  # fmt: skip
+    except Exception as exc:  # e.g. the quantiser failing on this graph
+        return EngineChoice("torch", f"ONNX Runtime could not load the graph ({exc})"[:300])
     size = reference.preprocess.image_size
     check = _check_pixels(size, 8)
     parity = float(np.abs(onnx.forward_tensors(check) - reference.forward_tensors(check)).max())
-    if not parity <= PARITY:
+    tolerance = INT8_TOLERANCE if precision == "int8" else PARITY  # int8: the stated tolerance
+    if not parity <= tolerance:
         return EngineChoice("torch", f"ONNX Runtime differs from PyTorch fp32 by {parity:.1e} "
-                            f"(more than {PARITY:g})", parity=parity)  # fmt: skip
+                            f"(more than {tolerance:g})", parity=parity)  # fmt: skip
     n = measure_batch or batch_size
     pixels = _check_pixels(size, n)
-    engines = {f"torch {candidate.precision}": candidate, "onnx fp32": onnx}
+    engines = {f"torch {candidate.precision}": candidate, f"onnx {onnx.precision}": onnx}
     for engine in engines.values():
         engine.forward_tensors(pixels)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in engines}
@@ -217,6 +227,8 @@ def _measure(
     fastest = min(measured, key=measured.get)
     backend = "onnx" if fastest.startswith("onnx") else "torch"
     reason = f"fastest here, batch {n}" + (
-        f"; ONNX Runtime within {parity:.1e} of PyTorch fp32" if backend == "onnx" else ""
+        f"; ONNX Runtime {onnx.precision} within {parity:.1e} of PyTorch fp32"
+        if backend == "onnx"
+        else ""
     )
     return EngineChoice(backend, reason, measured, parity)

@@ -34,7 +34,15 @@ def load_detector(
             device=kwargs.get("device"),
             notify=notify,
         )
-        detector = load_detector(str(directory), choice.backend, **kwargs)
+        if choice.backend == "onnx":  # its graph may live in the user cache (read-only dir)
+            from ..model.checkpoint import read_config
+            from .engine import onnx_graph
+            from .onnx import OnnxDetector
+
+            options = {k: v for k, v in kwargs.items() if k != "device"}
+            detector = OnnxDetector(onnx_graph(directory), read_config(directory), **options)
+        else:
+            detector = load_detector(str(directory), "torch", **kwargs)
         detector.engine = choice
         return detector
     if backend == "onnx":

@@ -26,6 +26,8 @@ from ..model.mirage import MiraGe
 from .detector import Detector, default_decode_threads
 
 ONNX_NAME = "model.onnx"
+#: The int8 graph ONNX Runtime's dynamic quantiser makes from ONNX_NAME (``--precision int8``).
+INT8_NAME = "model.int8.onnx"
 
 
 class InferenceGraph(nn.Module):
@@ -113,9 +115,17 @@ class OnnxDetector(Detector):
         if sampling is not None:
             self.sampling = sampling
 
-        if precision not in ("auto", "fp32"):
-            raise ValueError("the ONNX graph runs in fp32; use --backend torch for bf16/fp16")
+        if precision not in ("auto", "fp32", "int8"):
+            raise ValueError(
+                "the ONNX graph runs in fp32 or int8; use --backend torch for bf16/fp16"
+            )
         self.precision, self.precision_reason = "fp32", "ONNX Runtime graph (fp32)"
+        if precision == "int8":
+            onnx_path = int8_graph(Path(onnx_path))
+            self.precision = "int8"
+            self.precision_reason = (
+                "ONNX Runtime's dynamic int8 (int8 weights, activations quantised per batch)"
+            )
 
         from .threads import available_cpus
 
@@ -170,6 +180,37 @@ class OnnxDetector(Detector):
             "video": {**dataclasses.asdict(self.sampling), "temporal_head": False},
             "engine": self.engine_info(),
         }
+
+
+def int8_graph(onnx_path: Path) -> Path:
+    """The int8 graph beside ``onnx_path`` (made once by ONNX Runtime's dynamic quantiser:
+    int8 weights for MatMul/Gemm, activations quantised per batch; into the user cache when the
+    folder is read-only)."""
+    target = onnx_path.with_name(INT8_NAME)
+    if target.is_file():
+        return target
+    if not os.access(onnx_path.parent, os.W_OK):
+        from .engine import cache_dir
+
+        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+        target = cache_dir() / "onnx" / digest / INT8_NAME
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser's advice goes to the root logger
+    try:
+        quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    os.replace(tmp, target)
+    return target
 
 
 def export_checkpoint(
