@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .user_cache import cache_dir
+
 #: The largest difference of p(class) allowed between an engine and PyTorch fp32.
 PARITY = 1e-4
 #: Timed calls per engine (after one warm-up call each), alternating between engines.
@@ -46,14 +48,6 @@ class EngineChoice:
     def describe(self) -> str:
         figures = ", ".join(f"{k} {v:.1f} ms/image" for k, v in self.measured.items())
         return f"{self.backend}: {self.reason}" + (f" ({figures})" if figures else "")
-
-
-def cache_dir() -> Path:
-    """``$MIRAGEDET_CACHE``, else ``$XDG_CACHE_HOME/miragedet``, else ``~/.cache/miragedet``."""
-    if os.environ.get("MIRAGEDET_CACHE"):
-        return Path(os.environ["MIRAGEDET_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "miragedet"
 
 
 def _weights_digest(directory: Path) -> str:

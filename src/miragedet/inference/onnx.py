@@ -190,7 +190,7 @@ def int8_graph(onnx_path: Path) -> Path:
     if target.is_file():
         return target
     if not os.access(onnx_path.parent, os.W_OK):
-        from .engine import cache_dir
+        from .user_cache import cache_dir
 
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
         target = cache_dir() / "onnx" / digest / INT8_NAME
