@@ -118,7 +118,7 @@ def run_checks(backbone: str = DEFAULT_BACKBONE) -> list[Check]:
             f"{resolve('auto', 'cpu').precision} here",
         )
     )
-    from ..inference.threads import available_cpus, configure_torch
+    from ..inference.threads import available_cpus, configure_torch, decode_threads
 
     cpus = available_cpus()
     checks.append(
@@ -127,7 +127,7 @@ def run_checks(backbone: str = DEFAULT_BACKBONE) -> list[Check]:
             "threads",
             True,
             f"{cpus.describe()}: {configure_torch(cpus)} intra-op threads, "
-            f"{min(8, max(2, cpus.count))} decode threads by default",
+            f"{decode_threads(cpus)} decode threads by default",
         )
     )
     checks.append(backbone_check(backbone))

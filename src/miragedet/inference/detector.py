@@ -84,14 +84,6 @@ class Prediction:
         return asdict(self)
 
 
-def default_decode_threads() -> int:
-    """Decode threads by default: the CPUs this process may use (affinity, cgroup quota), 2 to
-    8 (decoding overlaps the forward, so two threads help even on one CPU)."""
-    from .threads import available_cpus
-
-    return min(8, max(2, available_cpus().count))
-
-
 def _describe(item: Any, index: int) -> str:
     if isinstance(item, str | os.PathLike):
         return str(item)
@@ -173,9 +165,10 @@ class Detector:
             model = apply(model if _owns_model else copy.deepcopy(model), precision)
         self.model = model.eval()
         self.device = torch.device(device) if device else model.clip.logit_scale.device
-        if self.device.type == "cpu":
-            from .threads import configure_torch
+        from .threads import configure_torch
+        from .threads import decode_threads as default_decode_threads
 
+        if self.device.type == "cpu":
             configure_torch()  # threads for the CPUs this process may use, not the host's
         self.model.to(self.device)
         self.threshold = float(model.threshold if threshold is None else threshold)
@@ -322,7 +315,7 @@ class Detector:
     def score_clips(self, prepared: list[Any]) -> list[tuple[np.ndarray, dict, list]]:
         """Clips' probabilities, descriptions and regions; their frames share forward batches
         (with a temporal head, each clip's embeddings go through it)."""
-        from ..data.views import forward_tiles
+        from ..data.views import aggregate, forward_tiles
         from .clips import summarize_clip
 
         if not prepared:
@@ -341,8 +334,6 @@ class Detector:
         embeds = np.split(np.concatenate([e for _, e in parts]), cuts)
         out = []
         for clip, r, e in zip(prepared, rows, embeds, strict=True):
-            from ..data.views import aggregate
-
             temporal = self.temporal_probs(e, aggregate(r, self.view.aggregate))
             out.append(summarize_clip(clip, r, self.view, temporal))
         return out

@@ -23,7 +23,7 @@ from ..data.transforms import Preprocess
 from ..model.checkpoint import CONFIG_NAME, read_config
 from ..model.config import ModelConfig
 from ..model.mirage import MiraGe
-from .detector import Detector, default_decode_threads
+from .detector import Detector
 
 ONNX_NAME = "model.onnx"
 #: The int8 graph ONNX Runtime's dynamic quantiser makes from ONNX_NAME (``--precision int8``).
@@ -128,10 +128,12 @@ class OnnxDetector(Detector):
             )
 
         from .threads import available_cpus
+        from .threads import decode_threads as default_decode_threads
 
+        cpus = available_cpus()
         options = ort.SessionOptions()
         # ONNX Runtime's default is a thread per host core; a container's quota may be less
-        options.intra_op_num_threads = available_cpus().count
+        options.intra_op_num_threads = cpus.count
         self.session = ort.InferenceSession(
             str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
         )
@@ -140,7 +142,7 @@ class OnnxDetector(Detector):
         self.device = torch.device("cpu")
         self.threshold = float(config.get("threshold", 0.5) if threshold is None else threshold)
         self.batch_size = batch_size
-        self.decode_threads = decode_threads or default_decode_threads()
+        self.decode_threads = decode_threads or default_decode_threads(cpus)
         self.draft = draft
         self.preprocess = Preprocess.from_dict(config["preprocess"])
         self.classes = ModelConfig.from_dict(_model_options(config)).all_classes

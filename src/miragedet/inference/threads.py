@@ -63,6 +63,12 @@ def available_cpus(root: Path = CGROUP) -> Cpus:
     return Cpus(max(1, count), host, source)
 
 
+def decode_threads(cpus: Cpus | None = None) -> int:
+    """Decode threads by default: the CPUs this process may use, 2 to 8 (decoding overlaps the
+    forward, so two threads help even on one CPU)."""
+    return min(8, max(2, (cpus or available_cpus()).count))
+
+
 def configure_torch(cpus: Cpus | None = None) -> int:
     """Set PyTorch's intra-op threads to the CPUs available, unless the user chose them
     (``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``) or PyTorch already uses fewer. Returns the
