@@ -286,18 +286,19 @@ def test_server_web_page_and_readme_list_the_decoders_formats():
 def test_video_upload_is_scored_by_its_frames_and_an_unreadable_one_is_415(
     served_checkpoint, tmp_path
 ):
-    from miragedet.apps.server import _prepare
+    from miragedet.apps.server import prepare
     from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
     from miragedet.inference.clips import ClipInputs
     from miragedet.inference.detector import Detector
 
     detector = Detector.from_pretrained(served_checkpoint)
-    status, error = _prepare(MP4_HEAD, detector, 10**8)[1:3]
-    assert status == 415 and error.startswith("not a readable video")
+    unreadable = prepare(MP4_HEAD, detector, 10**8)
+    assert unreadable.status == 415 and unreadable.error.startswith("not a readable video")
+    assert unreadable.code == "unsupported_format"
     clip = write_clip(tmp_path / "c.mp4", make_frames(np.random.default_rng(1), ClipSpec()))
-    tensors, status, error, prepared = _prepare(clip.read_bytes(), detector, 10**8)
+    tensors, status, error, prepared, _ = prepare(clip.read_bytes(), detector, 10**8)
     assert status == 200 and isinstance(prepared, ClipInputs) and len(tensors) == 16
-    tensors, status, error, tiles = _prepare(ENCODED["HEIF"][1](_photo()), detector, 10**8)
+    tensors, status, error, tiles, _ = prepare(ENCODED["HEIF"][1](_photo()), detector, 10**8)
     assert status == 200 and error is None and len(tensors) == 1 and tiles is None
 
 

@@ -258,10 +258,16 @@ def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
     assert served["fake_prob"] == pytest.approx(api.fake_prob, abs=1e-6)
     assert row["fake_prob"] == pytest.approx(api.fake_prob, abs=1e-6)
     assert plain["results"][0]["tiles"] is None  # the checkpoint's own view: resize
-    assert [r.status_code for r in refused] == [422] * 4
-    assert "over this server's limit" in refused[0].json()["detail"]
-    assert "view must be one of" in refused[1].json()["detail"]
-    assert "stability works with the resize view only" in refused[3].json()["detail"]
+    assert [r.status_code for r in refused[:3]] == [422] * 3  # typed in the OpenAPI document
+    assert {r.json()["code"] for r in refused[:3]} == {"invalid_request"}
+    assert "max_tiles: Input should be less than or equal to 8" in refused[0].json()["detail"]
+    assert "view: Input should be 'resize', 'tiles' or 'crop'" in refused[1].json()["detail"]
+    # re-deliveries under the tiles view: each tiled and aggregated like the image as given
+    stable = refused[3].json()["results"][0]
+    assert refused[3].status_code == 200 and stable["tiles"]["count"] == len(stable["regions"])
+    scores = stable["stability"]["scores"]
+    assert scores["as given"] == pytest.approx(stable["fake_prob"], abs=1e-6)
+    assert len(scores) == 5 and stable["label"] in ("real", "fake", "uncertain")
 
 
 def test_score_dataset_and_evaluate_score_with_the_view(served_checkpoint, tmp_path):

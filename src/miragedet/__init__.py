@@ -15,6 +15,7 @@ from ._version import __version__
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
     from .inference.detector import Detector, Prediction
     from .inference.loader import load_detector
+    from .inference.remote import Client
     from .model.backbone import Backbone, BackboneError, load_backbone
     from .model.checkpoint import CheckpointError, save_pretrained
     from .model.config import LossConfig, ModelConfig, OptimConfig
@@ -40,12 +41,14 @@ _LAZY = {
     "Detector": ".inference.detector",
     "Prediction": ".inference.detector",
     "load_detector": ".inference.loader",
+    "Client": ".inference.remote",
 }
 
 __all__ = [
     "Backbone",
     "BackboneError",
     "CheckpointError",
+    "Client",
     "Detector",
     "LossConfig",
     "MemoryBank",

@@ -381,8 +381,6 @@ class Detector:
         1, and labelled "uncertain" when the verdicts disagree or the score is near the threshold.
         """
         if stability is not None:
-            if self.view.kind != "resize":
-                raise ValueError("--stability works with the resize view only (for now)")
             yield from self._iter_stable(inputs, provenance, stability)
             return
         from ..provenance.verdict import read_provenance
@@ -461,8 +459,17 @@ class Detector:
                 yield Prediction(source, None, None, self.threshold, error=image)
                 continue
             deliveries = stability.redeliver(image)
-            probs = self.score_pil([im for _, im in deliveries])  # one batch of k + 1 images
-            prediction = self._predictions([source], probs[:1], {})[0]
+            if self.view.kind == "resize":
+                probs = self.score_pil([im for _, im in deliveries])  # one batch of k + 1 images
+                prediction = self._predictions([source], probs[:1], {})[0]
+            else:  # each re-delivery tiled and aggregated like the image as given
+                from ..data.views import inputs
+
+                sets = [inputs(im, self.preprocess, self.view) for _, im in deliveries]
+                probs, maps = self._forward_tiles(sets, list(range(len(sets))))
+                prediction = self._predictions([source], probs[:1], {})[0]
+                prediction.regions = maps[0].pop("regions")
+                prediction.tiles = {**maps[0], "count": len(prediction.regions)}
             report = stability.verdict(
                 [n for n, _ in deliveries], 1.0 - probs[:, 0], self.threshold
             )

@@ -8,6 +8,7 @@ disagree about the verdict, or the score lies within ``margin`` of the threshold
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,18 @@ from ..data import degrade
 #: quality 75 (typical of social networks), and an 80% centre crop.
 DEFAULT_VARIANTS = ("downscale:512", "downscale:256", "jpeg:75", "crop:0.8")
 DEFAULT_MARGIN = 0.05
+
+#: One re-delivery, with the strengths that make sense: a thumbnail of 16-9999 px (short side),
+#: JPEG quality 1-100, a centre crop of 0.1-1 of each side, a blur or noise sigma of 0-99.99.
+#: The same expression checks ``--stability-variants`` and types the server's query parameter.
+VARIANT = (
+    r"(downscale:(1[6-9]|[2-9]\d|[1-9]\d{2,3})"
+    r"|jpeg:([1-9]\d?|100)"
+    r"|crop:(0?\.[1-9]\d{0,3}|1(\.0{1,4})?)"
+    r"|(blur|noise):\d{1,2}(\.\d{1,2})?)"
+)
+#: Comma-separated variants (the server's ``stability_variants``).
+VARIANTS_PATTERN = rf"^{VARIANT}(,{VARIANT})*$"
 
 
 def centre_crop(image: Image.Image, fraction: float) -> Image.Image:
@@ -38,11 +51,10 @@ class Stability:
 
     def __post_init__(self) -> None:
         for spec in self.variants:
-            kind, _, value = spec.partition(":")
-            if kind not in ("downscale", "jpeg", "crop", "blur", "noise") or not value:
+            if not re.fullmatch(VARIANT, spec):
                 raise ValueError(
-                    f"stability variant {spec!r}: expected downscale:PX, jpeg:Q, "
-                    "crop:FRACTION, blur:SIGMA or noise:SIGMA"
+                    f"stability variant {spec!r}: expected downscale:PX (16-9999), jpeg:Q "
+                    "(1-100), crop:FRACTION (0.1-1), blur:SIGMA or noise:SIGMA (0-99.99)"
                 )
         if not 0 <= self.margin < 0.5:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")

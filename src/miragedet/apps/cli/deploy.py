@@ -34,6 +34,15 @@ def serve(
     api_key: str = typer.Option(
         None, envvar="MIRAGEDET_API_KEY", help="Require this key (X-API-Key or Bearer)."
     ),
+    api_keys: Path = typer.Option(
+        None,
+        help="Keys file: NAME KEY [RATE] [DAILY_IMAGES] per line (docs/api.md); "
+        "kill -HUP reloads it.",
+    ),
+    rate_limit: str = typer.Option(
+        None, help="Requests per key, e.g. 60/minute (a key's line may set its own)."
+    ),
+    daily_images: int = typer.Option(None, help="Images per key per day (429 beyond)."),
     cors: str = typer.Option(None, help="Comma-separated allowed origins."),
     threshold: float = typer.Option(None),
     device: str = typer.Option(None),
@@ -69,6 +78,10 @@ def serve(
     try:  # checked here, before the model loads in the background
         if options is not None:
             resolve(options, "resize")
+        if api_keys is not None or rate_limit is not None:
+            from ..server.keys import KeyRing
+
+            KeyRing(api_keys, api_key, rate_limit, daily_images)
     except ValueError as exc:
         raise fail(exc) from exc
 
@@ -81,6 +94,9 @@ def serve(
         max_pixels=max_pixels,
         max_images=max_images,
         api_key=api_key,
+        api_keys_file=str(api_keys) if api_keys else None,
+        rate_limit=rate_limit,
+        daily_images=daily_images,
         cors_origins=csv_list(cors) or [],
         threshold=threshold,
         device=device,

@@ -30,7 +30,18 @@ def detect(
         ...,
         help="Image and video files, folders (recursive), globs, or - for paths on stdin.",
     ),
-    model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Checkpoint directory or hub id (or --server)."
+    ),
+    server: str = typer.Option(
+        None,
+        "--server",
+        help="Score on this miragedet server (URL) instead of a local model; every option and "
+        "format works the same (docs/api.md).",
+    ),
+    api_key: str = typer.Option(
+        None, envvar="MIRAGEDET_API_KEY", help="The server's API key (with --server)."
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table|json|jsonl|csv"),
     output: Path = typer.Option(None, "--output", "-o", help="Write rows here (streamed)."),
     resume: bool = typer.Option(False, help="Skip inputs already in --output; append the rest."),
@@ -100,30 +111,36 @@ def detect(
 
     try:
         err = Console(stderr=True)
-        detector = load_detector(
-            model,
-            backend,
-            notify=lambda message: err.print(f"[dim]{escape(message)}[/dim]", highlight=False),
-            threshold=threshold,
-            batch_size=batch_size,
-            decode_threads=threads,
-            device=device,
-            precision=precision,
-            draft=not exact_decode,
-            view=view_options(view, max_tiles, aggregate),
-            sampling=sampling_options(frames, fps, max_seconds),
-        )
-        if trust_anchors is not None:
-            from ...provenance.c2pa_manifest import load_trust_anchors
+        if (model is None) == (server is None):
+            raise ValueError("give a model (-m/--model) or a server (--server URL), one of them")
+        if server is not None:
+            detector = _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate,
+                               frames, fps, max_seconds, trust_anchors, watermarks)  # fmt: skip
+        else:
+            detector = load_detector(
+                model,
+                backend,
+                notify=lambda message: err.print(f"[dim]{escape(message)}[/dim]", highlight=False),
+                threshold=threshold,
+                batch_size=batch_size,
+                decode_threads=threads,
+                device=device,
+                precision=precision,
+                draft=not exact_decode,
+                view=view_options(view, max_tiles, aggregate),
+                sampling=sampling_options(frames, fps, max_seconds),
+            )
+            if trust_anchors is not None:
+                from ...provenance.c2pa_manifest import load_trust_anchors
 
-            detector.trust_anchors = load_trust_anchors(trust_anchors)
-        detector.watermarks = watermarks
+                detector.trust_anchors = load_trust_anchors(trust_anchors)
+            detector.watermarks = watermarks
         if where is not None and detector.view.kind == "resize":
             raise ValueError("--where draws tiles: use it with --view tiles (or crop)")
         engine = detector.engine_info()
         chosen = f"; engine {engine['backend']} ({engine['reason']})" if detector.engine else ""
         err.print(
-            f"[dim]{escape(model)}: {detector.precision} "
+            f"[dim]{escape(model or server)}: {detector.precision} "
             f"({escape(detector.precision_reason)}){escape(chosen)}[/dim]",
             highlight=False,
         )
@@ -153,6 +170,27 @@ def detect(
     _list_skipped(err, found.skipped, list_skipped)
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate, frames, fps,
+            max_seconds, trust_anchors, watermarks):  # fmt: skip
+    """A Client for ``detect --server``: the options the server takes per request are sent; the
+    ones that belong to the server (its trust anchors, watermark search) are refused here."""
+    from ...inference.remote import Client, RemoteError
+
+    if trust_anchors is not None or watermarks:
+        raise ValueError(
+            "--trust-anchors and --watermarks are the server's settings "
+            "(miragedet serve --trust-anchors/--watermarks), not per request"
+        )
+    client = Client(server, api_key, batch_size=batch_size, view=view, max_tiles=max_tiles,
+                    aggregate=aggregate, threshold=threshold, frames=frames, fps=fps,
+                    max_seconds=max_seconds)  # fmt: skip
+    try:
+        client.info()
+    except RemoteError as exc:
+        raise ValueError(str(exc)) from exc
+    return client
 
 
 def _list_skipped(err: Console, skipped: list[tuple[str, str]], requested: bool) -> None:

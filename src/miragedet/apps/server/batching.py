@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..inference.detector import Detector
+from ...inference.detector import Detector
 
 
 class QueueFull(Exception):
@@ -41,6 +41,20 @@ class Metrics:
         self.ready_seconds = Gauge(
             "miragedet_ready_seconds",
             "Seconds from the start of `miragedet serve` (or of the app) to the model loaded",
+            registry=r,
+        )
+        # per API key (its name from --api-keys, never the key itself)
+        self.key_requests = Counter(
+            "miragedet_key_requests", "Requests to /v1/detect by API key name", ["key"], registry=r
+        )
+        self.key_images = Counter(
+            "miragedet_key_images", "Images accepted for scoring by API key name", ["key"],
+            registry=r,
+        )  # fmt: skip
+        self.key_refused = Counter(
+            "miragedet_key_refused",
+            "Requests refused by a key's rate limit or daily image quota",
+            ["key", "reason"],
             registry=r,
         )
 
