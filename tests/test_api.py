@@ -39,7 +39,7 @@ def _metric(text: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name} ([0-9.e+]+)$", text, re.M))
 
 
-def test_schemathesis_finds_nothing_over_the_whole_api(server):
+def test_schemathesis_finds_nothing_over_the_whole_api(server, tmp_path):
     """All checks, all phases, seeded and bounded; the hooks make real images, so schema-valid
     uploads must be scored (200) and the rest refused with a documented status, never a 5xx."""
     scored = 'miragedet_images_total{outcome="scored"}'
@@ -71,6 +71,7 @@ def test_schemathesis_finds_nothing_over_the_whole_api(server):
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,  # its cache folder (.schemathesis/) goes here, not into the checkout
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

@@ -10,6 +10,7 @@ becomes an error row, and the rest of the batch is still scored.
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, fields
@@ -19,7 +20,7 @@ from typing import Any
 from ..data.transforms import Preprocess
 from ..data.video import Sampling
 from ..data.views import View
-from .detector import Prediction
+from .detector import Prediction, _describe, to_image
 
 #: The API's per-result fields that a Prediction holds under the same name.
 _SAME = (
@@ -270,15 +271,21 @@ def _retry_after(response: Any, fallback: float) -> float:
 
 
 def _read(item: Any, index: int) -> tuple[str, bytes, str | None]:
-    """(name, bytes, None) of an input, or (name, b"", why it cannot be sent)."""
-    if isinstance(item, (bytes, bytearray)):
-        return f"bytes-{index}", bytes(item), None
-    if hasattr(item, "save") and hasattr(item, "size"):  # a PIL image: sent losslessly as PNG
-        buf = io.BytesIO()
-        item.save(buf, "PNG")
-        return getattr(item, "filename", "") or f"image-{index}", buf.getvalue(), None
-    name = str(item)
+    """(name, bytes, None) of an input, or (name, b"", why it cannot be sent). Names are the
+    Detector's (a path as given, ``<bytes #i>``, ``<image #i>``, ``<array #i>``); files and bytes
+    go as they are, decoded images and arrays losslessly as PNG."""
+    name = _describe(item, index)
+    if isinstance(item, bytes | bytearray):
+        return name, bytes(item), None
+    if isinstance(item, str | os.PathLike):
+        try:
+            return name, Path(item).read_bytes(), None
+        except OSError as exc:
+            return name, b"", f"cannot read {name}: {exc.strerror or exc}"
     try:
-        return name, Path(item).read_bytes(), None
-    except OSError as exc:
-        return name, b"", f"cannot read {name}: {exc.strerror or exc}"
+        image = to_image(item)
+    except Exception as exc:  # the Detector's own reasons (unsupported type, bad array)
+        return name, b"", str(exc)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return name, buf.getvalue(), None

@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ class Key:
     name: str
     hashed: bytes
     rate: RateLimitItem | None = None  # requests, a moving window
-    daily_images: int | None = None  # images per day, a fixed window from the first use
+    daily: RateLimitItem | None = None  # images per day, a fixed window from the first use
 
 
 def _rate(text: str | None) -> RateLimitItem | None:
@@ -48,6 +47,10 @@ def _rate(text: str | None) -> RateLimitItem | None:
         return parse(text)
     except ValueError as exc:
         raise ValueError(f"rate {text!r}: expected e.g. 60/minute ({exc})") from exc
+
+
+def _daily(images: int | None) -> RateLimitItem | None:
+    return None if images is None else parse(f"{images}/day")
 
 
 def _count(text: str | None) -> int | None:
@@ -83,7 +86,7 @@ def read_keys(path: Path, rate: str | None = None, daily_images: int | None = No
                 name,
                 digest(key),
                 own_rate or _rate(rate),
-                own_daily if own_daily is not None else daily_images,
+                _daily(own_daily if own_daily is not None else daily_images),
             )
         )
     return keys
@@ -109,8 +112,6 @@ class KeyRing:
         daily_images: int | None = None,
     ) -> None:
         self.path, self.single, self.rate, self.daily_images = path, single, rate, daily_images
-        self._rate_default = _rate(rate)
-        self._lock = threading.Lock()
         self.keys: tuple[Key, ...] = ()
         storage = MemoryStorage()
         self._rates = MovingWindowRateLimiter(storage)
@@ -125,7 +126,8 @@ class KeyRing:
         """Read the keys file again; on a bad file the keys in use stay (and it is logged)."""
         keys: list[Key] = []
         if self.single:
-            keys.append(Key("default", digest(self.single), self._rate_default, self.daily_images))
+            daily = _daily(self.daily_images)
+            keys.append(Key("default", digest(self.single), _rate(self.rate), daily))
         if self.path is not None:
             try:
                 keys.extend(read_keys(self.path, self.rate, self.daily_images))
@@ -134,8 +136,7 @@ class KeyRing:
                     log.error("miragedet: keys not reloaded, the old ones stay: %s", exc)
                     return len(self.keys)
                 raise
-        with self._lock:
-            self.keys = tuple(keys)
+        self.keys = tuple(keys)  # one assignment: a request sees the old set or the new one
         log.info("miragedet: %d API key(s) loaded", len(keys))
         return len(keys)
 
@@ -167,14 +168,14 @@ class KeyRing:
                 f"rate limit of {key.rate} reached for key {name!r}",
                 max(1, math.ceil(reset - now)),
             )
-        if key.daily_images is not None:
-            quota = parse(f"{key.daily_images}/day")
-            if images > key.daily_images or not self._daily.test(quota, name, cost=images):
+        quota = key.daily
+        if quota is not None:
+            if images > quota.amount or not self._daily.test(quota, name, cost=images):
                 stats = self._daily.get_window_stats(quota, name)
                 retry = max(1, math.ceil(stats.reset_time - now))
                 return Refusal(
                     "quota_exceeded",
-                    f"daily quota of {key.daily_images} images for key {name!r}: "
+                    f"daily quota of {quota.amount} images for key {name!r}: "
                     f"{stats.remaining} left, {images} sent",
                     retry,
                 )
