@@ -127,7 +127,9 @@ function card(file, result) {
   const verdict = document.createElement("div");
   if (result.error) {
     verdict.className = "verdict error";
-    verdict.textContent = `Could not score (${result.status}): ${result.error}`;
+    // the status and the contract's machine-readable code (docs/api.md), then the reason
+    const code = result.code ? ` ${result.code}` : "";
+    verdict.textContent = `Could not score (${result.status}${code}): ${result.error}`;
     el.appendChild(verdict);
     return el;
   }
@@ -173,7 +175,7 @@ async function score(files) {
     const url = $("where").checked ? "/v1/detect?view=tiles" : "/v1/detect";
     const r = await fetch(url, { method: "POST", body, headers: headers() });
     data = await r.json();
-    if (!data.results) { $("status").textContent = `error ${r.status}: ${data.detail}`; return; }
+    if (!data.results) { $("status").textContent = `error ${r.status}${data.code ? " " + data.code : ""}: ${data.detail}`; return; }
   } catch (e) { $("status").textContent = `request failed: ${e}`; return; }
   [...data.results].reverse().forEach((res, j) => $("results").prepend(card(files[files.length - 1 - j], res)));
   $("status").textContent = `scored ${data.results.filter((r) => !r.error).length} of ${files.length}`;
