@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +21,14 @@ import torch
 
 from miragedet import MiraGe, ModelConfig
 from miragedet.model.backbone import Backbone, load_backbone
+
+# The suite runs on PyTorch: the default engine (--backend auto) exports and measures each new
+# checkpoint once (about 18 s for a tiny one here), which hundreds of throwaway checkpoints would
+# pay again and again. test_engine.py unsets this to test the default itself; the engine cache
+# goes to a folder of the run, never the user's.
+os.environ["MIRAGEDET_BACKEND"] = "torch"
+os.environ["MIRAGEDET_CACHE"] = tempfile.mkdtemp(prefix="miragedet-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MIRAGEDET_CACHE"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared beside the repo holds OpenAI CLIP's real tokenizer in Hugging Face format.

@@ -24,6 +24,7 @@ from miragedet.model.backbone import load_backbone
 @pytest.fixture
 def checkpoint(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MIRAGEDET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MIRAGEDET_BACKEND", raising=False)  # the suite's pin (conftest.py)
     torch.manual_seed(1)
     path = tmp_path / "ckpt"
     save_pretrained(MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2)), path)
@@ -99,17 +100,68 @@ def test_a_read_only_checkpoint_exports_into_the_user_cache(checkpoint, monkeypa
     assert choice.backend in ("torch", "onnx") and choice.measured
 
 
-def test_detect_names_the_engine_it_chose(checkpoint, tmp_path):
-    image = tmp_path / "a.png"
+def test_auto_is_the_default_of_detect_score_dataset_and_serve(checkpoint, tmp_path, monkeypatch):
+    """No --backend: detect measures once and names the engine it chose in its header;
+    score-dataset and serve reuse that choice (cached: nothing exported or measured again) and
+    report it; whichever engine was chosen, the scores are PyTorch fp32's within PARITY (at
+    --precision fp32). MIRAGEDET_BACKEND pins an engine for all of them."""
+    import asyncio
+
+    import pyarrow.parquet as pq
     from PIL import Image
 
-    Image.fromarray(_images(1)[0]).save(image)
+    from conftest import in_process
+    from miragedet.apps.score_dataset import score_dataset
+    from miragedet.apps.server import ServerSettings, create_app
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, array in enumerate(_images(3)):
+        Image.fromarray(array).save(folder / f"{i}.png")
     out = tmp_path / "rows.jsonl"
-    args = ["detect", str(image), "-m", str(checkpoint), "--backend", "auto", "-o", str(out)]
+    args = ["detect", str(folder), "-m", str(checkpoint), "--precision", "fp32", "-o", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "engine" in result.output and "fastest here" in " ".join(result.output.split())
-    assert json.loads(out.read_text())["fake_prob"] is not None
+    header = " ".join(result.output.split())
+    assert "exporting the ONNX graph once" in header and "measuring PyTorch and ONNX" in header
+    assert "; engine " in header and "fastest here" in header and "ms/image" in header
+    rows = sorted((json.loads(line) for line in out.read_text().splitlines()), key=str)
+    reference = Detector.from_pretrained(checkpoint, precision="fp32")
+    expected = reference.predict_proba([np.asarray(Image.open(r["path"])) for r in rows])
+    np.testing.assert_allclose([r["fake_prob"] for r in rows], expected[:, 1], atol=engine.PARITY)
+    chosen = json.loads((Path(engine.cache_dir()) / "engines.json").read_text())
+    assert len(chosen) == 1  # one measurement for this machine + model + view + batch
+
+    heard: list[str] = []
+    report = score_dataset(folder, tmp_path / "shards", str(checkpoint), engine="local",
+                           precision="fp32", notify=heard.append)  # fmt: skip
+    assert report.scored == 3 and heard == []  # the choice came from the cache
+    assert report.engine.split(":")[0] in ("torch", "onnx") and "ms/image" in report.engine
+    table = pq.read_table(tmp_path / "shards").to_pandas().sort_values("path")
+    np.testing.assert_allclose(table["fake_prob"], expected[:, 1], atol=engine.PARITY)
+
+    async def served() -> dict:
+        settings = ServerSettings(model=str(checkpoint), precision="fp32")
+        async with in_process(create_app(settings)) as client:
+            return (await client.get("/v1/model")).json()
+
+    described = asyncio.run(served())["engine"]
+    assert described["backend"] == report.engine.split(":")[0] and described["cached"] is True
+    assert len(json.loads((Path(engine.cache_dir()) / "engines.json").read_text())) == 1
+
+    from miragedet.apps.doctor import engine_check
+
+    first, again = engine_check(str(checkpoint)), engine_check(str(checkpoint))
+    assert first.ok and "(measured now)" in first.found and "ms/image" in first.found
+    assert "(measured before)" in again.found  # doctor -m: precision auto, measured once
+    listed = engine_check()
+    assert "--backend auto (default); 2 choice(s)" in listed.found and "ckpt:" in listed.found
+
+    monkeypatch.setenv("MIRAGEDET_BACKEND", "torch")  # a fleet's pin
+    assert "--backend torch ($MIRAGEDET_BACKEND)" in engine_check().found
+    pinned = CliRunner().invoke(app, args)
+    assert pinned.exit_code == 0 and "; engine" not in pinned.output
+    assert load_detector(str(checkpoint)).engine is None
 
 
 def test_int8_rides_the_faster_engine_within_the_stated_tolerance(tmp_path, monkeypatch):
@@ -136,3 +188,32 @@ def test_int8_rides_the_faster_engine_within_the_stated_tolerance(tmp_path, monk
     assert np.abs(fp32[:, 1] - b[:, 1]).max() <= INT8_TOLERANCE
     assert not np.array_equal(fp32, b)  # int8 really ran
     assert ((fp32[:, 1] >= 0.5) == (b[:, 1] >= 0.5)).mean() >= 0.99
+
+
+def test_evaluate_scores_alike_on_every_engine_and_names_it(checkpoint, tmp_path):
+    """evaluate --backend: the same report's scores on PyTorch fp32, on the exported graph
+    (onnx) and on the default (auto, whichever it picks), within PARITY; the header names it."""
+    import csv
+
+    from miragedet.data.synthetic import write_layout
+
+    data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=6)
+    scores = {}
+    for backend in ("torch", "onnx", None):
+        out = tmp_path / f"eval-{backend}"
+        args = ["evaluate", "-m", str(checkpoint), str(data), "-o", str(out), "--workers", "0",
+                "--precision", "fp32"] + (["--backend", backend] if backend else [])  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        header = " ".join(result.output.split())
+        if backend is None:
+            assert "engine torch (" in header or "engine onnx (" in header
+            assert "ms/image" in header  # the measured figures
+        else:
+            assert f"engine {backend} (as requested)" in header
+        with (out / "scores.csv").open() as handle:
+            rows = sorted(csv.DictReader(handle), key=lambda r: r["path"])
+        scores[backend] = np.array([float(r["p_fake"]) for r in rows])
+    assert len(scores["torch"]) == 12
+    np.testing.assert_allclose(scores["onnx"], scores["torch"], atol=engine.PARITY)
+    np.testing.assert_allclose(scores[None], scores["torch"], atol=engine.PARITY)

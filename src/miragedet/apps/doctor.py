@@ -82,7 +82,38 @@ def backbone_check(source: str) -> Check:
     return Check("backbone", source, False, f"not cached and {how}", fix, required=True)
 
 
-def run_checks(backbone: str = DEFAULT_BACKBONE) -> list[Check]:
+def engine_check(model: str | None = None) -> Check:
+    """The default engine: for ``model``, the choice (measured now if never before); else the
+    choices measured on this machine so far."""
+    from ..inference.engine import choose, measured_here
+    from ..inference.loader import BACKEND_ENV, default_backend
+    from ..inference.user_cache import cache_dir
+
+    backend = default_backend()
+    source = f"${BACKEND_ENV}" if backend != "auto" else "default"
+    if model is not None:
+        from ..model.checkpoint import resolve
+
+        try:
+            choice = choose(resolve(model))
+        except (OSError, ValueError) as exc:
+            return Check("engine", f"--backend auto for {model}", False, str(exc), "")
+        found = choice.describe() + (" (measured before)" if choice.cached else " (measured now)")
+        return Check("engine", f"--backend auto for {model}", True, found)
+    entries = measured_here()
+    latest = "; ".join(
+        f"{Path(e['about']['checkpoint']).name}: {e['backend']}"
+        for e in entries[-3:]
+        if "about" in e
+    )
+    found = (
+        f"--backend {backend} ({source}); {len(entries)} choice(s) measured on this machine in "
+        f"{cache_dir() / 'engines.json'}" + (f", latest {latest}" if latest else "")
+    )
+    return Check("engine", "engine", True, found, "miragedet doctor -m CHECKPOINT measures one")
+
+
+def run_checks(backbone: str = DEFAULT_BACKBONE, model: str | None = None) -> list[Check]:
     import torch
 
     from ..data import formats
@@ -130,6 +161,7 @@ def run_checks(backbone: str = DEFAULT_BACKBONE) -> list[Check]:
             f"{decode_threads(cpus)} decode threads by default",
         )
     )
+    checks.append(engine_check(model))
     checks.append(backbone_check(backbone))
     cached = cached_backbones()
     checks.append(

@@ -144,7 +144,7 @@ class Scorer:
     def __init__(
         self,
         model: str,
-        backend: str = "torch",
+        backend: str | None = None,
         threshold: float | None = None,
         batch_size: int = 32,
         device: str | None = None,
@@ -153,6 +153,7 @@ class Scorer:
         provenance: bool = True,
         view: Any = None,
         sampling: Any = None,
+        choice: Any = None,
     ) -> None:
         from ..inference.loader import load_detector
 
@@ -160,6 +161,7 @@ class Scorer:
         self.detector = load_detector(
             model,
             backend,
+            engine=choice,  # the driver's --backend auto choice: workers do not measure again
             threshold=threshold,
             batch_size=batch_size,
             decode_threads=threads,
@@ -238,6 +240,7 @@ class ScoreReport:
     seconds: float = 0.0
     written: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # not images, with the reason
+    engine: str = ""  # the engine the workers run, and why (--backend auto: its figures)
 
     @property
     def images_per_s(self) -> float:
@@ -365,14 +368,14 @@ def read_scores(output: str | Path) -> Any:
 
 
 def score_dataset(
-    source: str,
+    source: str | os.PathLike,
     output: str | Path,
     model: str,
     engine: str = "ray",
     workers: int = 2,
     batch_size: int = 32,
     shard_size: int = 1000,
-    backend: str = "torch",
+    backend: str | None = None,
     threshold: float | None = None,
     device: str | None = None,
     precision: str = "auto",
@@ -384,6 +387,7 @@ def score_dataset(
     address: str | None = None,
     on_start: Callable[[ScoreReport, int], None] | None = None,
     on_rows: Callable[[int], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> ScoreReport:
     """Score every image of ``source`` into Parquet shards under ``output`` (see the module)."""
     if engine not in ENGINES:
@@ -391,16 +395,21 @@ def score_dataset(
     if shard_size < 1 or batch_size < 1 or workers < 1:
         raise ScoringError("shard_size, batch_size and workers must be at least 1")
     output = Path(output)
+    from ..inference.loader import default_backend
+
+    backend = backend or default_backend()
     _check_model(model, backend)
+    choice = None
     if backend == "auto":  # chosen once here, not by every worker
-        from ..inference.engine import choose
+        from ..inference.engine import choose, onnx_graph
         from ..model.checkpoint import resolve as resolve_checkpoint
 
-        backend = choose(
-            resolve_checkpoint(model), view=view, batch_size=batch_size, precision=precision,
-            device=device,
-        ).backend  # fmt: skip
-    found = discover_inputs(source)
+        directory = resolve_checkpoint(model)
+        choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
+                        device=device, notify=notify)  # fmt: skip
+        if choice.backend == "onnx":
+            onnx_graph(directory, notify)  # exported here (if ever), not by every worker
+    found = discover_inputs(os.fspath(source))
     paths = list(dict.fromkeys(found.paths))
     if view is not None:
         from ..data.views import resolve
@@ -412,6 +421,7 @@ def score_dataset(
     n_shards = (len(paths) + shard_size - 1) // shard_size
     pending = [s for s in range(n_shards) if not shard_path(output, s).is_file()]
     report = ScoreReport(output, len(paths), n_shards, n_shards - len(pending))
+    report.engine = choice.describe() if choice is not None else f"{backend}: as requested"
     report.skipped = found.skipped
     work = _work_table(paths, pending, shard_size)  # shard, index, path of what is left
     del paths  # the listing now lives in Arrow buffers (a few tens of bytes per input)
@@ -429,6 +439,7 @@ def score_dataset(
         provenance=provenance,
         view=view,
         sampling=sampling,
+        choice=choice,
     )
     batches = (
         _ray_batches(work, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)

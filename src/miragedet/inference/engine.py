@@ -17,9 +17,7 @@ is a reason shown with the choice, never an error.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import platform
@@ -96,11 +94,12 @@ def _read_cache(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_cache(path: Path, key: str, choice: EngineChoice) -> None:
+def _write_cache(path: Path, key: str, choice: EngineChoice, about: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         entries = _read_cache(path)
         entries[key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
+        entries[key]["about"] = about  # what it was measured for (doctor lists these)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(entries, indent=1))
         os.replace(tmp, path)
@@ -123,9 +122,7 @@ def onnx_graph(directory: Path, notify: Callable[[str], None] | None = None) -> 
     if notify is not None:
         notify(f"exporting the ONNX graph once, to {target} (for --backend auto)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-        export_checkpoint(directory, target if target != existing else None)
+    export_checkpoint(directory, target if target != existing else None)  # quietly
     return target
 
 
@@ -164,10 +161,17 @@ def choose(
     key = cache_key(directory, view, batch_size, precision)
     entry = _read_cache(store).get(key)
     if entry:
-        return EngineChoice(**entry, cached=True)
+        return EngineChoice(**{k: v for k, v in entry.items() if k != "about"}, cached=True)
     choice = _measure(directory, view, batch_size, precision, notify, measure_batch)
-    _write_cache(store, key, choice)
+    about = {"checkpoint": str(directory), "batch_size": batch_size, "precision": precision,
+             "view": asdict(view) if hasattr(view, "__dataclass_fields__") else view}  # fmt: skip
+    _write_cache(store, key, choice, about)
     return choice
+
+
+def measured_here() -> list[dict[str, Any]]:
+    """The choices cached on this machine, each with what it was measured for (``about``)."""
+    return list(_read_cache(cache_dir() / "engines.json").values())
 
 
 def _measure(

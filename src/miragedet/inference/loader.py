@@ -1,32 +1,47 @@
-"""A Detector from a checkpoint on the engine asked for (PyTorch or ONNX Runtime)."""
+"""A Detector from a checkpoint on the engine asked for (PyTorch, ONNX Runtime, or ``auto``:
+the fastest of them that gives the same scores here, the default)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .detector import Detector
 
-BACKENDS = ("torch", "onnx", "auto")
+if TYPE_CHECKING:
+    from .engine import EngineChoice
+
+BACKENDS = ("auto", "torch", "onnx")
+#: Names the engine when a caller gives none (a fleet's pin: ``MIRAGEDET_BACKEND=torch``).
+BACKEND_ENV = "MIRAGEDET_BACKEND"
+
+
+def default_backend() -> str:
+    """``$MIRAGEDET_BACKEND`` when set, else ``auto``."""
+    return os.environ.get(BACKEND_ENV) or "auto"
 
 
 def load_detector(
     model: str,
-    backend: str = "torch",
+    backend: str | None = None,
     notify: Callable[[str], None] | None = None,
+    engine: EngineChoice | None = None,
     **kwargs: Any,
 ) -> Detector:
     """A Detector for a checkpoint, on PyTorch (``torch``), on ONNX Runtime (``onnx``: the
     checkpoint's model.onnx, see `miragedet export`) or on the fastest of the two that gives the
-    same scores here (``auto``: :mod:`miragedet.inference.engine`; ``notify`` hears of a
-    first-time export and measurement). The detector's ``engine`` says what was chosen and
-    why."""
+    same scores here (``auto``, the default, or ``$MIRAGEDET_BACKEND``:
+    :mod:`miragedet.inference.engine`; ``notify`` hears of a first-time export and
+    measurement; ``engine``: a choice already made, e.g. by a driver for its workers). The
+    detector's ``engine`` says what was chosen and why."""
+    backend = backend or default_backend()
     if backend == "auto":
         from ..model.checkpoint import resolve
         from .engine import choose
 
         directory = resolve(model)
-        choice = choose(
+        choice = engine or choose(
             directory,
             view=kwargs.get("view"),
             batch_size=kwargs.get("batch_size", 32),
@@ -40,7 +55,9 @@ def load_detector(
             from .onnx import OnnxDetector
 
             options = {k: v for k, v in kwargs.items() if k != "device"}
-            detector = OnnxDetector(onnx_graph(directory), read_config(directory), **options)
+            detector = OnnxDetector(
+                onnx_graph(directory, notify), read_config(directory), **options
+            )
         else:
             detector = load_detector(str(directory), "torch", **kwargs)
         detector.engine = choice

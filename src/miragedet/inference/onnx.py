@@ -8,10 +8,15 @@ beside `config.json` can then be served without PyTorch weights or the backbone 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +54,53 @@ class InferenceGraph(nn.Module):
         return logits.softmax(dim=-1)
 
 
+#: Loggers of the exporter's own progress and advice (torch.onnx's steps, torch.export's and
+#: onnxscript's notes), kept out of the terminal unless asked for (``export --verbose``).
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _exporter_quiet(verbose: bool) -> Iterator[None]:
+    """The exporter's prints, log records and warnings held back (``verbose``: let through)."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    held = io.StringIO()
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with (
+            contextlib.redirect_stdout(held),
+            contextlib.redirect_stderr(held),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def export_onnx(
-    model: MiraGe, path: str | os.PathLike, opset: int = 18, dynamo: bool = True
+    model: MiraGe,
+    path: str | os.PathLike,
+    opset: int = 18,
+    dynamo: bool = True,
+    verbose: bool = False,
 ) -> Path:
-    """Write the inference graph to ``path`` (a single file, dynamic batch size)."""
-    path = Path(path)
+    """Write the inference graph to ``path`` (a single file, dynamic batch size); the
+    exporter's own messages only with ``verbose``."""
+    with _exporter_quiet(verbose):
+        return _export(model, Path(path), opset, dynamo)
+
+
+def _export(model: MiraGe, path: Path, opset: int, dynamo: bool) -> Path:
     graph = InferenceGraph(model).eval()
     size = model.backbone.preprocess.image_size
     example = torch.zeros(2, 3, size, size, dtype=model.clip.logit_scale.dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with torch.no_grad():
         if dynamo:
@@ -134,6 +178,7 @@ class OnnxDetector(Detector):
         options = ort.SessionOptions()
         # ONNX Runtime's default is a thread per host core; a container's quota may be less
         options.intra_op_num_threads = cpus.count
+        options.log_severity_level = 4  # its errors reach the caller as exceptions, not logs
         self.session = ort.InferenceSession(
             str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
         )
@@ -216,14 +261,17 @@ def int8_graph(onnx_path: Path) -> Path:
 
 
 def export_checkpoint(
-    directory: str | os.PathLike, output: str | os.PathLike | None = None, dynamo: bool = True
+    directory: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    dynamo: bool = True,
+    verbose: bool = False,
 ) -> Path:
     """Export a checkpoint's inference graph to ``output`` (default: DIR/model.onnx)."""
     from ..model.mirage import load_pretrained
 
     model = load_pretrained(directory)
     target = Path(output) if output else Path(directory) / ONNX_NAME
-    export_onnx(model, target, dynamo=dynamo)
+    export_onnx(model, target, dynamo=dynamo, verbose=verbose)
     if output and Path(output).parent != Path(directory):
         # Keep the settings a scorer needs beside a standalone export.
         config = json.loads((Path(directory) / CONFIG_NAME).read_text())

@@ -35,9 +35,9 @@ def view_options(view: str | None, max_tiles: int | None, aggregate: str | None)
 
 
 BACKEND_HELP = (
-    "torch (default), onnx (the checkpoint's model.onnx on ONNX Runtime, see `miragedet "
-    "export`), or auto: the faster of the two that gives the same scores on this machine, "
-    "measured once and cached (docs/performance.md)."
+    "auto (default, or $MIRAGEDET_BACKEND): the fastest engine that gives the same scores on "
+    "this machine, measured once and cached (docs/performance.md); torch; or onnx (the "
+    "checkpoint's model.onnx on ONNX Runtime, see `miragedet export`)."
 )
 FRAMES_HELP = "Videos and animated images: frames scored per clip, evenly spread. Default 16."
 FPS_HELP = "Videos: sample this many frames per second of the clip instead (at most 256)."

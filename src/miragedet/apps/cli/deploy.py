@@ -53,7 +53,7 @@ def serve(
         None, help="PEM file of trusted C2PA signers (see detect --help)."
     ),
     watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: str = typer.Option(None, help=BACKEND_HELP),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     view: str = typer.Option(
         None, help=VIEW_HELP + " A request may ask for another (?view=tiles&max_tiles=16)."
@@ -123,6 +123,7 @@ def export(
     fmt: str = typer.Option("onnx", "--format", help="onnx"),
     legacy: bool = typer.Option(False, help="Use the TorchScript-based exporter."),
     check: bool = typer.Option(True, help="Compare ONNX Runtime with PyTorch on random input."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show torch.onnx's own export steps."),
 ) -> None:
     """Export the inference graph (vision tower + prompts + fixed text features -> probs)."""
     import numpy as np
@@ -134,7 +135,8 @@ def export(
     if fmt != "onnx":
         raise fail(ValueError(f"only --format onnx is supported, not {fmt!r}"))
     try:
-        path = export_checkpoint(model, output, dynamo=not legacy)
+        with console.status("exporting the inference graph"):
+            path = export_checkpoint(model, output, dynamo=not legacy, verbose=verbose)
     except (ValueError, OSError) as exc:
         raise fail(exc) from exc
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
@@ -145,5 +147,11 @@ def export(
         pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             expected = InferenceGraph(torch_model)(pixels).numpy()
-        diff = float(np.abs(onnx.forward_tensors(pixels) - expected).max())
+        try:
+            diff = float(np.abs(onnx.forward_tensors(pixels) - expected).max())
+        except Exception as exc:  # onnxruntime's own error types: a graph that does not run
+            hint = "; try without --legacy" if legacy else ""
+            reason = str(exc).strip()[:300]
+            message = f"{path} was written but does not run on ONNX Runtime ({reason}){hint}"
+            raise fail(ValueError(message)) from exc
         console.print(f"ONNX Runtime vs PyTorch: max abs difference {diff:.2e}")

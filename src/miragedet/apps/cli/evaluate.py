@@ -11,6 +11,7 @@ from rich.markup import escape
 from ...data.formats import summarize_skipped
 from .common import (
     AGGREGATE_HELP,
+    BACKEND_HELP,
     MAX_TILES_HELP,
     PRECISION_HELP,
     VIEW_HELP,
@@ -47,6 +48,7 @@ def evaluate(
     batch_size: int = typer.Option(64),
     workers: int = typer.Option(2),
     precision: str = typer.Option("auto", help=PRECISION_HELP + " fp32 for the paper's numbers."),
+    backend: str = typer.Option(None, help=BACKEND_HELP),
     view: str = typer.Option(None, help=VIEW_HELP),
     max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
     aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
@@ -84,7 +86,10 @@ def evaluate(
     from ...evaluation.evaluate import evaluate_dataset
     from ...evaluation.report import markdown_table
     from ...inference.attacks import parse_attacks, require_art
+    from ...inference.engine_model import place
+    from ...inference.loader import default_backend
     from ...inference.precision import apply, resolve
+    from ...model.checkpoint import resolve as resolve_checkpoint
 
     try:
         attacks = parse_attacks(attack or [])
@@ -96,7 +101,23 @@ def evaluate(
         # the detector as it runs
         attack_model = copy.deepcopy(detector) if attacks and choice.precision != "fp32" else None
         detector = apply(detector, choice.precision)  # cast once, as the Detector does
-        console.print(f"[dim]precision {choice.precision} ({escape(choice.reason)})[/dim]")
+        placed = place(
+            detector,
+            None if model.startswith("zero-shot:") else resolve_checkpoint(model),
+            backend or default_backend(),
+            precision,
+            view=view_options(view, max_tiles, aggregate),
+            batch_size=batch_size,
+            notify=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
+        )
+        if placed.backend == "onnx":  # gradients (attacks) still come from PyTorch
+            attack_model = attack_model or (detector if attacks else None)
+            detector = placed.model
+        why = choice.reason if placed.backend == "torch" else "ONNX Runtime graph"
+        console.print(
+            f"[dim]precision {placed.precision} ({escape(why)}); engine {placed.backend} "
+            f"({escape(placed.reason)})[/dim]"
+        )
         degradations = parse_degradations(degrade or [])
         if dry_run:
             _evaluate_dry_run(

@@ -68,7 +68,7 @@ def detect(
         None, help="Comma-separated, default downscale:512,downscale:256,jpeg:75,crop:0.8"
     ),
     stability_margin: float = typer.Option(None, help="Default 0.05."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: str = typer.Option(None, help=BACKEND_HELP),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     batch_size: int = typer.Option(32),
     threads: int = typer.Option(
@@ -138,7 +138,13 @@ def detect(
         if where is not None and detector.view.kind == "resize":
             raise ValueError("--where draws tiles: use it with --view tiles (or crop)")
         engine = detector.engine_info()
-        chosen = f"; engine {engine['backend']} ({engine['reason']})" if detector.engine else ""
+        figures = ", ".join(f"{k} {v:.1f} ms/image" for k, v in
+                            (engine.get("ms_per_image") or {}).items())  # fmt: skip
+        chosen = (
+            f"; engine {engine['backend']} ({engine['reason']}{'; ' if figures else ''}{figures})"
+            if detector.engine
+            else ""
+        )
         err.print(
             f"[dim]{escape(model or server)}: {detector.precision} "
             f"({escape(detector.precision_reason)}){escape(chosen)}[/dim]",
@@ -219,7 +225,7 @@ def score_dataset(
     ),
     batch_size: int = typer.Option(32),
     shard_size: int = typer.Option(1000, help="Inputs per Parquet shard (the unit of resume)."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: str = typer.Option(None, help=BACKEND_HELP),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
     device: str = typer.Option(None),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
@@ -266,6 +272,7 @@ def score_dataset(
     task = progress.add_task("score", total=None)
 
     def on_start(report, pending: int) -> None:
+        err.print(f"[dim]engine {escape(report.engine)}[/dim]", highlight=False)
         if report.shards_done_before:
             err.print(
                 f"resuming: {report.shards_done_before} of {report.shards} shards already in "
@@ -295,6 +302,7 @@ def score_dataset(
                 address=address,
                 on_start=on_start,
                 on_rows=lambda n: progress.update(task, advance=n),
+                notify=lambda message: err.print(f"[dim]{escape(message)}[/dim]", highlight=False),
             )
     except (ValueError, OSError) as exc:
         raise fail(exc) from exc

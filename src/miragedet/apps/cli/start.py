@@ -46,6 +46,12 @@ def doctor(
         "--backbone",
         help="The backbone you will train on: hub id or local folder.",
     ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A checkpoint: measure (once, then cached) which engine --backend auto runs it on.",
+    ),
 ) -> None:
     """What this machine can do and what is missing, with the line that fixes each.
 
@@ -60,7 +66,7 @@ def doctor(
         f"miragedet {__version__}, Python {platform.python_version()} on {platform.platform()}"
         f" ({os.cpu_count()} CPUs); checking PyTorch, the backbone and the optional parts..."
     )
-    checks = run_checks(backbone)
+    checks = run_checks(backbone, model)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for column in ("", "check", "found", "fix"):
         table.add_column(column, overflow="fold")

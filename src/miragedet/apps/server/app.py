@@ -80,6 +80,10 @@ def create_app(
         return load_detector_for(
             settings.model,
             settings.backend,
+            # a first-time ONNX export and measurement (--backend auto) says so in the log
+            notify=lambda message: logging.getLogger("uvicorn.error").info(
+                "miragedet: %s", message
+            ),
             threshold=settings.threshold,
             device=settings.device,
             precision=settings.precision,
@@ -106,7 +110,11 @@ def create_app(
             metrics.ready.set(1)
             elapsed = time.monotonic() - started
             metrics.ready_seconds.set(elapsed)
-            logging.getLogger("uvicorn.error").info("miragedet: ready in %.2f s", elapsed)
+            engine = detector.engine_info()
+            logging.getLogger("uvicorn.error").info(
+                "miragedet: ready in %.2f s; engine %s (%s)", elapsed, engine["backend"],
+                engine["reason"],
+            )  # fmt: skip
 
         loading = asyncio.create_task(load())
         try:
