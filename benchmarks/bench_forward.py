@@ -115,6 +115,30 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
             *pair(lambda q=quantized: bare_tower(q.clip, pixels), lambda q=quantized: q(pixels)),
         )
         del quantized
+    if args.compile:  # torch.compile (inductor) of the same forward: steady state and its cost
+        for label, dtype in (("torch.compile fp32", None), ("torch.compile bf16 weights",
+                                                            torch.bfloat16)):  # fmt: skip
+            net = copy.deepcopy(model).to(dtype) if dtype else model
+            x = pixels.to(dtype) if dtype else pixels
+            compiled = torch.compile(net)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x)  # compiles (the first call of this process)
+            first = time.perf_counter() - start
+            torch._dynamo.reset()  # as a new process would: compiled again, inductor's cache warm
+            compiled = torch.compile(net)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x)
+            warm = time.perf_counter() - start
+            tower = torch.compile(lambda n=net, x=x: bare_tower(n.clip, x))
+            with torch.inference_mode():
+                tower()
+            add(label, *pair(tower, lambda c=compiled, x=x: c(x)))
+            rows[-1].update(compile_s=first, warm_compile_s=warm)
+            with torch.inference_mode():
+                drift = (compiled(x).probs.float() - net(x).probs.float()).abs().max().item()
+            rows[-1]["max_dp_vs_eager"] = drift
     if args.onnx and device.type == "cpu":
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -156,6 +180,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--onnx", action="store_true", help="Also time the ONNX Runtime graph.")
     parser.add_argument(
+        "--compile", action="store_true", help="Also time torch.compile (and its compile cost)."
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="Print the top operators of MiraGe's forward."
     )
     parser.add_argument("--out", default="bench_forward.json")
@@ -183,6 +210,14 @@ def main() -> None:
             ("token_bound", "tokens T/(T+n_ctx)", ".3f"),
         ],
     )
+    for row in rows:
+        if "compile_s" in row:
+            print(
+                f"{row['backbone']} {row['precision']}: first call {row['compile_s']:.1f} s "
+                f"(the compile; {row['warm_compile_s']:.1f} s again with inductor's cache warm, "
+                "paid by every new process), max |dp| vs eager "
+                f"{row['max_dp_vs_eager']:.1e}"
+            )
     save(args.out, rows, batch=args.batch, device=str(device))
 
 
