@@ -84,6 +84,10 @@ def test_every_obstacle_falls_back_to_pytorch_with_its_reason(checkpoint, monkey
     assert "GPU" in engine.choose(checkpoint).reason
     bf16 = engine.choose(checkpoint, precision="bf16", device="cpu")
     assert "runs on PyTorch only" in bf16.reason
+    (checkpoint / "model.onnx").write_bytes(b"damaged since it was measured")
+    damaged = load_detector(str(checkpoint), "auto", engine=engine.EngineChoice("onnx", "cached"))
+    assert damaged.model is not None and damaged.engine_info()["backend"] == "torch"
+    assert "ONNX Runtime could not run the graph now" in damaged.engine.reason
 
 
 def test_a_read_only_checkpoint_exports_into_the_user_cache(checkpoint, monkeypatch):
@@ -98,6 +102,16 @@ def test_a_read_only_checkpoint_exports_into_the_user_cache(checkpoint, monkeypa
     assert not (checkpoint / "model.onnx").exists()
     choice = engine.choose(checkpoint, precision="fp32")
     assert choice.backend in ("torch", "onnx") and choice.measured
+
+
+def test_a_downloaded_checkpoint_is_left_as_the_hub_wrote_it(checkpoint, monkeypatch, tmp_path):
+    """A checkpoint resolved into the Hugging Face cache (a hub id) gets its graph in our cache,
+    not beside the hub's files."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    graph = engine.onnx_graph(checkpoint)
+    assert engine.cache_dir() in graph.parents and not (checkpoint / "model.onnx").exists()
 
 
 def test_auto_is_the_default_of_detect_score_dataset_and_serve(checkpoint, tmp_path, monkeypatch):

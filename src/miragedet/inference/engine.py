@@ -107,6 +107,19 @@ def _write_cache(path: Path, key: str, choice: EngineChoice, about: dict[str, An
         pass  # an unwritable cache: measured again next time
 
 
+def _ours_to_write(directory: Path) -> bool:
+    """A checkpoint folder we may add the graph to: writable, and not a snapshot in the Hugging
+    Face cache (a downloaded repository is the hub's; its files there are links to blobs)."""
+    if not os.access(directory, os.W_OK):
+        return False
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return Path(HF_HUB_CACHE).resolve() not in directory.resolve().parents
+    except ImportError:
+        return True
+
+
 def onnx_graph(directory: Path, notify: Callable[[str], None] | None = None) -> Path:
     """The checkpoint's ONNX graph: its model.onnx, else one exported now into the checkpoint
     directory (or, read-only, into the user cache), torch.onnx's own messages kept quiet."""
@@ -118,7 +131,7 @@ def onnx_graph(directory: Path, notify: Callable[[str], None] | None = None) -> 
     cached = cache_dir() / "onnx" / _weights_digest(directory) / ONNX_NAME
     if cached.is_file():
         return cached
-    target = existing if os.access(directory, os.W_OK) else cached
+    target = existing if _ours_to_write(directory) else cached
     if notify is not None:
         notify(f"exporting the ONNX graph once, to {target} (for --backend auto)")
     target.parent.mkdir(parents=True, exist_ok=True)

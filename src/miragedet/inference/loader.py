@@ -4,6 +4,7 @@ the fastest of them that gives the same scores here, the default)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,10 @@ def default_backend() -> str:
     return os.environ.get(BACKEND_ENV) or "auto"
 
 
+def _to_stderr(message: str) -> None:
+    print(f"miragedet: {message}", file=sys.stderr)
+
+
 def load_detector(
     model: str,
     backend: str | None = None,
@@ -36,6 +41,8 @@ def load_detector(
     measurement; ``engine``: a choice already made, e.g. by a driver for its workers). The
     detector's ``engine`` says what was chosen and why."""
     backend = backend or default_backend()
+    if notify is None:  # a first-time export can take minutes: say so rather than stall
+        notify = _to_stderr
     if backend == "auto":
         from ..model.checkpoint import resolve
         from .engine import choose
@@ -55,10 +62,16 @@ def load_detector(
             from .onnx import OnnxDetector
 
             options = {k: v for k, v in kwargs.items() if k != "device"}
-            detector = OnnxDetector(
-                onnx_graph(directory, notify), read_config(directory), **options
-            )
-        else:
+            try:
+                detector = OnnxDetector(
+                    onnx_graph(directory, notify), read_config(directory), **options
+                )
+            except Exception as exc:  # e.g. a cached graph damaged since it was measured
+                from dataclasses import replace
+
+                reason = f"ONNX Runtime could not run the graph now ({type(exc).__name__}: {exc})"
+                choice = replace(choice, backend="torch", reason=reason[:300])
+        if choice.backend != "onnx":
             detector = load_detector(str(directory), "torch", **kwargs)
         detector.engine = choice
         return detector
