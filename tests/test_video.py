@@ -14,6 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import fit_tiny, in_process
@@ -259,6 +260,16 @@ def test_hostile_clips_are_error_rows_and_nothing_is_lost(frame_model, tmp_path)
     assert rows["renamed.jpg"]["error"] is None and rows["renamed.jpg"]["frames"] == 16
     for name in ("truncated.mp4", "header-only.mp4", "nested.mp4"):
         assert rows[name]["fake_prob"] is None and rows[name]["error"], rows[name]
+    from miragedet.inference.detector import Detector
+    from miragedet.inference.stability import Stability
+
+    still = tmp_path / "still.png"
+    Image.fromarray(frames[0]).save(still)
+    clip_row, image_row = Detector.from_pretrained(frame_model).score(
+        [good, still], stability=Stability.parse(None, None)
+    )  # --stability re-delivers images; a clip says so, as the server does, and the rest scores
+    assert clip_row.error.startswith("stability applies to still images only"), clip_row.error
+    assert image_row.ok and image_row.stability is not None
     with pytest.raises(ValueError, match="frames too large"):
         read_clip(good, Sampling(max_pixels=100))  # absurd dimensions are refused up front
     with pytest.raises(ValueError, match="decode budget"):

@@ -454,6 +454,12 @@ class Detector:
 
         for i, item in enumerate(inputs):
             source = _describe(item, i)
+            if clip_kind(item) is not None:  # as the server and evaluate's degradations say
+                message = (
+                    "stability applies to still images only (docs/video.md): score clips without it"
+                )
+                yield Prediction(source, None, None, self.threshold, error=message)
+                continue
             image = _safe(to_image)(item)
             if isinstance(image, str):
                 yield Prediction(source, None, None, self.threshold, error=image)
