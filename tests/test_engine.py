@@ -155,7 +155,8 @@ def test_auto_is_the_default_of_detect_score_dataset_and_serve(checkpoint, tmp_p
     np.testing.assert_allclose(table["fake_prob"], expected[:, 1], atol=engine.PARITY)
 
     async def served() -> dict:
-        settings = ServerSettings(model=str(checkpoint), precision="fp32")
+        # measured at the batches it runs (--max-batch): 32, as detect's default batch above
+        settings = ServerSettings(model=str(checkpoint), precision="fp32", max_batch=32)
         async with in_process(create_app(settings)) as client:
             return (await client.get("/v1/model")).json()
 

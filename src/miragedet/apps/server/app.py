@@ -88,6 +88,7 @@ def create_app(
             device=settings.device,
             precision=settings.precision,
             view=settings.view,
+            batch_size=settings.max_batch,  # the batches it will run: what auto measures at
         )
 
     loader = load_detector or default_loader
