@@ -177,6 +177,9 @@ def test_auto_is_the_default_of_detect_score_dataset_and_serve(checkpoint, tmp_p
     pinned = CliRunner().invoke(app, args)
     assert pinned.exit_code == 0 and "; engine" not in pinned.output
     assert load_detector(str(checkpoint)).engine is None
+    monkeypatch.setenv("MIRAGEDET_BACKEND", "gpu")  # a typo in the pin: said, with where from
+    typo = CliRunner().invoke(app, args)
+    assert typo.exit_code == 2 and "not 'gpu' (from $MIRAGEDET_BACKEND)" in typo.output
 
 
 def test_int8_rides_the_faster_engine_within_the_stated_tolerance(tmp_path, monkeypatch):

@@ -81,5 +81,6 @@ def load_detector(
         kwargs.pop("device", None)
         return OnnxDetector.from_pretrained(model, **kwargs)
     if backend != "torch":
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        given = "" if backend != os.environ.get(BACKEND_ENV) else f" (from ${BACKEND_ENV})"
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}{given}")
     return Detector.from_pretrained(model, **kwargs)
