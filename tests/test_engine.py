@@ -235,3 +235,14 @@ def test_evaluate_scores_alike_on_every_engine_and_names_it(checkpoint, tmp_path
     assert len(scores["torch"]) == 12
     np.testing.assert_allclose(scores["onnx"], scores["torch"], atol=engine.PARITY)
     np.testing.assert_allclose(scores[None], scores["torch"], atol=engine.PARITY)
+
+
+def test_a_slow_model_is_timed_on_a_smaller_batch_within_the_budget(checkpoint, monkeypatch):
+    """The timing fits MEASURE_BUDGET_S: a model whose check forward says the job's batch would
+    overrun it is timed on fewer images, and the reason names the batch it was timed on."""
+    monkeypatch.setattr(engine, "MEASURE_BUDGET_S", 1e-9)  # as if each image took hours
+    choice = engine.choose(checkpoint, batch_size=32, precision="fp32")
+    assert choice.measured and "batch 1" in choice.reason
+    monkeypatch.setattr(engine, "MEASURE_BUDGET_S", 1e9)
+    roomy = engine.choose(checkpoint, batch_size=4, precision="auto")
+    assert "batch 4" in roomy.reason  # the job's own batch when it fits

@@ -33,6 +33,10 @@ from .user_cache import cache_dir
 PARITY = 1e-4
 #: Timed calls per engine (after one warm-up call each), alternating between engines.
 REPEATS = 3
+#: Seconds the timed calls may take together (our choice: a first use that stays short for the
+#: large backbones too, e.g. ViT-L/14 on a CPU at over a second per image). Beyond it the
+#: engines are timed on a smaller batch, which the reason names.
+MEASURE_BUDGET_S = 30.0
 
 
 @dataclass
@@ -218,12 +222,17 @@ def _measure(
         return EngineChoice("torch", f"ONNX Runtime could not load the graph ({exc})"[:300])
     size = reference.preprocess.image_size
     check = _check_pixels(size, 8)
-    parity = float(np.abs(onnx.forward_tensors(check) - reference.forward_tensors(check)).max())
+    start = time.perf_counter()
+    expected = reference.forward_tensors(check)
+    per_image = (time.perf_counter() - start) / len(check)  # PyTorch fp32: the slowest, usually
+    parity = float(np.abs(onnx.forward_tensors(check) - expected).max())
     tolerance = INT8_TOLERANCE if precision == "int8" else PARITY  # int8: the stated tolerance
     if not parity <= tolerance:
         return EngineChoice("torch", f"ONNX Runtime differs from PyTorch fp32 by {parity:.1e} "
                             f"(more than {tolerance:g})", parity=parity)  # fmt: skip
     n = measure_batch or batch_size
+    calls = (REPEATS + 1) * 2  # a warm-up and REPEATS timed calls, per engine
+    n = max(1, min(n, int(MEASURE_BUDGET_S / max(per_image * calls, 1e-9))))
     pixels = _check_pixels(size, n)
     engines = {f"torch {candidate.precision}": candidate, f"onnx {onnx.precision}": onnx}
     for engine in engines.values():
