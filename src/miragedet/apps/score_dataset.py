@@ -395,11 +395,12 @@ def score_dataset(
     if shard_size < 1 or batch_size < 1 or workers < 1:
         raise ScoringError("shard_size, batch_size and workers must be at least 1")
     output = Path(output)
-    from ..inference.loader import BACKENDS, default_backend
+    from ..inference.loader import resolve_backend
 
-    backend = backend or default_backend()
-    if backend not in BACKENDS:  # here, not in every worker
-        raise ScoringError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    try:
+        backend = resolve_backend(backend)  # refused here, not in every worker
+    except ValueError as exc:
+        raise ScoringError(str(exc)) from exc
     _check_model(model, backend)
     choice = None
     if backend == "auto":  # chosen once here, not by every worker

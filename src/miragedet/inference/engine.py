@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .user_cache import cache_dir
+from .user_cache import cache_dir, ours_to_write
 
 #: The largest difference of p(class) allowed between an engine and PyTorch fp32.
 PARITY = 1e-4
@@ -48,8 +48,23 @@ class EngineChoice:
     cached: bool = False  # read from the cache, not measured now
 
     def describe(self) -> str:
-        figures = ", ".join(f"{k} {v:.1f} ms/image" for k, v in self.measured.items())
+        figures = _figures(self.measured)
         return f"{self.backend}: {self.reason}" + (f" ({figures})" if figures else "")
+
+
+def _figures(measured: dict[str, float] | None) -> str:
+    return ", ".join(f"{k} {v:.1f} ms/image" for k, v in (measured or {}).items())
+
+
+def engine_text(backend: str, reason: str, measured: dict[str, float] | None = None) -> str:
+    """``backend (reason; figures)``: how a command's header names the engine it runs."""
+    figures = _figures(measured)
+    return f"{backend} ({reason}{'; ' + figures if figures else ''})"
+
+
+def _plain(view: Any) -> Any:
+    """A view as JSON can hold it (a View dataclass as its fields)."""
+    return asdict(view) if hasattr(view, "__dataclass_fields__") else view
 
 
 def _weights_digest(directory: Path) -> str:
@@ -83,7 +98,7 @@ def cache_key(directory: Path, view: Any, batch_size: int, precision: str) -> st
         "torch": torch.__version__,
         "onnxruntime": ort_version,
         "weights": _weights_digest(directory),
-        "view": asdict(view) if hasattr(view, "__dataclass_fields__") else view,
+        "view": _plain(view),
         "batch_size": batch_size,
         "precision": precision,
     }
@@ -111,19 +126,6 @@ def _write_cache(path: Path, key: str, choice: EngineChoice, about: dict[str, An
         pass  # an unwritable cache: measured again next time
 
 
-def _ours_to_write(directory: Path) -> bool:
-    """A checkpoint folder we may add the graph to: writable, and not a snapshot in the Hugging
-    Face cache (a downloaded repository is the hub's; its files there are links to blobs)."""
-    if not os.access(directory, os.W_OK):
-        return False
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        return Path(HF_HUB_CACHE).resolve() not in directory.resolve().parents
-    except ImportError:
-        return True
-
-
 def onnx_graph(directory: Path, notify: Callable[[str], None] | None = None) -> Path:
     """The checkpoint's ONNX graph: its model.onnx, else one exported now into the checkpoint
     directory (or, read-only, into the user cache), torch.onnx's own messages kept quiet."""
@@ -135,7 +137,7 @@ def onnx_graph(directory: Path, notify: Callable[[str], None] | None = None) -> 
     cached = cache_dir() / "onnx" / _weights_digest(directory) / ONNX_NAME
     if cached.is_file():
         return cached
-    target = existing if _ours_to_write(directory) else cached
+    target = existing if ours_to_write(directory) else cached
     if notify is not None:
         notify(f"exporting the ONNX graph once, to {target} (for --backend auto)")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +183,7 @@ def choose(
         return EngineChoice(**{k: v for k, v in entry.items() if k != "about"}, cached=True)
     choice = _measure(directory, view, batch_size, precision, notify, measure_batch)
     about = {"checkpoint": str(directory), "batch_size": batch_size, "precision": precision,
-             "view": asdict(view) if hasattr(view, "__dataclass_fields__") else view}  # fmt: skip
+             "view": _plain(view)}  # fmt: skip
     _write_cache(store, key, choice, about)
     return choice
 

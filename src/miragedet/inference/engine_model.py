@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,46 +43,49 @@ class Placed:
     backend: str  # "torch" or "onnx"
     reason: str
     precision: str  # what the scores are computed in
+    measured: dict[str, float] = field(default_factory=dict)  # auto: ms/image by engine
 
 
 def place(
     model: Any,
     checkpoint: str | os.PathLike | None,
-    backend: str,
+    backend: str | None,
     precision: str,
     view: Any = None,
     batch_size: int = 64,
     notify: Callable[[str], None] | None = None,
 ) -> Placed:
-    """``model`` (already cast to ``precision``) on ``backend``: ``torch`` as it is, ``onnx``
-    on the checkpoint's exported graph (fp32/int8), ``auto`` as
+    """``model`` (already cast to ``precision``) on ``backend`` (None: the default,
+    :func:`~miragedet.inference.loader.resolve_backend`): ``torch`` as it is, ``onnx`` on the
+    checkpoint's exported graph (fp32/int8), ``auto`` as
     :func:`miragedet.inference.engine.choose` decides (a model without a checkpoint folder, e.g.
     zero-shot, stays on PyTorch)."""
     from .engine import choose, onnx_graph
+    from .loader import onnx_on_choice, resolve_backend
     from .onnx import OnnxDetector
 
-    as_is = Placed(model, "torch", "as requested", precision)
+    backend = resolve_backend(backend)
     if backend == "torch":
-        return as_is
+        return Placed(model, "torch", "as requested", precision)
     if getattr(model, "image_features_frozen", False):  # one engine for the whole report
         return Placed(model, "torch", "frozen image features: scored from the feature cache",
                       precision)  # fmt: skip
-    directory = Path(checkpoint) if checkpoint is not None else None
-    if directory is None or not (directory / "config.json").is_file():
+    if checkpoint is None:
         if backend == "onnx":
             raise ValueError("--backend onnx needs a checkpoint directory (see `miragedet export`)")
         return Placed(model, "torch", "no checkpoint folder to export from", precision)
-    reason = "as requested"
-    if backend == "auto":
-        choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
-                        device=str(model.clip.logit_scale.device), notify=notify)  # fmt: skip
-        if choice.backend == "torch":
-            return Placed(model, "torch", choice.describe(), precision)
-        reason = choice.describe()
-    elif backend != "onnx":
-        raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
-    from ..model.checkpoint import read_config
+    directory = Path(checkpoint)
+    if backend == "onnx":
+        from ..model.checkpoint import read_config
 
-    graph = onnx_graph(directory, notify)
-    onnx = OnnxDetector(graph, read_config(directory), precision=precision)
-    return Placed(OnnxForward(model, onnx), "onnx", reason, onnx.precision)
+        onnx = OnnxDetector(onnx_graph(directory, notify), read_config(directory),
+                            precision=precision)  # fmt: skip
+        return Placed(OnnxForward(model, onnx), "onnx", "as requested", onnx.precision)
+    choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
+                    device=str(model.clip.logit_scale.device), notify=notify)  # fmt: skip
+    onnx = None
+    if choice.backend == "onnx":
+        onnx, choice = onnx_on_choice(directory, choice, notify, precision=precision)
+    if onnx is None:
+        return Placed(model, "torch", choice.reason, precision, choice.measured)
+    return Placed(OnnxForward(model, onnx), "onnx", choice.reason, onnx.precision, choice.measured)

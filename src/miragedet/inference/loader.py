@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .detector import Detector
@@ -21,6 +23,34 @@ BACKEND_ENV = "MIRAGEDET_BACKEND"
 def default_backend() -> str:
     """``$MIRAGEDET_BACKEND`` when set, else ``auto``."""
     return os.environ.get(BACKEND_ENV) or "auto"
+
+
+def resolve_backend(backend: str | None) -> str:
+    """``backend``, else ``$MIRAGEDET_BACKEND``, else ``auto``; one of :data:`BACKENDS`."""
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        given = "" if backend != os.environ.get(BACKEND_ENV) else f" (from ${BACKEND_ENV})"
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}{given}")
+    return backend
+
+
+def onnx_on_choice(
+    directory: Path, choice: EngineChoice, notify: Callable[[str], None] | None, **options: Any
+) -> tuple[Detector | None, EngineChoice]:
+    """For an ``auto`` choice of ONNX Runtime: its detector on the checkpoint's graph (which may
+    live in the user cache), or None and the choice turned to PyTorch with the reason when the
+    graph does not load now (e.g. damaged since it was measured)."""
+    from ..model.checkpoint import read_config
+    from .engine import onnx_graph
+    from .onnx import OnnxDetector
+
+    try:
+        return OnnxDetector(
+            onnx_graph(directory, notify), read_config(directory), **options
+        ), choice
+    except Exception as exc:
+        reason = f"ONNX Runtime could not run the graph now ({type(exc).__name__}: {exc})"
+        return None, replace(choice, backend="torch", reason=reason[:300])
 
 
 def _to_stderr(message: str) -> None:
@@ -40,7 +70,7 @@ def load_detector(
     :mod:`miragedet.inference.engine`; ``notify`` hears of a first-time export and
     measurement; ``engine``: a choice already made, e.g. by a driver for its workers). The
     detector's ``engine`` says what was chosen and why."""
-    backend = backend or default_backend()
+    backend = resolve_backend(backend)
     if notify is None:  # a first-time export can take minutes: say so rather than stall
         notify = _to_stderr
     if backend == "auto":
@@ -56,22 +86,11 @@ def load_detector(
             device=kwargs.get("device"),
             notify=notify,
         )
-        if choice.backend == "onnx":  # its graph may live in the user cache (read-only dir)
-            from ..model.checkpoint import read_config
-            from .engine import onnx_graph
-            from .onnx import OnnxDetector
-
+        detector = None
+        if choice.backend == "onnx":
             options = {k: v for k, v in kwargs.items() if k != "device"}
-            try:
-                detector = OnnxDetector(
-                    onnx_graph(directory, notify), read_config(directory), **options
-                )
-            except Exception as exc:  # e.g. a cached graph damaged since it was measured
-                from dataclasses import replace
-
-                reason = f"ONNX Runtime could not run the graph now ({type(exc).__name__}: {exc})"
-                choice = replace(choice, backend="torch", reason=reason[:300])
-        if choice.backend != "onnx":
+            detector, choice = onnx_on_choice(directory, choice, notify, **options)
+        if detector is None:
             detector = load_detector(str(directory), "torch", **kwargs)
         detector.engine = choice
         return detector
@@ -80,7 +99,4 @@ def load_detector(
 
         kwargs.pop("device", None)
         return OnnxDetector.from_pretrained(model, **kwargs)
-    if backend != "torch":
-        given = "" if backend != os.environ.get(BACKEND_ENV) else f" (from ${BACKEND_ENV})"
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}{given}")
     return Detector.from_pretrained(model, **kwargs)

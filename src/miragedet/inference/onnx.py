@@ -60,12 +60,13 @@ EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript",
 
 
 @contextlib.contextmanager
-def _exporter_quiet(verbose: bool) -> Iterator[None]:
-    """The exporter's prints, log records and warnings held back (``verbose``: let through)."""
+def _held_back(logger_names: tuple[str, ...], verbose: bool = False) -> Iterator[None]:
+    """A library's prints, warnings and the records of ``logger_names`` ("" is the root)
+    below ERROR held back while it runs (``verbose``: let through)."""
     if verbose:
         yield
         return
-    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    loggers = [logging.getLogger(name) for name in logger_names]
     levels = [logger.level for logger in loggers]
     held = io.StringIO()
     try:
@@ -92,7 +93,7 @@ def export_onnx(
 ) -> Path:
     """Write the inference graph to ``path`` (a single file, dynamic batch size); the
     exporter's own messages only with ``verbose``."""
-    with _exporter_quiet(verbose):
+    with _held_back(EXPORTER_LOGGERS, verbose):
         return _export(model, Path(path), opset, dynamo)
 
 
@@ -236,26 +237,19 @@ def int8_graph(onnx_path: Path) -> Path:
     target = onnx_path.with_name(INT8_NAME)
     if target.is_file():
         return target
-    if not os.access(onnx_path.parent, os.W_OK):
-        from .user_cache import cache_dir
+    from .user_cache import cache_dir, ours_to_write
 
+    if not ours_to_write(onnx_path.parent):
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
         target = cache_dir() / "onnx" / digest / INT8_NAME
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser's advice goes to the root logger
-    try:
+    with _held_back(("",)):  # the quantiser's advice goes to the root logger
         quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
     os.replace(tmp, target)
     return target
 

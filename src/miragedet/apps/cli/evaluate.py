@@ -86,8 +86,8 @@ def evaluate(
     from ...evaluation.evaluate import evaluate_dataset
     from ...evaluation.report import markdown_table
     from ...inference.attacks import parse_attacks, require_art
+    from ...inference.engine import engine_text
     from ...inference.engine_model import place
-    from ...inference.loader import default_backend
     from ...inference.precision import apply, resolve
     from ...model.checkpoint import resolve as resolve_checkpoint
 
@@ -95,7 +95,8 @@ def evaluate(
         attacks = parse_attacks(attack or [])
         if attacks:
             require_art()
-        detector = load_model(model)
+        checkpoint = None if model.startswith("zero-shot:") else resolve_checkpoint(model)
+        detector = load_model(model if checkpoint is None else str(checkpoint))
         choice = resolve(precision, detector.clip.logit_scale.device)
         # attacks take their gradients in fp32 (the strongest attacker), the scores come from
         # the detector as it runs
@@ -103,8 +104,8 @@ def evaluate(
         detector = apply(detector, choice.precision)  # cast once, as the Detector does
         placed = place(
             detector,
-            None if model.startswith("zero-shot:") else resolve_checkpoint(model),
-            backend or default_backend(),
+            checkpoint,
+            backend,
             precision,
             view=view_options(view, max_tiles, aggregate),
             batch_size=batch_size,
@@ -114,9 +115,9 @@ def evaluate(
             attack_model = attack_model or (detector if attacks else None)
             detector = placed.model
         why = choice.reason if placed.backend == "torch" else "ONNX Runtime graph"
+        engine = engine_text(placed.backend, placed.reason, placed.measured)
         console.print(
-            f"[dim]precision {placed.precision} ({escape(why)}); engine {placed.backend} "
-            f"({escape(placed.reason)})[/dim]"
+            f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}[/dim]"
         )
         degradations = parse_degradations(degrade or [])
         if dry_run:

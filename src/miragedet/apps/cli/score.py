@@ -105,6 +105,7 @@ def detect(
     image is scored by its frames (docs/video.md): one row per clip, with its timeline."""
     import sys
 
+    from ...inference.engine import engine_text
     from ...inference.loader import load_detector
     from ...inference.stability import Stability
     from ..detect import discover, run_detect
@@ -138,10 +139,9 @@ def detect(
         if where is not None and detector.view.kind == "resize":
             raise ValueError("--where draws tiles: use it with --view tiles (or crop)")
         engine = detector.engine_info()
-        figures = ", ".join(f"{k} {v:.1f} ms/image" for k, v in
-                            (engine.get("ms_per_image") or {}).items())  # fmt: skip
+        figures = engine.get("ms_per_image")
         chosen = (
-            f"; engine {engine['backend']} ({engine['reason']}{'; ' if figures else ''}{figures})"
+            f"; engine {engine_text(engine['backend'], engine['reason'], figures)}"
             if detector.engine
             else ""
         )
