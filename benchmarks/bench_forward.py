@@ -162,12 +162,23 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
             from miragedet.inference import engine
 
             os.environ["MIRAGEDET_CACHE"] = str(Path(tmp) / "cache")
-            choice = engine.choose(tmp, batch_size=args.batch, measure_batch=args.batch)
-            chosen = next(v for k, v in choice.measured.items() if k.startswith(choice.backend))
+            choice = engine.choose(
+                tmp,
+                batch_size=args.batch,
+                measure_batch=args.batch,
+                images=args.job_images,
+                precision=args.auto_precision,
+            )
+            prefix = "torch.compile" if choice.backend == "compile" else f"{choice.backend} "
+            chosen = next(v for k, v in choice.measured.items() if k.startswith(prefix))
+            print(f"{name} auto for a job of {args.job_images:g} images: {choice.describe()}")
+            if choice.compile_s is not None:
+                print(f"{name} auto: torch.compile's first call took {choice.compile_s:.1f} s")
         # against the fp32 bare tower, this backbone's first row
         add("onnxruntime fp32", rows[0]["bare_ms_per_image"], ort / args.batch * 1000)
         add("onnxruntime int8", rows[0]["bare_ms_per_image"], ort8 / args.batch * 1000)
         add(f"auto ({choice.backend})", rows[0]["bare_ms_per_image"], chosen)
+        rows[-1].update(auto_reason=choice.describe(), job_images=args.job_images)
     return rows
 
 
@@ -181,6 +192,18 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="Also time the ONNX Runtime graph.")
     parser.add_argument(
         "--compile", action="store_true", help="Also time torch.compile (and its compile cost)."
+    )
+    parser.add_argument(
+        "--auto-precision",
+        default="auto",
+        help="The auto row's --precision (fp32: PyTorch's path on a CPU without native bf16).",
+    )
+    parser.add_argument(
+        "--job-images",
+        type=float,
+        default=0,
+        help="The auto row (with --onnx) chooses for a job of this many images: from "
+        "inference.engine.COMPILE_MIN_IMAGES on, torch.compile competes.",
     )
     parser.add_argument(
         "--profile", action="store_true", help="Print the top operators of MiraGe's forward."

@@ -160,8 +160,13 @@ def test_auto_is_the_default_of_detect_score_dataset_and_serve(checkpoint, tmp_p
         async with in_process(create_app(settings)) as client:
             return (await client.get("/v1/model")).json()
 
+    # a server is a long-lived job: torch.compile competes, so the choice is measured again
+    # once with it (in the same entry), then served from the cache
     described = asyncio.run(served())["engine"]
-    assert described["backend"] == report.engine.split(":")[0] and described["cached"] is True
+    assert described["cached"] is False and "torch.compile fp32" in described["ms_per_image"]
+    assert described["backend"] in ("torch", "onnx", "compile")
+    assert "compile" in described["reason"]  # chosen for the server, or "not worth" it
+    assert asyncio.run(served())["engine"]["cached"] is True
     assert len(json.loads((Path(engine.cache_dir()) / "engines.json").read_text())) == 1
 
     from miragedet.apps.doctor import engine_check
@@ -210,17 +215,31 @@ def test_int8_rides_the_faster_engine_within_the_stated_tolerance(tmp_path, monk
 
 def test_evaluate_scores_alike_on_every_engine_and_names_it(checkpoint, tmp_path):
     """evaluate --backend: the same report's scores on PyTorch fp32, on the exported graph
-    (onnx) and on the default (auto, whichever it picks), within PARITY; the header names it."""
+    (onnx), through torch.compile and on the default (auto, whichever it picks), within
+    PARITY; the header names it."""
     import csv
 
     from miragedet.data.synthetic import write_layout
 
     data = write_layout(tmp_path / "data", "generic", ("grid-2",), n_per_class=6)
     scores = {}
-    for backend in ("torch", "onnx", None):
+    for backend in ("torch", "onnx", "compile", None):
         out = tmp_path / f"eval-{backend}"
-        args = ["evaluate", "-m", str(checkpoint), str(data), "-o", str(out), "--workers", "0",
-                "--precision", "fp32"] + (["--backend", backend] if backend else [])  # fmt: skip
+        args = [
+            "evaluate",
+            "-m",
+            str(checkpoint),
+            str(data),
+            "-o",
+            str(out),
+            "--workers",
+            "0",
+            "--precision",
+            "fp32",
+            "--batch-size",
+            "8",
+        ]  # compile: a batch of 8, 4 padded
+        args += ["--backend", backend] if backend else []
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         header = " ".join(result.output.split())
@@ -233,8 +252,8 @@ def test_evaluate_scores_alike_on_every_engine_and_names_it(checkpoint, tmp_path
             rows = sorted(csv.DictReader(handle), key=lambda r: r["path"])
         scores[backend] = np.array([float(r["p_fake"]) for r in rows])
     assert len(scores["torch"]) == 12
-    np.testing.assert_allclose(scores["onnx"], scores["torch"], atol=engine.PARITY)
-    np.testing.assert_allclose(scores[None], scores["torch"], atol=engine.PARITY)
+    for backend in ("onnx", "compile", None):
+        np.testing.assert_allclose(scores[backend], scores["torch"], atol=engine.PARITY)
 
 
 def test_a_slow_model_is_timed_on_a_smaller_batch_within_the_budget(checkpoint, monkeypatch):
@@ -246,3 +265,76 @@ def test_a_slow_model_is_timed_on_a_smaller_batch_within_the_budget(checkpoint, 
     monkeypatch.setattr(engine, "MEASURE_BUDGET_S", 1e9)
     roomy = engine.choose(checkpoint, batch_size=4, precision="auto")
     assert "batch 4" in roomy.reason  # the job's own batch when it fits
+
+
+def test_torch_compile_competes_for_a_large_job_and_wins_only_what_it_earns(
+    checkpoint, monkeypatch
+):
+    """torch.compile is measured (compile time and scores too) only for a job large enough,
+    once, with the other engines; a job gets it only when the time it saves over the job's
+    images exceeds its compile; the detector then runs it, with PyTorch fp32's scores."""
+    import dataclasses
+    import math
+
+    monkeypatch.setattr(engine, "COMPILE_MIN_IMAGES", 1000)
+    heard: list[str] = []
+    small = engine.choose(
+        checkpoint, batch_size=4, precision="fp32", images=10, notify=heard.append
+    )
+    assert "torch.compile fp32" not in small.measured and not small.compile_tried
+    assert "torch.compile" not in " ".join(heard)
+    large = engine.choose(
+        checkpoint, batch_size=4, precision="fp32", images=1e9, notify=heard.append
+    )
+    assert "torch.compile" in heard[-1]  # measured again, this time with torch.compile
+    assert set(large.measured) == {"torch fp32", "onnx fp32", "torch.compile fp32"}
+    assert large.compile_s > 0 and large.compile_note is None
+    won = "saves" in large.reason if large.backend == "compile" else "not worth" in large.reason
+    assert won, large.reason
+    told = len(heard)
+    again = engine.choose(
+        checkpoint, batch_size=4, precision="fp32", images=1e9, notify=heard.append
+    )
+    assert again.cached and len(heard) == told and again.backend == large.backend
+
+    # the weighing, on given figures: 2 ms/image saved over the fastest other, a 20 s compile
+    figures = dataclasses.replace(large, backend="onnx", reason="fastest here", compile_s=20.0,
+                                  measured={"torch fp32": 10.0, "onnx fp32": 8.0,
+                                            "torch.compile fp32": 6.0})  # fmt: skip
+    assert engine.weigh_compile(figures, 5_000).backend == "onnx"  # saves 10 s < 20 s
+    assert (
+        "not worth its 20 s compile for 5,000 images" in engine.weigh_compile(figures, 5_000).reason
+    )
+    chosen = engine.weigh_compile(figures, 50_000)  # saves 100 s
+    assert chosen.backend == "compile" and "100 s over 50,000 images" in chosen.reason
+    assert engine.weigh_compile(figures, math.inf).backend == "compile"  # a server
+    assert engine.weigh_compile(figures, 999) == figures  # below the size it competes at
+    slower = dataclasses.replace(figures, measured={**figures.measured, "torch.compile fp32": 9.0})
+    assert engine.weigh_compile(slower, math.inf).backend == "onnx"
+
+    # a cached choice that favours it: the detector runs the compiled forward, same scores
+    store = Path(engine.cache_dir()) / "engines.json"
+    entries = json.loads(store.read_text())
+    (entry,) = [e for e in entries.values() if e["about"]["batch_size"] == 4]
+    entry["measured"]["torch.compile fp32"], entry["compile_s"] = 1e-6, 1e-3
+    store.write_text(json.dumps(entries))
+    detector = load_detector(str(checkpoint), precision="fp32", batch_size=4, images=1e9)
+    assert (
+        detector.engine.backend == "compile" and detector.info()["engine"]["backend"] == "compile"
+    )
+    images = _images(7)  # a compiled batch of 4, then 3 padded to 4
+    reference = Detector.from_pretrained(checkpoint, precision="fp32").predict_proba(images)
+    np.testing.assert_allclose(detector.predict_proba(images), reference, atol=engine.PARITY)
+
+
+def test_a_compile_that_fails_is_a_reason_not_an_error(checkpoint, monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(engine, "COMPILE_MIN_IMAGES", 1)
+    monkeypatch.setattr("miragedet.inference.compiled.measure", no_compiler)
+    choice = engine.choose(checkpoint, batch_size=2, precision="fp32", images=1e9)
+    assert choice.backend in ("torch", "onnx") and "torch.compile fp32" not in choice.measured
+    assert "torch.compile failed (RuntimeError: no C++ compiler found)" in choice.compile_note
+    again = engine.choose(checkpoint, batch_size=2, precision="fp32", images=1e9)
+    assert again.cached and again.compile_note == choice.compile_note  # not tried again

@@ -402,16 +402,6 @@ def score_dataset(
     except ValueError as exc:
         raise ScoringError(str(exc)) from exc
     _check_model(model, backend)
-    choice = None
-    if backend == "auto":  # chosen once here, not by every worker
-        from ..inference.engine import choose, onnx_graph
-        from ..model.checkpoint import resolve as resolve_checkpoint
-
-        directory = resolve_checkpoint(model)
-        choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
-                        device=device, notify=notify)  # fmt: skip
-        if choice.backend == "onnx":
-            onnx_graph(directory, notify)  # exported here (if ever), not by every worker
     found = discover_inputs(os.fspath(source))
     paths = list(dict.fromkeys(found.paths))
     if view is not None:
@@ -423,6 +413,17 @@ def score_dataset(
         stale.unlink()
     n_shards = (len(paths) + shard_size - 1) // shard_size
     pending = [s for s in range(n_shards) if not shard_path(output, s).is_file()]
+    choice = None
+    if backend == "auto":  # chosen once here, not by every worker
+        from ..inference.engine import choose, onnx_graph
+        from ..model.checkpoint import resolve as resolve_checkpoint
+
+        left = sum(min((s + 1) * shard_size, len(paths)) - s * shard_size for s in pending)
+        directory = resolve_checkpoint(model)
+        choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
+                        device=device, notify=notify, images=left / workers)  # fmt: skip
+        if choice.backend == "onnx":
+            onnx_graph(directory, notify)  # exported here (if ever), not by every worker
     report = ScoreReport(output, len(paths), n_shards, n_shards - len(pending))
     report.engine = choice.describe() if choice is not None else f"{backend}: as requested"
     report.skipped = found.skipped

@@ -32,7 +32,7 @@ from .scores import Scores, score_samples, write_scores_csv
 
 def evaluate_dataset(
     model: Any,
-    data: str | os.PathLike,
+    data: str | os.PathLike | Any,  # or the ImageSet already found
     output: str | os.PathLike,
     layout: str = "auto",
     split: str | None = "val",
@@ -67,15 +67,18 @@ def evaluate_dataset(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ..data.layouts import find_images
+    from ..data.layouts import ImageSet, find_images
 
     console = console or Console()
     view = resolve_view(view, model.backbone.preprocess.view)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    image_set = find_images(data, layout, split=split)
-    if subsets:
-        image_set = image_set.only(subsets)
+    if isinstance(data, ImageSet):  # found already (the CLI counts it to choose the engine)
+        image_set = data
+    else:
+        image_set = find_images(data, layout, split=split)
+        if subsets:
+            image_set = image_set.only(subsets)
     threshold = model.threshold if threshold is None else float(threshold)
     classes = model.classes
     if len(image_set.classes) != len(classes):
@@ -132,7 +135,7 @@ def evaluate_dataset(
     elif unknown_data:
         raise ValueError("--unknown-data needs an attribution model adapted with an open set")
     paper = paper_rows(protocol, list(tables["clean"])) if protocol else None
-    title = f"{model.config.method} on {Path(data).name} (threshold {threshold:g})"
+    title = f"{model.config.method} on {Path(image_set.root).name} (threshold {threshold:g})"
     if view.kind != "resize":
         title += f", {view.kind} view" + (
             f" (at most {view.max_tiles} tiles, {view.aggregate})" if view.kind == "tiles" else ""
@@ -278,7 +281,7 @@ def _adversarial(
 
 def dry_run(
     model: Any,
-    data: str | os.PathLike,
+    data: str | os.PathLike | Any,  # or the ImageSet already found
     passes: int = 1,
     layout: str = "auto",
     split: str | None = "val",

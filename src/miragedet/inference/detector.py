@@ -227,11 +227,15 @@ class Detector:
     def engine_info(self) -> dict[str, Any]:
         """Which engine runs the network, and (``--backend auto``) why and its figures."""
         backend = "onnx" if self.model is None else "torch"
+        from .compiled import CompiledForward
+
+        if isinstance(self.model, CompiledForward):
+            backend = "compile"
         if self.engine is None:
             return {"backend": backend, "reason": "as requested"}
         return {"backend": backend, "reason": self.engine.reason,
                 "ms_per_image": self.engine.measured, "parity": self.engine.parity,
-                "cached": self.engine.cached}  # fmt: skip
+                "compile_s": self.engine.compile_s, "cached": self.engine.cached}  # fmt: skip
 
     # -- core -----------------------------------------------------------------------------------
 

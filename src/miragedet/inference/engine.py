@@ -13,6 +13,13 @@ and its figures are kept in ``<cache>/engines.json`` under a key of everything t
 (CPU, library versions, checkpoint weights, view, batch size, precision, threads). Anything that
 stops ONNX Runtime (not installed, an export that fails, a GPU present: PyTorch is the GPU engine)
 is a reason shown with the choice, never an error.
+
+torch.compile is the third candidate, for jobs of at least :data:`COMPILE_MIN_IMAGES` images
+(``images``: detect's inputs, score-dataset's per worker, evaluate's passes; a server counts as
+unbounded): measured with the others (its compile time too, and its scores against PyTorch fp32's
+within the precision's tolerance), then chosen for a job only when the time it saves over that
+job's images exceeds the compile time measured, which every new process pays again
+(:mod:`miragedet.inference.compiled`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +44,26 @@ REPEATS = 3
 #: large backbones too, e.g. ViT-L/14 on a CPU at over a second per image). Beyond it the
 #: engines are timed on a smaller batch, which the reason names.
 MEASURE_BUDGET_S = 30.0
+#: The smallest job for which torch.compile is measured at all (our choice, from the ViT-B/32
+#: figures in docs/performance.md: a 42 s compile paid back by ~9 ms/image after ~4,500 images).
+COMPILE_MIN_IMAGES = 5000
 
 
 @dataclass
 class EngineChoice:
-    backend: str  # "torch" or "onnx"
+    backend: str  # "torch", "onnx" or "compile"
     reason: str
     measured: dict[str, float] = field(default_factory=dict)  # ms per image, by engine
     parity: float | None = None  # ONNX Runtime vs PyTorch fp32, max abs difference
     cached: bool = False  # read from the cache, not measured now
+    #: torch.compile's first call (s) when it was measured, and why it is not a candidate when
+    #: it was tried and failed (either: it was tried, so a job of any size is not measured again).
+    compile_s: float | None = None
+    compile_note: str | None = None
+
+    @property
+    def compile_tried(self) -> bool:
+        return self.compile_s is not None or self.compile_note is not None
 
     def describe(self) -> str:
         figures = _figures(self.measured)
@@ -159,8 +177,10 @@ def choose(
     device: str | None = None,
     notify: Callable[[str], None] | None = None,
     measure_batch: int | None = None,
+    images: float = 0,
 ) -> EngineChoice:
-    """The engine ``--backend auto`` runs for this checkpoint here (see the module)."""
+    """The engine ``--backend auto`` runs for this checkpoint here, for a job of ``images``
+    images (``math.inf``: a server; see the module)."""
     import torch
 
     directory = Path(directory)
@@ -179,13 +199,36 @@ def choose(
     store = cache_dir() / "engines.json"
     key = cache_key(directory, view, batch_size, precision)
     entry = _read_cache(store).get(key)
+    with_compile = images >= COMPILE_MIN_IMAGES and precision != "int8"
+    choice = None
     if entry:
-        return EngineChoice(**{k: v for k, v in entry.items() if k != "about"}, cached=True)
-    choice = _measure(directory, view, batch_size, precision, notify, measure_batch)
-    about = {"checkpoint": str(directory), "batch_size": batch_size, "precision": precision,
-             "view": _plain(view)}  # fmt: skip
-    _write_cache(store, key, choice, about)
-    return choice
+        choice = EngineChoice(**{k: v for k, v in entry.items() if k != "about"}, cached=True)
+    if choice is None or (with_compile and not choice.compile_tried and choice.measured):
+        choice = _measure(directory, view, batch_size, precision, notify, measure_batch,
+                          with_compile)  # fmt: skip
+        about = {"checkpoint": str(directory), "batch_size": batch_size, "precision": precision,
+                 "view": _plain(view)}  # fmt: skip
+        _write_cache(store, key, choice, about)
+    return weigh_compile(choice, images)
+
+
+def weigh_compile(choice: EngineChoice, images: float) -> EngineChoice:
+    """``choice`` turned to torch.compile when its measured gain over ``images`` images exceeds
+    its measured compile time, else as it is (with the comparison named when it was made)."""
+    name = next((k for k in choice.measured if k.startswith("torch.compile")), None)
+    if name is None or choice.compile_s is None or images < COMPILE_MIN_IMAGES:
+        return choice
+    others = [v for k, v in choice.measured.items() if k != name]
+    gain = min(others) - choice.measured[name]  # ms per image, over the fastest other engine
+    saved = gain * images / 1000
+    job = "a server" if images == float("inf") else f"{images:,.0f} images"
+    if gain > 0 and saved > choice.compile_s:
+        won = "" if images == float("inf") else f" ({saved:.0f} s over {job})"
+        reason = (f"fastest here for {job}: torch.compile saves {gain:.1f} ms/image{won}, "
+                  f"more than its {choice.compile_s:.0f} s compile")  # fmt: skip
+        return replace(choice, backend="compile", reason=reason)
+    note = f"torch.compile not worth its {choice.compile_s:.0f} s compile for {job}"
+    return replace(choice, reason=f"{choice.reason}; {note}")
 
 
 def measured_here() -> list[dict[str, Any]]:
@@ -200,6 +243,7 @@ def _measure(
     precision: str,
     notify: Callable[[str], None] | None,
     measure_batch: int | None,
+    with_compile: bool = False,
 ) -> EngineChoice:
     import numpy as np
 
@@ -211,8 +255,9 @@ def _measure(
     except Exception as exc:  # an export that fails for this model: PyTorch, with the reason
         return EngineChoice("torch", f"the ONNX export failed ({type(exc).__name__}: {exc})"[:300])
     if notify is not None:
-        notify("measuring PyTorch and ONNX Runtime once on this machine (--backend auto)")
-    from .precision import INT8_TOLERANCE
+        also = " (and torch.compile, for a job this size)" if with_compile else ""
+        notify(f"measuring PyTorch and ONNX Runtime{also} once on this machine (--backend auto)")
+    from .precision import INT8_TOLERANCE, TOLERANCE
 
     reference = Detector.from_pretrained(directory, precision="fp32", view=view)
     candidate = Detector.from_pretrained(directory, precision=precision, view=view)
@@ -233,10 +278,26 @@ def _measure(
         return EngineChoice("torch", f"ONNX Runtime differs from PyTorch fp32 by {parity:.1e} "
                             f"(more than {tolerance:g})", parity=parity)  # fmt: skip
     n = measure_batch or batch_size
-    calls = (REPEATS + 1) * 2  # a warm-up and REPEATS timed calls, per engine
+    calls = (REPEATS + 1) * (3 if with_compile else 2)  # a warm-up and REPEATS timed, each
     n = max(1, min(n, int(MEASURE_BUDGET_S / max(per_image * calls, 1e-9))))
     pixels = _check_pixels(size, n)
-    engines = {f"torch {candidate.precision}": candidate, f"onnx {onnx.precision}": onnx}
+    engines: dict[str, Any] = {f"torch {candidate.precision}": candidate,
+                               f"onnx {onnx.precision}": onnx}  # fmt: skip
+    compile_s = compile_note = None
+    if with_compile:
+        from . import compiled
+
+        tolerance = PARITY if candidate.precision == "fp32" else TOLERANCE
+        try:
+            figures = compiled.measure(candidate.model, check, expected, pixels)
+        except Exception as exc:  # no C++ compiler, an operator inductor cannot lower, ...
+            compile_note = f"torch.compile failed ({type(exc).__name__}: {exc})"[:300]
+        else:
+            compile_s = figures.compile_s
+            if figures.parity > tolerance:
+                compile_note = f"torch.compile differs from PyTorch fp32 by {figures.parity:.1e}"
+            else:
+                engines[f"torch.compile {candidate.precision}"] = _Compiled(figures.forward)
     for engine in engines.values():
         engine.forward_tensors(pixels)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in engines}
@@ -246,11 +307,25 @@ def _measure(
             engine.forward_tensors(pixels)
             times[name].append(1000 * (time.perf_counter() - start) / n)
     measured = {name: round(float(np.median(t)), 3) for name, t in times.items()}
-    fastest = min(measured, key=measured.get)
+    fastest = min((k for k in measured if not k.startswith("torch.compile")), key=measured.get)
     backend = "onnx" if fastest.startswith("onnx") else "torch"
     reason = f"fastest here, batch {n}" + (
         f"; ONNX Runtime {onnx.precision} within {parity:.1e} of PyTorch fp32"
         if backend == "onnx"
         else ""
     )
-    return EngineChoice(backend, reason, measured, parity)
+    return EngineChoice(backend, reason, measured, parity, compile_s=compile_s,
+                        compile_note=compile_note)  # fmt: skip
+
+
+class _Compiled:
+    """A compiled forward timed like the other engines (``forward_tensors``)."""
+
+    def __init__(self, forward: Any) -> None:
+        self.forward = forward
+
+    def forward_tensors(self, pixels: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.forward(pixels).probs.float().numpy()

@@ -39,8 +39,8 @@ class OnnxForward:
 class Placed:
     """What runs the forward, and the words for the header."""
 
-    model: Any  # the MiraGe, or an OnnxForward over it
-    backend: str  # "torch" or "onnx"
+    model: Any  # the MiraGe, or an OnnxForward or CompiledForward over it
+    backend: str  # "torch", "onnx" or "compile"
     reason: str
     precision: str  # what the scores are computed in
     measured: dict[str, float] = field(default_factory=dict)  # auto: ms/image by engine
@@ -54,12 +54,14 @@ def place(
     view: Any = None,
     batch_size: int = 64,
     notify: Callable[[str], None] | None = None,
+    images: float = 0,
 ) -> Placed:
     """``model`` (already cast to ``precision``) on ``backend`` (None: the default,
     :func:`~miragedet.inference.loader.resolve_backend`): ``torch`` as it is, ``onnx`` on the
-    checkpoint's exported graph (fp32/int8), ``auto`` as
-    :func:`miragedet.inference.engine.choose` decides (a model without a checkpoint folder, e.g.
-    zero-shot, stays on PyTorch)."""
+    checkpoint's exported graph (fp32/int8), ``compile`` through torch.compile, ``auto`` as
+    :func:`miragedet.inference.engine.choose` decides for a job of ``images`` images (a model
+    without a checkpoint folder, e.g. zero-shot, stays on PyTorch)."""
+    from .compiled import CompiledForward
     from .engine import choose, onnx_graph
     from .loader import onnx_on_choice, resolve_backend
     from .onnx import OnnxDetector
@@ -67,6 +69,8 @@ def place(
     backend = resolve_backend(backend)
     if backend == "torch":
         return Placed(model, "torch", "as requested", precision)
+    if backend == "compile":
+        return Placed(CompiledForward(model, batch_size), "compile", "as requested", precision)
     if getattr(model, "image_features_frozen", False):  # one engine for the whole report
         return Placed(model, "torch", "frozen image features: scored from the feature cache",
                       precision)  # fmt: skip
@@ -82,7 +86,11 @@ def place(
                             precision=precision)  # fmt: skip
         return Placed(OnnxForward(model, onnx), "onnx", "as requested", onnx.precision)
     choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
-                    device=str(model.clip.logit_scale.device), notify=notify)  # fmt: skip
+                    device=str(model.clip.logit_scale.device), notify=notify,
+                    images=images)  # fmt: skip
+    if choice.backend == "compile":
+        forward = CompiledForward(model, batch_size)
+        return Placed(forward, "compile", choice.reason, precision, choice.measured)
     onnx = None
     if choice.backend == "onnx":
         onnx, choice = onnx_on_choice(directory, choice, notify, precision=precision)

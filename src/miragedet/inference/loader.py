@@ -1,5 +1,5 @@
-"""A Detector from a checkpoint on the engine asked for (PyTorch, ONNX Runtime, or ``auto``:
-the fastest of them that gives the same scores here, the default)."""
+"""A Detector from a checkpoint on the engine asked for (PyTorch, ONNX Runtime, PyTorch with
+torch.compile, or ``auto``: the fastest of them that gives the same scores here, the default)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .detector import Detector
 if TYPE_CHECKING:
     from .engine import EngineChoice
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "compile")
 #: Names the engine when a caller gives none (a fleet's pin: ``MIRAGEDET_BACKEND=torch``).
 BACKEND_ENV = "MIRAGEDET_BACKEND"
 
@@ -53,6 +53,15 @@ def onnx_on_choice(
         return None, replace(choice, backend="torch", reason=reason[:300])
 
 
+def compiled(detector: Detector) -> Detector:
+    """``detector`` with its network run through torch.compile at its batch size
+    (:mod:`miragedet.inference.compiled`; the first batch compiles)."""
+    from .compiled import CompiledForward
+
+    detector.model = CompiledForward(detector.model, detector.batch_size)
+    return detector
+
+
 def _to_stderr(message: str) -> None:
     print(f"miragedet: {message}", file=sys.stderr)
 
@@ -62,14 +71,17 @@ def load_detector(
     backend: str | None = None,
     notify: Callable[[str], None] | None = None,
     engine: EngineChoice | None = None,
+    images: float = 0,
     **kwargs: Any,
 ) -> Detector:
     """A Detector for a checkpoint, on PyTorch (``torch``), on ONNX Runtime (``onnx``: the
-    checkpoint's model.onnx, see `miragedet export`) or on the fastest of the two that gives the
-    same scores here (``auto``, the default, or ``$MIRAGEDET_BACKEND``:
-    :mod:`miragedet.inference.engine`; ``notify`` hears of a first-time export and
-    measurement; ``engine``: a choice already made, e.g. by a driver for its workers). The
-    detector's ``engine`` says what was chosen and why."""
+    checkpoint's model.onnx, see `miragedet export`), on PyTorch through torch.compile
+    (``compile``) or on the fastest of them that gives the same scores here (``auto``, the
+    default, or ``$MIRAGEDET_BACKEND``: :mod:`miragedet.inference.engine`; torch.compile only
+    competes for a job of ``images`` images large enough to earn its compile back, a server
+    passing ``math.inf``; ``notify`` hears of a first-time export and measurement; ``engine``: a
+    choice already made, e.g. by a driver for its workers). The detector's ``engine`` says what
+    was chosen and why."""
     backend = resolve_backend(backend)
     if notify is None:  # a first-time export can take minutes: say so rather than stall
         notify = _to_stderr
@@ -85,13 +97,18 @@ def load_detector(
             precision=kwargs.get("precision", "auto"),
             device=kwargs.get("device"),
             notify=notify,
+            images=images,
         )
         detector = None
         if choice.backend == "onnx":
             options = {k: v for k, v in kwargs.items() if k != "device"}
             detector, choice = onnx_on_choice(directory, choice, notify, **options)
+        if choice.backend == "compile":
+            notify(f"torch.compile compiles the network on its first batch ({choice.compile_s:.0f}"
+                   " s when measured here; less with inductor's cache warm)")  # fmt: skip
         if detector is None:
-            detector = load_detector(str(directory), "torch", **kwargs)
+            backend = "compile" if choice.backend == "compile" else "torch"
+            detector = load_detector(str(directory), backend, **kwargs)
         detector.engine = choice
         return detector
     if backend == "onnx":
@@ -99,4 +116,6 @@ def load_detector(
 
         kwargs.pop("device", None)
         return OnnxDetector.from_pretrained(model, **kwargs)
+    if backend == "compile":
+        return compiled(Detector.from_pretrained(model, **kwargs))
     return Detector.from_pretrained(model, **kwargs)

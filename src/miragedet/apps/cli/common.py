@@ -36,8 +36,9 @@ def view_options(view: str | None, max_tiles: int | None, aggregate: str | None)
 
 BACKEND_HELP = (
     "auto (default, or $MIRAGEDET_BACKEND): the fastest engine that gives the same scores on "
-    "this machine, measured once and cached (docs/performance.md); torch; or onnx (the "
-    "checkpoint's model.onnx on ONNX Runtime, see `miragedet export`)."
+    "this machine, measured once and cached (docs/performance.md); torch; onnx (the "
+    "checkpoint's model.onnx on ONNX Runtime, see `miragedet export`); or compile (PyTorch "
+    "through torch.compile: the first batch compiles, for tens of seconds)."
 )
 FRAMES_HELP = "Videos and animated images: frames scored per clip, evenly spread. Default 16."
 FPS_HELP = "Videos: sample this many frames per second of the clip instead (at most 256)."

@@ -83,6 +83,7 @@ def evaluate(
     import copy
 
     from ...data.degrade import Alignment, parse_degradations
+    from ...data.layouts import find_images
     from ...evaluation.evaluate import evaluate_dataset
     from ...evaluation.report import markdown_table
     from ...inference.attacks import parse_attacks, require_art
@@ -102,6 +103,11 @@ def evaluate(
         # the detector as it runs
         attack_model = copy.deepcopy(detector) if attacks and choice.precision != "fp32" else None
         detector = apply(detector, choice.precision)  # cast once, as the Detector does
+        degradations = parse_degradations(degrade or [])
+        passes = 1 + len(degradations) + bool(align)
+        image_set = None if dry_run else find_images(data, layout, split=split)
+        if image_set is not None and csv_list(subsets):
+            image_set = image_set.only(csv_list(subsets))
         placed = place(
             detector,
             checkpoint,
@@ -110,21 +116,21 @@ def evaluate(
             view=view_options(view, max_tiles, aggregate),
             batch_size=batch_size,
             notify=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
+            images=len(image_set.samples) * passes if image_set is not None else 0,
         )
-        if placed.backend == "onnx":  # gradients (attacks) still come from PyTorch
+        if placed.backend != "torch":  # gradients (attacks) still come from eager PyTorch
             attack_model = attack_model or (detector if attacks else None)
             detector = placed.model
-        why = choice.reason if placed.backend == "torch" else "ONNX Runtime graph"
+        why = "ONNX Runtime graph" if placed.backend == "onnx" else choice.reason
         engine = engine_text(placed.backend, placed.reason, placed.measured)
         console.print(
             f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}[/dim]"
         )
-        degradations = parse_degradations(degrade or [])
         if dry_run:
             _evaluate_dry_run(
                 detector,
                 data,
-                passes=1 + len(degradations) + bool(align),
+                passes=passes,
                 layout=layout,
                 split=split,
                 subsets=csv_list(subsets),
@@ -135,7 +141,7 @@ def evaluate(
             return
         metrics = evaluate_dataset(
             detector,
-            data,
+            image_set,
             output,
             layout=layout,
             split=split,

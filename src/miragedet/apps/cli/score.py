@@ -114,6 +114,7 @@ def detect(
         err = Console(stderr=True)
         if (model is None) == (server is None):
             raise ValueError("give a model (-m/--model) or a server (--server URL), one of them")
+        found = discover(inputs, sys.stdin)
         if server is not None:
             detector = _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate,
                                frames, fps, max_seconds, trust_anchors, watermarks)  # fmt: skip
@@ -130,6 +131,7 @@ def detect(
                 draft=not exact_decode,
                 view=view_options(view, max_tiles, aggregate),
                 sampling=sampling_options(frames, fps, max_seconds),
+                images=len(found.paths),  # torch.compile competes only for a job that earns it
             )
             if trust_anchors is not None:
                 from ...provenance.c2pa_manifest import load_trust_anchors
@@ -150,7 +152,6 @@ def detect(
             f"({escape(detector.precision_reason)}){escape(chosen)}[/dim]",
             highlight=False,
         )
-        found = discover(inputs, sys.stdin)
         counts = run_detect(
             detector,
             found.paths,

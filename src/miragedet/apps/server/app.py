@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from starlette.exceptions import HTTPException
 from ..._version import __version__
 from ...data.views import AGGREGATES, View
 from ...inference.clips import ClipInputs
+from ...inference.compiled import compile_ahead
 from ...inference.detector import Detector
 from ...inference.loader import load_detector as load_detector_for
 from ...inference.stability import VARIANTS_PATTERN, Stability
@@ -89,6 +91,7 @@ def create_app(
             precision=settings.precision,
             view=settings.view,
             batch_size=settings.max_batch,  # the batches it will run: what auto measures at
+            images=math.inf,  # long-lived: torch.compile competes
         )
 
     loader = load_detector or default_loader
@@ -102,6 +105,7 @@ def create_app(
         async def load() -> None:
             try:
                 detector = await asyncio.to_thread(loader)
+                await asyncio.to_thread(compile_ahead, detector)  # torch.compile: before ready
             except Exception as exc:
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
                 return

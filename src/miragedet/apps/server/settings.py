@@ -27,7 +27,7 @@ class ServerSettings:
     trust_anchors: str | None = None  # PEM text of trusted C2PA signers (--trust-anchors)
     watermarks: bool = False  # look for generators' invisible watermarks (--watermarks)
     retry_after_s: int = 1
-    #: auto | torch | onnx (inference/engine.py); None: $MIRAGEDET_BACKEND, else auto
+    #: auto | torch | onnx | compile (inference/engine.py); None: $MIRAGEDET_BACKEND, else auto
     backend: str | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (network cast once; torch backend)
     #: A View, a kind, or options with an optional kind (views.resolve); None: the checkpoint's

@@ -1,0 +1,96 @@
+"""torch.compile as an engine: MiraGe's forward compiled by inductor for one batch shape (the
+job's batch size), which the ``auto`` choice weighs against its compile time.
+
+One shape, so that a process compiles once: a batch of at least half the compiled size is
+padded up to it (the padding's rows are dropped), a smaller one (a job's last few images, a lone
+request to a quiet server) runs the same weights eagerly, and a larger one is split. Dynamic
+shapes (``torch.compile(dynamic=True)``) were tried instead and recompiled for new batch sizes
+here (docs/performance.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+#: Batch fields of MiraGe's output (one row per image); the others are per class or scalars.
+_ROWS = ("logits", "image_embeds", "distance")
+
+
+class CompiledForward:
+    """``model`` with ``model(pixels)`` answered by its compiled forward at ``batch_size`` images
+    (see the module); every other attribute is the model's. The first call compiles."""
+
+    def __init__(self, model: Any, batch_size: int) -> None:
+        self._model = model
+        self.batch_size = max(1, int(batch_size))
+        self._compiled = torch.compile(model)
+
+    def __call__(self, pixels: torch.Tensor) -> Any:
+        n, size = len(pixels), self.batch_size
+        if n > size:
+            parts = [self(pixels[i : i + size]) for i in range(0, n, size)]
+            return dataclasses.replace(parts[0], **{f: _cat(parts, f) for f in _ROWS})
+        if 2 * n < size:
+            return self._model(pixels)
+        return self.padded(pixels)
+
+    def padded(self, pixels: torch.Tensor) -> Any:
+        """The compiled forward of up to ``batch_size`` images, padded to it with copies of the
+        first (one shape, one compile)."""
+        n, size = len(pixels), self.batch_size
+        if n == size:
+            return self._compiled(pixels)
+        out = self._compiled(torch.cat([pixels, pixels[:1].expand(size - n, *pixels.shape[1:])]))
+        rows = {f: getattr(out, f)[:n] for f in _ROWS if getattr(out, f) is not None}
+        return dataclasses.replace(out, **rows)
+
+    def __getattr__(self, name: str) -> Any:  # everything else: the eager model's
+        return getattr(self._model, name)
+
+
+def _cat(parts: list[Any], name: str) -> torch.Tensor | None:
+    values = [getattr(p, name) for p in parts]
+    return None if values[0] is None else torch.cat(values)
+
+
+@dataclasses.dataclass
+class CompiledFigures:
+    """What the calibration found of the compiled forward."""
+
+    forward: CompiledForward  # compiled: time it with the other engines
+    compile_s: float  # its first call: the compile (cold when inductor's cache was empty)
+    parity: float  # max |p - p(PyTorch fp32)| on the check images, at the compiled shape
+
+
+@torch.inference_mode()
+def measure(
+    model: Any, check: torch.Tensor, expected: Any, pixels: torch.Tensor
+) -> CompiledFigures:
+    """``model`` compiled for ``len(pixels)`` images, its compile time, and how far its scores on
+    ``check`` are from ``expected`` (PyTorch fp32's probabilities) when run at that shape;
+    raises what torch.compile raises (no C++ compiler, an operator inductor cannot lower)."""
+    import numpy as np
+
+    compiled = CompiledForward(model, len(pixels))
+    start = time.perf_counter()
+    compiled(pixels)  # the compile
+    compile_s = time.perf_counter() - start
+    parity = 0.0
+    for i in range(0, len(check), len(pixels)):  # padded to the compiled shape: what jobs run
+        chunk = check[i : i + len(pixels)]
+        probs = compiled.padded(chunk).probs.float().numpy()
+        parity = max(parity, float(np.abs(probs - expected[i : i + len(chunk)]).max()))
+    return CompiledFigures(compiled, round(compile_s, 2), parity)
+
+
+def compile_ahead(detector: Any) -> None:
+    """Compile a detector's compiled forward now (a server, before it says it is ready), not on
+    its first batch; nothing for another engine."""
+    model = getattr(detector, "model", None)
+    if isinstance(model, CompiledForward):
+        size = detector.preprocess.image_size
+        with torch.inference_mode():
+            model.padded(torch.zeros(1, 3, size, size, device=detector.device))

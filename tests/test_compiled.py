@@ -1,0 +1,65 @@
+"""torch.compile as an engine (inference/compiled.py): one compiled batch shape, smaller batches
+padded up to it or run eagerly, larger ones split; the scores are the eager model's."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from miragedet import MiraGe, ModelConfig
+from miragedet.inference.compiled import CompiledForward
+from miragedet.model.backbone import load_backbone
+
+
+def test_one_compiled_shape_serves_every_batch_size_with_the_eager_scores():
+    torch.manual_seed(1)
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2)).eval()
+    forward = CompiledForward(model, 4)
+    compiled, shapes = forward._compiled, []
+    forward._compiled = lambda x: (shapes.append(tuple(x.shape)), compiled(x))[1]
+    size = model.backbone.preprocess.image_size
+    pixels = torch.randn(11, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(pixels)
+        out = forward(pixels)  # split 4 + 4 + 3, the 3 padded to 4
+        assert [s[0] for s in shapes] == [4, 4, 4]
+        np.testing.assert_allclose(out.probs.numpy(), expected.probs.numpy(), atol=1e-5)
+        assert out.image_embeds.shape == expected.image_embeds.shape
+        assert out.text_embeds.shape == expected.text_embeds.shape  # per class: not sliced
+        shapes.clear()
+        lone = forward(pixels[:1])  # under half the compiled batch: eager, nothing padded
+        assert shapes == []
+        np.testing.assert_allclose(lone.probs.numpy(), expected.probs[:1].numpy(), atol=1e-5)
+    assert forward.backbone is model.backbone and forward.classes == model.classes
+
+
+def test_a_server_on_torch_compile_compiles_before_it_is_ready(tmp_path):
+    """serve: the compile (tens of seconds) happens before /readyz says ready, not on the first
+    request; the compiled call is recorded (and answered eagerly, to keep the test short)."""
+    import asyncio
+
+    from conftest import in_process
+    from miragedet import save_pretrained
+    from miragedet.apps.server import ServerSettings, create_app
+    from miragedet.inference.loader import load_detector
+
+    torch.manual_seed(1)
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    save_pretrained(model, tmp_path / "ckpt")
+    calls: list[int] = []
+
+    def loader():
+        detector = load_detector(str(tmp_path / "ckpt"), "compile", batch_size=8)
+        eager = detector.model._model
+        detector.model._compiled = lambda x: (calls.append(len(x)), eager(x))[1]
+        return detector
+
+    async def ready() -> list[int]:
+        settings = ServerSettings(model=str(tmp_path / "ckpt"), max_batch=8)
+        async with in_process(create_app(settings, load_detector=loader)) as client:
+            seen = list(calls)  # when ready
+            info = (await client.get("/v1/model")).json()
+            assert info["engine"]["backend"] == "compile"
+            return seen
+
+    assert asyncio.run(ready()) == [8]  # one compiled call, at the server's batch size
