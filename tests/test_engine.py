@@ -338,3 +338,38 @@ def test_a_compile_that_fails_is_a_reason_not_an_error(checkpoint, monkeypatch):
     assert "torch.compile failed (RuntimeError: no C++ compiler found)" in choice.compile_note
     again = engine.choose(checkpoint, batch_size=2, precision="fp32", images=1e9)
     assert again.cached and again.compile_note == choice.compile_note  # not tried again
+
+
+def test_torch_compile_competes_without_onnxruntime_and_after_a_failed_export(
+    checkpoint, monkeypatch
+):
+    """Where ONNX Runtime is out (not installed, or the export failed), a large job still races
+    PyTorch against torch.compile, the reason naming what is missing. (The compiled forward is
+    stood in for by the eager one here: the real compile is tested above.)"""
+    from miragedet.inference import compiled
+
+    def eager_stand_in(model, check, expected, pixels):
+        forward = compiled.CompiledForward(model, len(pixels))
+        forward._compiled = model
+        return compiled.CompiledFigures(forward, 0.5, 0.0)
+
+    monkeypatch.setattr(engine, "COMPILE_MIN_IMAGES", 100)
+    monkeypatch.setattr(compiled, "measure", eager_stand_in)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    assert engine.choose(checkpoint, precision="fp32", images=10).reason.startswith(
+        "onnxruntime is not installed"
+    )
+    large = engine.choose(checkpoint, batch_size=2, precision="fp32", images=1e9)
+    assert set(large.measured) == {"torch fp32", "torch.compile fp32"}
+    assert "onnxruntime is not installed" in large.reason and large.compile_s == 0.5
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an operator ONNX cannot express")
+
+    monkeypatch.setattr("miragedet.inference.onnx.export_checkpoint", broken)
+    small = engine.choose(checkpoint, batch_size=3, precision="fp32", images=10)
+    assert small.reason.startswith("the ONNX export failed") and not small.compile_tried
+    again = engine.choose(checkpoint, batch_size=3, precision="fp32", images=1e9)
+    assert set(again.measured) == {"torch fp32", "torch.compile fp32"}  # measured again, once
+    assert "the ONNX export failed" in again.reason

@@ -60,6 +60,8 @@ class EngineChoice:
     #: it was tried and failed (either: it was tried, so a job of any size is not measured again).
     compile_s: float | None = None
     compile_note: str | None = None
+    #: Why ONNX Runtime was out of a race that still ran (torch.compile against PyTorch).
+    onnx_note: str | None = None
 
     @property
     def compile_tried(self) -> bool:
@@ -192,20 +194,24 @@ def choose(
     for part, what in (("open_set", "open-set test"), ("temporal", "temporal head")):
         if model_config.get(part):
             return EngineChoice("torch", f"the checkpoint's {what} runs on PyTorch only")
+    with_compile = images >= COMPILE_MIN_IMAGES and precision != "int8"
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return EngineChoice("torch", "onnxruntime is not installed (pip install 'miragedet[onnx]')")
+        no_onnx = "onnxruntime is not installed (pip install 'miragedet[onnx]')"
+        if not with_compile:
+            return EngineChoice("torch", no_onnx)
+    else:
+        no_onnx = None
     store = cache_dir() / "engines.json"
     key = cache_key(directory, view, batch_size, precision)
     entry = _read_cache(store).get(key)
-    with_compile = images >= COMPILE_MIN_IMAGES and precision != "int8"
     choice = None
     if entry:
         choice = EngineChoice(**{k: v for k, v in entry.items() if k != "about"}, cached=True)
-    if choice is None or (with_compile and not choice.compile_tried and choice.measured):
+    if choice is None or (with_compile and not choice.compile_tried):
         choice = _measure(directory, view, batch_size, precision, notify, measure_batch,
-                          with_compile)  # fmt: skip
+                          with_compile, no_onnx)  # fmt: skip
         about = {"checkpoint": str(directory), "batch_size": batch_size, "precision": precision,
                  "view": _plain(view)}  # fmt: skip
         _write_cache(store, key, choice, about)
@@ -224,8 +230,9 @@ def weigh_compile(choice: EngineChoice, images: float) -> EngineChoice:
     job = "a server" if images == float("inf") else f"{images:,.0f} images"
     if gain > 0 and saved > choice.compile_s:
         won = "" if images == float("inf") else f" ({saved:.0f} s over {job})"
-        reason = (f"fastest here for {job}: torch.compile saves {gain:.1f} ms/image{won}, "
+        reason = (f"fastest here for {job}: torch.compile saves {gain:.2g} ms/image{won}, "
                   f"more than its {choice.compile_s:.0f} s compile")  # fmt: skip
+        reason += f"; {choice.onnx_note}" if choice.onnx_note else ""
         return replace(choice, backend="compile", reason=reason)
     note = f"torch.compile not worth its {choice.compile_s:.0f} s compile for {job}"
     return replace(choice, reason=f"{choice.reason}; {note}")
@@ -244,45 +251,61 @@ def _measure(
     notify: Callable[[str], None] | None,
     measure_batch: int | None,
     with_compile: bool = False,
+    no_onnx: str | None = None,
 ) -> EngineChoice:
+    """Time the candidates (see the module); ``no_onnx``: why ONNX Runtime is out already."""
     import numpy as np
 
     from .detector import Detector
     from .onnx import OnnxDetector
-
-    try:
-        graph = onnx_graph(directory, notify)
-    except Exception as exc:  # an export that fails for this model: PyTorch, with the reason
-        return EngineChoice("torch", f"the ONNX export failed ({type(exc).__name__}: {exc})"[:300])
-    if notify is not None:
-        also = " (and torch.compile, for a job this size)" if with_compile else ""
-        notify(f"measuring PyTorch and ONNX Runtime{also} once on this machine (--backend auto)")
     from .precision import INT8_TOLERANCE, TOLERANCE
 
+    graph = None
+    if no_onnx is None:
+        try:
+            graph = onnx_graph(directory, notify)
+        except Exception as exc:  # an export that fails for this model: the reason, shown
+            no_onnx = f"the ONNX export failed ({type(exc).__name__}: {exc})"[:300]
+    if no_onnx is not None and not with_compile:
+        return EngineChoice("torch", no_onnx)
+    if notify is not None:
+        names = (
+            ["PyTorch"] + ["ONNX Runtime"] * (graph is not None) + ["torch.compile"] * with_compile
+        )
+        also = " (torch.compile: for a job this size)" if with_compile else ""
+        notify(f"measuring {' and '.join(names)} once on this machine{also} (--backend auto)")
     reference = Detector.from_pretrained(directory, precision="fp32", view=view)
     candidate = Detector.from_pretrained(directory, precision=precision, view=view)
-    config = json.loads((directory / "config.json").read_text())
-    try:
-        onnx = OnnxDetector(graph, config, view=view,
-                            precision="int8" if precision == "int8" else "fp32")  # fmt: skip
-    except Exception as exc:  # e.g. the quantiser failing on this graph
-        return EngineChoice("torch", f"ONNX Runtime could not load the graph ({exc})"[:300])
+    onnx = None
+    if graph is not None:
+        config = json.loads((directory / "config.json").read_text())
+        try:
+            onnx = OnnxDetector(graph, config, view=view,
+                                precision="int8" if precision == "int8" else "fp32")  # fmt: skip
+        except Exception as exc:  # e.g. the quantiser failing on this graph
+            no_onnx = f"ONNX Runtime could not load the graph ({exc})"[:300]
     size = reference.preprocess.image_size
     check = _check_pixels(size, 8)
     start = time.perf_counter()
     expected = reference.forward_tensors(check)
     per_image = (time.perf_counter() - start) / len(check)  # PyTorch fp32: the slowest, usually
-    parity = float(np.abs(onnx.forward_tensors(check) - expected).max())
-    tolerance = INT8_TOLERANCE if precision == "int8" else PARITY  # int8: the stated tolerance
-    if not parity <= tolerance:
-        return EngineChoice("torch", f"ONNX Runtime differs from PyTorch fp32 by {parity:.1e} "
-                            f"(more than {tolerance:g})", parity=parity)  # fmt: skip
+    parity = None
+    if onnx is not None:
+        parity = float(np.abs(onnx.forward_tensors(check) - expected).max())
+        tolerance = INT8_TOLERANCE if precision == "int8" else PARITY  # int8: the stated one
+        if not parity <= tolerance:
+            no_onnx = (f"ONNX Runtime differs from PyTorch fp32 by {parity:.1e} "
+                       f"(more than {tolerance:g})")  # fmt: skip
+            onnx = None
+    if onnx is None and not with_compile:
+        return EngineChoice("torch", no_onnx or "", parity=parity)
     n = measure_batch or batch_size
-    calls = (REPEATS + 1) * (3 if with_compile else 2)  # a warm-up and REPEATS timed, each
+    calls = (REPEATS + 1) * (2 + with_compile)  # a warm-up and REPEATS timed calls, each
     n = max(1, min(n, int(MEASURE_BUDGET_S / max(per_image * calls, 1e-9))))
     pixels = _check_pixels(size, n)
-    engines: dict[str, Any] = {f"torch {candidate.precision}": candidate,
-                               f"onnx {onnx.precision}": onnx}  # fmt: skip
+    engines: dict[str, Any] = {f"torch {candidate.precision}": candidate}
+    if onnx is not None:
+        engines[f"onnx {onnx.precision}"] = onnx
     compile_s = compile_note = None
     if with_compile:
         from . import compiled
@@ -298,10 +321,14 @@ def _measure(
                 compile_note = f"torch.compile differs from PyTorch fp32 by {figures.parity:.1e}"
             else:
                 engines[f"torch.compile {candidate.precision}"] = _Compiled(figures.forward)
+    if len(engines) == 1:  # nothing to race
+        reason = "; ".join(r for r in (no_onnx, compile_note) if r)
+        return EngineChoice("torch", reason, parity=parity, compile_s=compile_s,
+                            compile_note=compile_note)  # fmt: skip
     for engine in engines.values():
         engine.forward_tensors(pixels)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(REPEATS):  # alternating: a busy stretch of the machine hits both alike
+    for _ in range(REPEATS):  # alternating: a busy stretch of the machine hits all alike
         for name, engine in engines.items():
             start = time.perf_counter()
             engine.forward_tensors(pixels)
@@ -309,13 +336,13 @@ def _measure(
     measured = {name: round(float(np.median(t)), 3) for name, t in times.items()}
     fastest = min((k for k in measured if not k.startswith("torch.compile")), key=measured.get)
     backend = "onnx" if fastest.startswith("onnx") else "torch"
-    reason = f"fastest here, batch {n}" + (
-        f"; ONNX Runtime {onnx.precision} within {parity:.1e} of PyTorch fp32"
-        if backend == "onnx"
-        else ""
-    )
+    reason = f"fastest here, batch {n}"
+    if backend == "onnx":
+        reason += f"; ONNX Runtime {onnx.precision} within {parity:.1e} of PyTorch fp32"
+    if no_onnx:
+        reason += f"; {no_onnx}"
     return EngineChoice(backend, reason, measured, parity, compile_s=compile_s,
-                        compile_note=compile_note)  # fmt: skip
+                        compile_note=compile_note, onnx_note=no_onnx)  # fmt: skip
 
 
 class _Compiled:
