@@ -117,5 +117,6 @@ def load_detector(
         kwargs.pop("device", None)
         return OnnxDetector.from_pretrained(model, **kwargs)
     if backend == "compile":
+        notify("torch.compile compiles the network on its first batch (tens of seconds on a CPU)")
         return compiled(Detector.from_pretrained(model, **kwargs))
     return Detector.from_pretrained(model, **kwargs)
