@@ -72,3 +72,14 @@ def test_cli_export_then_detect_on_onnx_runtime(tiny, tmp_path):
         assert abs(a["fake_prob"] - b["fake_prob"]) <= 1e-4
     onnx = OnnxDetector.from_pretrained(tmp_path / "ckpt")
     assert onnx.info()["classes"] == Detector.from_pretrained(tmp_path / "ckpt").classes
+
+
+def test_export_checks_the_graph_it_wrote_whatever_its_name(tiny, tmp_path):
+    """`export -o elsewhere/other.onnx`: the parity check runs that file (it used to look for
+    model.onnx beside it: an error, or another graph's figure)."""
+    _trained(tiny, "mirage", depth=2).save_pretrained(str(tmp_path / "ckpt"))
+    target = tmp_path / "graphs" / "other.onnx"
+    result = CliRunner().invoke(app, ["export", "-m", str(tmp_path / "ckpt"), "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert target.is_file() and not (tmp_path / "graphs" / "model.onnx").exists()
+    assert float(result.output.split("max abs difference")[1].split()[0]) <= 1e-4

@@ -130,6 +130,7 @@ def export(
     import torch
 
     from ...inference.onnx import InferenceGraph, OnnxDetector, export_checkpoint
+    from ...model.checkpoint import read_config
     from ...model.mirage import load_pretrained
 
     if fmt != "onnx":
@@ -142,7 +143,7 @@ def export(
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
     if check:
         torch_model = load_pretrained(model)
-        onnx = OnnxDetector.from_pretrained(path.parent)
+        onnx = OnnxDetector(path, read_config(model))  # the graph just written, whatever its name
         size = torch_model.backbone.preprocess.image_size
         pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
