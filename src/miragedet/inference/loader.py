@@ -107,8 +107,9 @@ def load_detector(
             notify(f"torch.compile compiles the network on its first batch ({choice.compile_s:.0f}"
                    " s when measured here; less with inductor's cache warm)")  # fmt: skip
         if detector is None:
-            backend = "compile" if choice.backend == "compile" else "torch"
-            detector = load_detector(str(directory), backend, **kwargs)
+            detector = load_detector(str(directory), "torch", **kwargs)
+            if choice.backend == "compile":
+                detector = compiled(detector)
         detector.engine = choice
         return detector
     if backend == "onnx":
