@@ -169,7 +169,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
                 images=args.job_images,
                 precision=args.auto_precision,
             )
-            prefix = "torch.compile" if choice.backend == "compile" else f"{choice.backend} "
+            prefix = engine.COMPILED if choice.backend == "compile" else f"{choice.backend} "
             chosen = next(v for k, v in choice.measured.items() if k.startswith(prefix))
             print(f"{name} auto for a job of {args.job_images:g} images: {choice.describe()}")
             if choice.compile_s is not None:

@@ -413,13 +413,14 @@ def score_dataset(
         stale.unlink()
     n_shards = (len(paths) + shard_size - 1) // shard_size
     pending = [s for s in range(n_shards) if not shard_path(output, s).is_file()]
+    expected = {s: min((s + 1) * shard_size, len(paths)) - s * shard_size for s in pending}
     choice = None
     if backend == "auto":  # chosen once here, not by every worker
         from ..inference.engine import choose, onnx_graph
         from ..model.checkpoint import resolve as resolve_checkpoint
 
-        left = sum(min((s + 1) * shard_size, len(paths)) - s * shard_size for s in pending)
         directory = resolve_checkpoint(model)
+        left = sum(expected.values())  # what this run scores, shared by the workers
         choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
                         device=device, notify=notify, images=left / workers)  # fmt: skip
         if choice.backend == "onnx":
@@ -429,7 +430,6 @@ def score_dataset(
     report.skipped = found.skipped
     work = _work_table(paths, pending, shard_size)  # shard, index, path of what is left
     del paths  # the listing now lives in Arrow buffers (a few tens of bytes per input)
-    expected = {s: min((s + 1) * shard_size, report.total) - s * shard_size for s in pending}
     if on_start is not None:
         on_start(report, work.num_rows)
     start = time.perf_counter()

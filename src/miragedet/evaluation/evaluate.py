@@ -281,7 +281,7 @@ def _adversarial(
 
 def dry_run(
     model: Any,
-    data: str | os.PathLike | Any,  # or the ImageSet already found
+    data: str | os.PathLike,
     passes: int = 1,
     layout: str = "auto",
     split: str | None = "val",

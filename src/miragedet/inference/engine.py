@@ -47,6 +47,8 @@ MEASURE_BUDGET_S = 30.0
 #: The smallest job for which torch.compile is measured at all (our choice, from the ViT-B/32
 #: figures in docs/performance.md: a 42 s compile paid back by ~9 ms/image after ~4,500 images).
 COMPILE_MIN_IMAGES = 5000
+#: How torch.compile's figures are named in ``measured`` ("torch.compile fp32", ...).
+COMPILED = "torch.compile"
 
 
 @dataclass
@@ -221,7 +223,7 @@ def choose(
 def weigh_compile(choice: EngineChoice, images: float) -> EngineChoice:
     """``choice`` turned to torch.compile when its measured gain over ``images`` images exceeds
     its measured compile time, else as it is (with the comparison named when it was made)."""
-    name = next((k for k in choice.measured if k.startswith("torch.compile")), None)
+    name = next((k for k in choice.measured if k.startswith(COMPILED)), None)
     if name is None or choice.compile_s is None or images < COMPILE_MIN_IMAGES:
         return choice
     others = [v for k, v in choice.measured.items() if k != name]
@@ -320,7 +322,7 @@ def _measure(
             if figures.parity > tolerance:
                 compile_note = f"torch.compile differs from PyTorch fp32 by {figures.parity:.1e}"
             else:
-                engines[f"torch.compile {candidate.precision}"] = _Compiled(figures.forward)
+                engines[f"{COMPILED} {candidate.precision}"] = _Compiled(figures.forward)
     if len(engines) == 1:  # nothing to race
         reason = "; ".join(r for r in (no_onnx, compile_note) if r)
         return EngineChoice("torch", reason, parity=parity, compile_s=compile_s,
@@ -334,7 +336,7 @@ def _measure(
             engine.forward_tensors(pixels)
             times[name].append(1000 * (time.perf_counter() - start) / n)
     measured = {name: round(float(np.median(t)), 3) for name, t in times.items()}
-    fastest = min((k for k in measured if not k.startswith("torch.compile")), key=measured.get)
+    fastest = min((k for k in measured if not k.startswith(COMPILED)), key=measured.get)
     backend = "onnx" if fastest.startswith("onnx") else "torch"
     reason = f"fastest here, batch {n}"
     if backend == "onnx":

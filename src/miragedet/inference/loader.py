@@ -53,11 +53,17 @@ def onnx_on_choice(
         return None, replace(choice, backend="torch", reason=reason[:300])
 
 
-def compiled(detector: Detector) -> Detector:
+def on_compile(
+    detector: Detector, notify: Callable[[str], None], compile_s: float | None = None
+) -> Detector:
     """``detector`` with its network run through torch.compile at its batch size
-    (:mod:`miragedet.inference.compiled`; the first batch compiles)."""
+    (:mod:`miragedet.inference.compiled`), ``notify`` told that its first batch compiles
+    (``compile_s``: what the auto choice measured)."""
     from .compiled import CompiledForward
 
+    how_long = "tens of seconds on a CPU" if compile_s is None else (
+        f"{compile_s:.0f} s when measured here; less with inductor's cache warm")  # fmt: skip
+    notify(f"torch.compile compiles the network on its first batch ({how_long})")
     detector.model = CompiledForward(detector.model, detector.batch_size)
     return detector
 
@@ -103,13 +109,10 @@ def load_detector(
         if choice.backend == "onnx":
             options = {k: v for k, v in kwargs.items() if k != "device"}
             detector, choice = onnx_on_choice(directory, choice, notify, **options)
-        if choice.backend == "compile":
-            notify(f"torch.compile compiles the network on its first batch ({choice.compile_s:.0f}"
-                   " s when measured here; less with inductor's cache warm)")  # fmt: skip
         if detector is None:
             detector = load_detector(str(directory), "torch", **kwargs)
             if choice.backend == "compile":
-                detector = compiled(detector)
+                detector = on_compile(detector, notify, choice.compile_s)
         detector.engine = choice
         return detector
     if backend == "onnx":
@@ -118,6 +121,5 @@ def load_detector(
         kwargs.pop("device", None)
         return OnnxDetector.from_pretrained(model, **kwargs)
     if backend == "compile":
-        notify("torch.compile compiles the network on its first batch (tens of seconds on a CPU)")
-        return compiled(Detector.from_pretrained(model, **kwargs))
+        return on_compile(Detector.from_pretrained(model, **kwargs), notify)
     return Detector.from_pretrained(model, **kwargs)
