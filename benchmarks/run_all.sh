@@ -29,3 +29,4 @@ run bench_startup --repeats 5
 run bench_adapt --backbones vit-b-32,vit-l-14 --shots 4,16,64
 run bench_video --short 10 --long 600 --repeats 3 --all-frames
 python cost_model.py --results "$out" | tee "$out/cost_model.txt"
+run bench_synthetic --size 224 --n-per-class 256
