@@ -124,3 +124,8 @@ class TrainResult:
     best: dict[str, Any] | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The last epoch's training speed (the part of it this run ran): images per second over
+    #: its wall time, and the share of that time spent waiting for batches (0..1; near 0 when
+    #: the input keeps up with the step). None when no step ran.
+    images_per_s: float | None = None
+    data_wait_share: float | None = None

@@ -36,8 +36,12 @@ class JsonlLog:
             return
         step = entry["step"]
         if entry["type"] == "train":
-            for key in ("loss", "ce", "dis", "accuracy", "lr", "images_per_s"):
-                self.tb.add_scalar(f"train/{key}", entry[key], step)
+            for key in ("loss", "ce", "dis", "accuracy", "lr", "images_per_s", "data_wait_share"):
+                if key in entry:
+                    self.tb.add_scalar(f"train/{key}", entry[key], step)
+        for key in ("images_per_s", "data_wait_share"):  # an epoch's record: its whole pass
+            if entry["type"] == "val" and key in entry:
+                self.tb.add_scalar(f"epoch/{key}", entry[key], step)
         for subset, metrics in entry.get("metrics", {}).items():
             for key, value in metrics.items():
                 if key != "n":

@@ -23,15 +23,10 @@ from ..model.losses import MiraGeLoss
 from ..model.mirage import MiraGe
 from .config import TrainConfig, TrainResult
 from .dry_run import dry_run
+from .input import TrainInput, Waited, draft_size, share, speed, usable_workers
 from .log import JsonlLog, NoLog
 from .state import load_state, write_state
 from .step import cosine_lr, make_optimizer
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Trainer:
@@ -44,17 +39,24 @@ class Trainer:
         from ..data.transforms import Augment, TrainTransform
         from ..model import distributed
         from ..model.backbone import load_backbone
+        from ..model.device import enable_tf32, resolve_device
 
         self.config = c = config
-        self.dist, self.device = distributed.setup(_device(c.device))
+        self.dist, self.device = distributed.setup(resolve_device(c.device))
         from ..inference.precision import training_precision
 
         amp = training_precision(c.amp, self.device)  # warns for an emulated bf16/fp16 on CPU
         #: The autocast precision resolved from ``--amp`` (none | bf16 | fp16) and why.
         self.amp, self.amp_reason = amp.precision, amp.reason
+        #: fp32 on a GPU that has TF32: its note for the header (None: CPU, older GPU, autocast)
+        self.tf32 = enable_tf32(self.device) if self.amp == "none" else None
         if not self.dist.is_main:
             console = Console(quiet=True)  # rank 0 alone reports, evaluates and saves
         self.console = console or Console()
+        #: loader workers: --workers capped by the CPUs this process may use
+        self.workers, note = usable_workers(c.workers)
+        if note:
+            self.console.print(note)
         self.output = Path(c.output)
         if c.batch_size % (c.grad_accum * self.dist.world):
             raise ValueError(
@@ -142,6 +144,10 @@ class Trainer:
         self.features: torch.Tensor | None = None
         self.feature_errors: dict[int, str] = {}
         self.features_computed = 0
+        self.input: TrainInput | None = None  # built at the first pass, kept for the run
+        #: The pass in progress (or last): images per second and the share of its wall time
+        #: spent waiting for batches (0..1); the epoch's record and TrainResult carry them.
+        self.speed: dict[str, float] | None = None
 
     def can_cache_features(self) -> bool:
         """Frozen features, no random augmentation, one process (DDP needs its own forward)."""
@@ -174,6 +180,7 @@ class Trainer:
         self.features, self.feature_errors, self.features_computed = features.load_or_compute(
             path, batches, encode, len(samples)
         )
+        self.input = None  # epochs read the features: the image loader's workers can end
         self.console.print(
             f"frozen image features: {'computed' if self.features_computed else 'reused'} "
             f"({path}); epochs train the head from them"
@@ -240,28 +247,31 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         return torch.randperm(len(self.train_set.samples), generator=generator).tolist()
 
-    def _loader(self, indices: list[int]) -> torch.utils.data.DataLoader:
-        from ..data.dataset import ImageDataset, collate
+    def _loader(self, indices: list[int], following: list[int] | None = None) -> Any:
+        """The micro-batches of ``indices`` (this rank's share), from the run's one loader;
+        ``following``: the next epoch's indices, which the workers may start on early."""
+        if self.input is None:
+            from ..data.dataset import ImageDataset
 
-        image_transform = None
-        if self.config.align:
-            from ..data.degrade import Alignment
+            image_transform = None
+            if self.config.align:
+                from ..data.degrade import Alignment
 
-            alignment = Alignment.parse(self.config.align)
+                alignment = Alignment.parse(self.config.align)
 
-            def image_transform(image, index, a=alignment):
-                return a(image)
+                def image_transform(image, index, a=alignment):
+                    return a(image)
 
-        dataset = ImageDataset(self.train_set.samples, self.transform, image_transform)
+            draft = draft_size(self.transform, self.config.align)
+            dataset = ImageDataset(self.train_set.samples, self.transform, image_transform, draft)
+            self.input = TrainInput(
+                dataset, self.micro, self.workers, self.device, self.config.seed
+            )
         # Rank r takes positions r, r + W, ... of the global order (DistributedSampler's split),
         # so each global batch is the same set of images whatever the number of ranks.
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.micro,
-            sampler=indices[self.dist.rank :: self.dist.world],
-            num_workers=self.config.workers,
-            collate_fn=collate,
-            drop_last=False,
+        mine = slice(self.dist.rank, None, self.dist.world)
+        return self.input.batches(
+            indices[mine], self.epoch, None if following is None else following[mine]
         )
 
     def _autocast(self) -> Any:
@@ -285,6 +295,7 @@ class Trainer:
         )
 
         from ..model import distributed
+        from ..model.device import describe
 
         c = self.config
         if self.dist.is_main:
@@ -315,6 +326,8 @@ class Trainer:
             f"backbone {self.backbone.source}; {self.steps_per_epoch} steps/epoch; "
             f"amp {self.amp}"
             + (f" ({self.amp_reason})" if c.amp == "auto" else "")
+            + f"; device {describe(self.device)}"
+            + (f" ({self.tf32})" if self.tf32 else "")
             + (f"; {self.dist.world} ranks" if self.dist.enabled else "")
         )
         log = JsonlLog(self.output) if self.dist.is_main else NoLog()
@@ -324,6 +337,9 @@ class Trainer:
                 self.transform.set_epoch(self.epoch)
                 order = self._order(self.epoch)[: self.steps_per_epoch * c.batch_size]
                 remaining = order[self.step_in_epoch * c.batch_size :]
+                following = None
+                if self.epoch + 1 < c.epochs:
+                    following = self._order(self.epoch + 1)[: self.steps_per_epoch * c.batch_size]
                 with Progress(
                     TextColumn(f"epoch {self.epoch + 1}/{c.epochs}"),
                     BarColumn(),
@@ -336,7 +352,7 @@ class Trainer:
                     task = progress.add_task(
                         "train", total=self.steps_per_epoch, completed=self.step_in_epoch, status=""
                     )
-                    stop = self._run_epoch(remaining, log, progress, task)
+                    stop = self._run_epoch(remaining, log, progress, task, following)
                 if stop:
                     break
                 self.epoch += 1
@@ -346,6 +362,7 @@ class Trainer:
                 self._save_main("last")
         finally:
             log.close()
+            self.input = None  # the loader's workers end with it
         if self.dist.enabled:
             import torch.distributed as dist
 
@@ -362,7 +379,13 @@ class Trainer:
                 f"(listed in {self.output / 'train_report.json'})"
             )
         return TrainResult(
-            self.output, self.global_step, self.epoch, self.best, self.skipped, self.history
+            self.output,
+            self.global_step,
+            self.epoch,
+            self.best,
+            self.skipped,
+            self.history,
+            **(self.speed or {}),
         )
 
     def _save_main(self, name: str) -> None:
@@ -373,16 +396,28 @@ class Trainer:
             self.save(name)
         distributed.barrier()
 
-    def _run_epoch(self, indices: list[int], log: Any, progress: Any, task: Any) -> bool:
+    def _run_epoch(
+        self,
+        indices: list[int],
+        log: Any,
+        progress: Any,
+        task: Any,
+        following: list[int] | None = None,
+    ) -> bool:
         import contextlib
 
         c = self.config
-        micro_batches = iter(
-            self._feature_batches(indices) if self.features is not None else self._loader(indices)
+        began = time.perf_counter()  # the wait for the first batch (workers starting) counts
+        micro_batches = Waited(
+            self._feature_batches(indices)
+            if self.features is not None
+            else self._loader(indices, following),
+            self.device,
         )
         samples = self.train_set.samples
+        images = 0
         while self.step_in_epoch < self.steps_per_epoch:
-            start = time.perf_counter()
+            start, waited = time.perf_counter(), micro_batches.seconds
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             totals = {"loss": 0.0, "ce": 0.0, "dis": 0.0, "correct": 0, "n": 0}
@@ -394,15 +429,14 @@ class Trainer:
                     continue
                 if "embeds" in batch:  # cached frozen features (one process, see features.py)
                     with self._autocast():
-                        out = self.model.forward_from_embeds(batch["embeds"].to(self.device))
-                    labels = batch["labels"].to(self.device)
+                        out = self.model.forward_from_embeds(batch["embeds"])
+                    labels = batch["labels"]
                     logits, embeds = out.logits, out.image_embeds.float()
                     losses = self.loss_fn(logits, embeds, out.text_embeds.float(), labels)
                     self.scaler.scale(losses.loss / c.grad_accum).backward()
                     self._add_totals(totals, losses, logits, labels)
                     continue
-                pixels = batch["pixel_values"].to(self.device, non_blocking=True)
-                labels = batch["labels"].to(self.device)
+                pixels, labels = batch["pixel_values"], batch["labels"]  # on the device
                 empty = not len(labels)
                 if empty:  # every image of this rank's share was unreadable: run one blank
                     size = self.backbone.preprocess.image_size  # image through the model, count
@@ -431,10 +465,17 @@ class Trainer:
             self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
-            rate = totals["n"] / max(time.perf_counter() - start, 1e-9)
+            now = time.perf_counter()
+            rate = totals["n"] / max(now - start, 1e-9)
+            images += totals["n"]
+            self.speed = speed(images, now - began, micro_batches.seconds)
             acc = totals["correct"] / max(totals["n"], 1)
             progress.update(
-                task, advance=1, status=f"loss {totals['loss']:.3f} acc {acc:.2f} {rate:.0f} img/s"
+                task,
+                advance=1,
+                status=f"loss {totals['loss']:.3f} acc {acc:.2f} "
+                f"{self.speed['images_per_s']:.0f} img/s, "
+                f"data wait {self.speed['data_wait_share']:.0%}",
             )
             if self.global_step % c.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
                 entry = {
@@ -447,6 +488,7 @@ class Trainer:
                     "accuracy": acc,
                     "lr": self.scheduler.get_last_lr()[0],
                     "images_per_s": rate,
+                    "data_wait_share": share(micro_batches.seconds - waited, now - start),
                 }
                 log.write(entry)
                 self.history.append(entry)
@@ -488,13 +530,15 @@ class Trainer:
         from ..evaluation.metrics import subset_metrics
         from ..evaluation.scores import score_samples
 
+        # the epoch's record: its validation and its training speed (this process's pass)
         entry: dict[str, Any] = {"type": "val", "epoch": self.epoch, "step": self.global_step}
+        entry.update(self.speed or {})
         if self.val_set is not None:
             scores = score_samples(
                 self.model,
                 self.val_set.samples,
                 batch_size=self.micro,
-                workers=self.config.workers,
+                workers=self.workers,
                 cache_dir=self.output / "features" if self.can_cache_features() else None,
             )
             table = subset_metrics(scores, self.model.threshold)

@@ -72,7 +72,9 @@ def train(
     align: str = typer.Option(None, help="Re-encode every training image alike: jpeg:96 or png."),
     workers: int = typer.Option(None),
     seed: int = typer.Option(None),
-    device: str = typer.Option(None),
+    device: str = typer.Option(
+        None, help="auto (a CUDA GPU when present, else the CPU; the default), cpu, cuda, cuda:N."
+    ),
     output: str = typer.Option(None, "--output", "-o"),
     log_every: int = typer.Option(None),
     save_every: int = typer.Option(None),
