@@ -82,6 +82,8 @@ def test_every_obstacle_falls_back_to_pytorch_with_its_reason(checkpoint, monkey
     assert "cannot express" in choice.reason
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert "GPU" in engine.choose(checkpoint).reason
+    assert "GPU" in engine.choose(checkpoint, device="auto").reason
+    monkeypatch.undo()  # the rest loads models, on this machine's CPU
     bf16 = engine.choose(checkpoint, precision="bf16", device="cpu")
     assert "runs on PyTorch only" in bf16.reason
     (checkpoint / "model.onnx").write_bytes(b"damaged since it was measured")

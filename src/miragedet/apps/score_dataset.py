@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,9 @@ class Scorer:
         model: str,
         backend: str | None = None,
         threshold: float | None = None,
-        batch_size: int = 32,
-        device: str | None = None,
-        threads: int = 2,
+        batch_size: int | None = None,
+        device: str | None = "auto",
+        threads: int | None = None,
         precision: str = "auto",
         provenance: bool = True,
         view: Any = None,
@@ -172,23 +173,42 @@ class Scorer:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return next(self.stream([batch]))
+
+    def stream(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """The rows of each batch of columns, in order, scored through one pipeline run
+        (:mod:`miragedet.inference.pipeline`), so that decoding the next batches overlaps the
+        forward of this one."""
+        pending: deque = deque()  # [batch, paths, errors, good, predictions] in input order
+
+        def readable() -> Iterator[Any]:
+            for batch in batches:
+                paths = [str(p) for p in batch["path"]]
+                items: list[Any] = []
+                errors: dict[int, str] = {}
+                for i, path in enumerate(paths):
+                    try:
+                        items.append(read_input(path))
+                    except Exception as exc:  # a missing object, a permission error: an error row
+                        errors[i] = f"cannot read: {exc}"
+                        items.append(None)
+                good = [i for i in range(len(paths)) if i not in errors]
+                pending.append((batch, paths, errors, good, []))
+                yield from (items[i] for i in good)
+
+        for prediction in self.detector.iter_score(readable(), provenance=self.provenance):
+            next(e for e in pending if len(e[4]) < len(e[3]))[4].append(prediction)
+            while pending and len(pending[0][4]) == len(pending[0][3]):
+                yield self._rows(*pending.popleft())
+        while pending:  # batches read after the last prediction: every input unreadable
+            yield self._rows(*pending.popleft())
+
+    def _rows(
+        self, batch: dict[str, np.ndarray], paths: list[str], errors: dict[int, str],
+        good: list[int], scored: list[Any],
+    ) -> dict[str, np.ndarray]:  # fmt: skip
         from ..data.views import tile_columns
 
-        paths = [str(p) for p in batch["path"]]
-        items: list[Any] = []
-        errors: dict[int, str] = {}
-        for i, path in enumerate(paths):
-            try:
-                items.append(read_input(path))
-            except Exception as exc:  # a missing object, a permission error: an error row
-                errors[i] = f"cannot read: {exc}"
-                items.append(None)
-        good = [i for i in range(len(paths)) if i not in errors]
-        scored = (
-            self.detector.score([items[i] for i in good], provenance=self.provenance)
-            if good
-            else []
-        )
         predictions = dict(zip(good, scored, strict=True))
         fake_prob, label, top_class, error = [], [], [], []
         verdict, basis, summary = [], [], []
@@ -373,17 +393,17 @@ def score_dataset(
     model: str,
     engine: str = "ray",
     workers: int = 2,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     shard_size: int = 1000,
     backend: str | None = None,
     threshold: float | None = None,
-    device: str | None = None,
+    device: str | None = "auto",
     precision: str = "auto",
     provenance: bool = True,
     view: Any = None,
     sampling: Any = None,
     cpus_per_worker: float = 1.0,
-    gpus_per_worker: float = 0.0,
+    gpus_per_worker: float | None = None,
     address: str | None = None,
     on_start: Callable[[ScoreReport, int], None] | None = None,
     on_rows: Callable[[int], None] | None = None,
@@ -392,7 +412,7 @@ def score_dataset(
     """Score every image of ``source`` into Parquet shards under ``output`` (see the module)."""
     if engine not in ENGINES:
         raise ScoringError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if shard_size < 1 or batch_size < 1 or workers < 1:
+    if shard_size < 1 or (batch_size is not None and batch_size < 1) or workers < 1:
         raise ScoringError("shard_size, batch_size and workers must be at least 1")
     output = Path(output)
     from ..inference.loader import resolve_backend
@@ -445,8 +465,20 @@ def score_dataset(
         sampling=sampling,
         choice=choice,
     )
+    if gpus_per_worker is None:  # Ray actors share the GPUs the driver's device asks for
+        from ..model.device import gpu_share
+
+        gpus_per_worker = gpu_share(device, workers)
     batches = (
-        _ray_batches(work, kwargs, workers, batch_size, cpus_per_worker, gpus_per_worker, address)
+        _ray_batches(
+            work,
+            kwargs,
+            workers,
+            batch_size or (256 if gpus_per_worker else 32),
+            cpus_per_worker,
+            gpus_per_worker,
+            address,
+        )
         if engine == "ray"
         else _local_batches(work, kwargs, batch_size)
     )
@@ -499,8 +531,8 @@ def _local_batches(
     if not work.num_rows:
         return
     scorer = Scorer(**kwargs)
-    for i in range(0, work.num_rows, batch_size):
-        yield scorer(_columns(work.slice(i, batch_size)))
+    size = batch_size or scorer.detector.batch_size
+    yield from scorer.stream(_columns(work.slice(i, size)) for i in range(0, work.num_rows, size))
 
 
 def _ray_batches(

@@ -84,29 +84,72 @@ def score_samples(
         if on_batch is not None:
             on_batch(len(samples))
         return scores
-    image_transform = None
-    if degradation is not None:
+    return _score_stream(model, samples, batch_size, workers, degradation, preprocess, device,
+                         on_batch)  # fmt: skip
 
-        def image_transform(image, index, d=degradation):
-            return d(image, seed=index)
 
-    dataset = ImageDataset(samples, lambda im, i: preprocess(im), image_transform)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, shuffle=False
+def _score_stream(
+    model: Any,
+    samples: list[Sample],
+    batch_size: int,
+    workers: int,
+    degradation: Degradation | None,
+    preprocess: Preprocess,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None,
+) -> Scores:
+    """:func:`score_samples` with the resize view, through the scoring pipeline's stages
+    (:mod:`miragedet.inference.pipeline`): ``workers`` decode threads run batches ahead of the
+    forward; on a GPU, JPEGs are decoded there unless a degradation needs the decoded image."""
+    from ..data.dataset import load_image
+    from ..data.gpu_decode import gpu_decoder
+    from ..inference.pipeline import (
+        GPU_DECODE_ENV,
+        gpu_decode,
+        gpu_job,
+        safe,
+        stack_on,
+        staged_batches,
     )
+
+    decoder = None
+    if degradation is None and device.type == "cuda" and os.environ.get(GPU_DECODE_ENV) != "0":
+        decoder, _ = gpu_decoder(device, preprocess)
+
+    def on_cpu(pair: tuple[int, Sample]) -> torch.Tensor:
+        index, sample = pair
+        if sample.frame is not None:  # a frame of a clip
+            from ..data.video import read_frame
+
+            image = read_frame(sample.path, sample.frame)
+        else:
+            image = load_image(sample.path)
+        if degradation is not None:
+            image = degradation(image, seed=index)
+        return preprocess(image)
+
+    cpu = safe(on_cpu)
+
+    def work(pair: tuple[int, Sample]) -> Any:
+        job = gpu_job(decoder, pair[1].path) if pair[1].frame is None else None
+        return job if job is not None else cpu(pair)
+
     probs = np.full((len(samples), len(model.classes)), np.nan)
     errors: dict[int, str] = {}
     distance = np.full(len(samples), np.nan) if getattr(model, "open_set", None) else None
     model.eval()
-    for batch in loader:
-        errors.update(dict(batch["errors"]))
-        if len(batch["indices"]):
-            out = model(batch["pixel_values"].to(device))
-            probs[batch["indices"].numpy()] = out.probs.float().cpu().numpy()
+    for chunk, prepared in staged_batches(enumerate(samples), work, batch_size, max(1, workers)):
+        gpu_decode(decoder, chunk, prepared, on_cpu)
+        errors.update({chunk[k][0]: r for k, r in enumerate(prepared) if isinstance(r, str)})
+        good = [k for k, r in enumerate(prepared) if not isinstance(r, str)]
+        if good:
+            indices = np.array([chunk[k][0] for k in good])
+            out = model(stack_on([prepared[k] for k in good], device))
+            probs[indices] = out.probs.float().cpu().numpy()
             if distance is not None:
-                distance[batch["indices"].numpy()] = out.distance.float().cpu().numpy()
+                distance[indices] = out.distance.float().cpu().numpy()
         if on_batch is not None:
-            on_batch(len(batch["indices"]) + len(batch["errors"]))
+            on_batch(len(chunk))
     return Scores(samples, probs, errors, distance)
 
 

@@ -12,8 +12,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,101 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.dataset import MAX_PIXELS, ImageDecodeError, load_image
 from ..data.video import Sampling, clip_kind
 from ..data.views import View
-from ..model.adapters import UNKNOWN
 from ..model.mirage import MiraGe
-from .clips import ClipInputs
+from .prediction import ImageInput, Prediction, describe, to_image
 
-ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
-
-
-@dataclass
-class Prediction:
-    """The verdict on one input. ``fake_prob`` is p(not the real class); ``label`` is "fake" when
-    it reaches ``threshold``, else "real"; ``top_class`` is the most likely class name."""
-
-    source: str
-    fake_prob: float | None
-    label: str | None
-    threshold: float
-    top_class: str | None = None
-    probs: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    provenance: dict[str, Any] | None = None
-    #: With ``stability``: the scores of the re-deliveries, their spread and the reason for an
-    #: "uncertain" label.
-    stability: dict[str, Any] | None = None
-    #: The pixel label weighed with the metadata (see :func:`miragedet.provenance.combine`), and
-    #: what decided it: "pixels", or "declared (c2pa|watermark|xmp|parameters|exif)".
-    verdict: str | None = None
-    basis: str | None = None
-    #: With the ``tiles``/``crop`` view: how the image was tiled (view, rule, size as tiled,
-    #: whether every pixel was covered, number of tiles; :func:`miragedet.data.views.where_map`).
-    tiles: dict[str, Any] | None = None
-    #: Where and when the evidence is, one compact list for images and clips (docs/video.md):
-    #: tiles ``{"box": [left, top, right, bottom], "p": p(fake)}``; a clip's frames ``{"t":
-    #: seconds, "p": p(fake)}`` (plus the most suspicious tile's ``box`` with the tiles view).
-    regions: list[dict[str, Any]] | None = None
-    #: A video or animated image: frames scored, duration, size, decoder, the frames' own
-    #: aggregate and, with a temporal head, its p(fake) (:mod:`miragedet.inference.clips`).
-    clip: dict[str, Any] | None = None
-    #: Attribution models adapted with an open-set test (docs/adapt.md): the distance to the
-    #: nearest known class, the threshold, and whether the image is an unknown generator (then
-    #: ``top_class`` is "unknown generator"; ``label`` stays the pixels' real/fake verdict).
-    open_set: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.verdict is None and self.basis is None and self.label is not None:
-            self.verdict, self.basis = self.label, "pixels"
-
-    def set_provenance(self, provenance: dict[str, Any]) -> None:
-        from ..provenance.verdict import combine
-
-        self.provenance = provenance
-        self.verdict, self.basis = combine(self.label, provenance)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _describe(item: Any, index: int) -> str:
-    if isinstance(item, str | os.PathLike):
-        return str(item)
-    if isinstance(item, bytes | bytearray):
-        return f"<bytes #{index}>"
-    if isinstance(item, Image.Image):
-        return f"<image #{index}>"
-    if isinstance(item, np.ndarray):
-        return f"<array #{index}>"
-    return f"<{type(item).__name__} #{index}>"
-
-
-def to_image(
-    item: ImageInput, max_pixels: int = MAX_PIXELS, draft_size: int | None = None
-) -> Image.Image:
-    """Any supported input as an RGB Pillow image (arrays: HxW or HxWx3/4, uint8 or 0-1 float).
-    ``draft_size``: let the JPEG decoder reduce scale, never below that size."""
-    if isinstance(item, np.ndarray):
-        array = item
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        if array.ndim != 3 or array.shape[-1] not in (3, 4):
-            raise ImageDecodeError(f"array of shape {item.shape}: expected HxW or HxWx3/4")
-        if array.dtype != np.uint8:
-            if not np.issubdtype(array.dtype, np.floating):
-                raise ImageDecodeError(f"array dtype {array.dtype}: expected uint8 or float")
-            array = np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB")
-    if isinstance(item, str | os.PathLike | bytes | bytearray | Image.Image):
-        source = bytes(item) if isinstance(item, bytearray) else item
-        return load_image(source, max_pixels, draft_size=draft_size)
-    raise ImageDecodeError(f"unsupported input type {type(item).__name__}")
+__all__ = ["Detector", "ImageInput", "Prediction", "describe", "to_image"]
 
 
 class Detector:
@@ -137,7 +47,7 @@ class Detector:
         self,
         model: MiraGe,
         threshold: float | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         device: str | torch.device | None = None,
         decode_threads: int | None = None,
         model_id: str | None = None,
@@ -157,24 +67,35 @@ class Detector:
         frames = model.config.temporal.get("frames") if temporal is not None else None
         self.sampling = sampling or (Sampling(frames=frames) if frames else Sampling())
 
-        choice = resolve(
-            precision, torch.device(device) if device else model.clip.logit_scale.device
-        )
+        from ..model.device import enable_tf32, resolve_device
+
+        # "auto" (or "cuda"...) as the commands say it; None: where the model already is
+        device = resolve_device(device) if device is not None else model.clip.logit_scale.device
+        choice = resolve(precision, device)
         precision = choice.precision
         if precision != "fp32":  # a model handed in by the caller is copied, never changed
             model = apply(model if _owns_model else copy.deepcopy(model), precision)
         self.model = model.eval()
-        self.device = torch.device(device) if device else model.clip.logit_scale.device
+        self.device = device
         from .threads import configure_torch
         from .threads import decode_threads as default_decode_threads
 
         if self.device.type == "cpu":
             configure_torch()  # threads for the CPUs this process may use, not the host's
+        #: "TF32 for fp32 matmuls" on GPUs that have it (:mod:`miragedet.model.device`).
+        self.tf32 = enable_tf32(self.device)
         self.model.to(self.device)
         self.threshold = float(model.threshold if threshold is None else threshold)
-        self.batch_size = batch_size
-        self.decode_threads = decode_threads or default_decode_threads()
         self.preprocess = model.backbone.preprocess
+        from .pipeline import default_batch_size, gpu_decoder_for
+
+        #: Inputs per forward; None: 32 on a CPU, from the free memory on a GPU (a CUDA
+        #: out-of-memory error halves it and goes on); ``batch_reason`` says which.
+        self.batch_size, self.batch_reason = default_batch_size(self, batch_size)
+        gpu = self.device.type == "cuda"
+        self.decode_threads = decode_threads or default_decode_threads(cap=32 if gpu else 8)
+        #: JPEGs decoded on the GPU in batches when one scores (``decode_reason`` says why not).
+        self.gpu_decoder, self.decode_reason = gpu_decoder_for(self)
         self.draft = draft
         #: fp32, or the network in bf16/fp16 (bf16 on CPUs with AVX512-BF16/AMX, either on
         #: CUDA), as resolved from the requested one (default ``auto``: see
@@ -190,9 +111,10 @@ class Detector:
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> Detector:
         """Load a checkpoint directory (or hub repository) written by ``miragedet train``."""
         from ..model.checkpoint import WEIGHTS_NAME
+        from ..model.device import resolve_device
         from ..model.mirage import load_pretrained
 
-        device = kwargs.pop("device", None)
+        device = resolve_device(kwargs.pop("device", None))  # auto: a CUDA GPU when present
         model = load_pretrained(path_or_id, device=device)
         weights = Path(path_or_id) / WEIGHTS_NAME
         digest = ""
@@ -218,6 +140,10 @@ class Detector:
             "lineage": self.lineage,
             "video": {**asdict(self.sampling), "temporal_head": self.has_temporal},
             "threads": {"intra_op": torch.get_num_threads(), "decode": self.decode_threads},
+            "device": str(self.device),
+            "tf32": self.tf32 is not None,
+            "batch_size": self.batch_size,
+            "decode": self.decode_backend,
             "engine": self.engine_info(),
         }
 
@@ -236,6 +162,12 @@ class Detector:
         return {"backend": backend, "reason": self.engine.reason,
                 "ms_per_image": self.engine.measured, "parity": self.engine.parity,
                 "compile_s": self.engine.compile_s, "cached": self.engine.cached}  # fmt: skip
+
+    @property
+    def decode_backend(self) -> str:
+        """Which decoder reads the JPEGs: the GPU decoder's name, or "pillow (cpu)"."""
+        decoder = getattr(self, "gpu_decoder", None)
+        return decoder.name if decoder is not None else "pillow (cpu)"
 
     # -- core -----------------------------------------------------------------------------------
 
@@ -284,27 +216,47 @@ class Detector:
         """Class probabilities (n, C) of decoded images, in one forward batch."""
         return self.forward_tensors(torch.stack([self.preprocess(im) for im in images]))
 
+    #: Told once when a CUDA out-of-memory error halves the batch (default: stderr).
+    notify: Any = None
+
     @torch.inference_mode()
     def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, C) of an already preprocessed batch."""
-        return self.model(pixels.to(self.device)).probs.float().cpu().numpy()
+        from .pipeline import in_parts
+
+        def run(part: torch.Tensor) -> np.ndarray:
+            return self.model(part.to(self.device)).probs.float().cpu().numpy()
+
+        return np.concatenate(in_parts(run, pixels, self))
 
     @torch.inference_mode()
     def forward_open_set(self, pixels: torch.Tensor) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Class probabilities and each image's open-set outcome (models that have the test)."""
-        out = self.model(pixels.to(self.device))
-        threshold = float(out.distance_threshold)
-        outcomes = [
-            {"distance": float(d), "threshold": threshold, "unknown": bool(d > threshold)}
-            for d in out.distance.float().cpu().tolist()
-        ]
-        return out.probs.float().cpu().numpy(), outcomes
+        from .pipeline import in_parts
+
+        def run(part: torch.Tensor) -> tuple[np.ndarray, list[dict[str, Any]]]:
+            out = self.model(part.to(self.device))
+            threshold = float(out.distance_threshold)
+            outcomes = [
+                {"distance": float(d), "threshold": threshold, "unknown": bool(d > threshold)}
+                for d in out.distance.float().cpu().tolist()
+            ]
+            return out.probs.float().cpu().numpy(), outcomes
+
+        parts = in_parts(run, pixels, self)
+        return np.concatenate([p for p, _ in parts]), [o for _, os in parts for o in os]
 
     @torch.inference_mode()
     def forward_embeds(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (n, C) and unit image embeddings (n, D) of a preprocessed batch."""
-        out = self.model(pixels.to(self.device))
-        return out.probs.float().cpu().numpy(), out.image_embeds.float().cpu().numpy()
+        from .pipeline import in_parts
+
+        def run(part: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            out = self.model(part.to(self.device))
+            return out.probs.float().cpu().numpy(), out.image_embeds.float().cpu().numpy()
+
+        parts = in_parts(run, pixels, self)
+        return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
 
     @torch.inference_mode()
     def temporal_probs(self, embeds: np.ndarray, frame_probs: np.ndarray) -> np.ndarray:
@@ -378,119 +330,19 @@ class Detector:
     def iter_score(
         self, inputs: Iterable[ImageInput], provenance: bool = False, stability: Any = None
     ) -> Iterator[Prediction]:
-        """Score inputs lazily, batch by batch, decoding in parallel threads.
+        """Score inputs lazily, batch by batch, through the scoring pipeline
+        (:mod:`miragedet.inference.pipeline`): decoding runs ahead of the forward in threads
+        (JPEGs on the GPU when one scores and a GPU decoder is installed).
 
         With ``stability`` (a :class:`miragedet.inference.stability.Stability`), each readable
         input is also scored as re-delivered (resized, re-compressed, cropped) in one batch of k +
         1, and labelled "uncertain" when the verdicts disagree or the score is near the threshold.
         """
+        from .pipeline import score_stable, score_stream
+
         if stability is not None:
-            yield from self._iter_stable(inputs, provenance, stability)
-            return
-        from ..provenance.verdict import read_provenance
-
-        pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
-        prepare = _safe(self._prepare)
-
-        def submit(chunk: list[Any] | None) -> Any:
-            """Start decoding a batch (in the pool: it runs while the previous batch is in the
-            model, so decode and forward overlap)."""
-            if chunk is None:
-                return None
-            items = [item for _, item in chunk]
-            futures = [pool.submit(prepare, item) for item in items] if pool else None
-            return chunk, items, futures
-
-        chunks = _chunks(enumerate(inputs), self.batch_size)
-        job = submit(next(chunks, None))
-        try:
-            while job is not None:
-                upcoming = submit(next(chunks, None))  # at most two batches in flight
-                chunk, items, futures = job
-                job = upcoming
-                sources = [_describe(item, i) for i, item in chunk]
-                if futures is None:
-                    prepared = [prepare(item) for item in items]
-                else:
-                    prepared = [future.result() for future in futures]
-                errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
-                clips = [i for i, r in enumerate(prepared) if isinstance(r, ClipInputs)]
-                good = [i for i in range(len(items)) if i not in errors and i not in clips]
-                probs = np.zeros((len(items), len(self.classes)))
-                scored_clips = self.score_clips([prepared[i] for i in clips])
-                for i, (clip_probs, _, _) in zip(clips, scored_clips, strict=True):
-                    probs[i] = clip_probs
-                tiled: dict[int, Any] = {}
-                open_sets: dict[int, dict[str, Any]] = {}
-                if good and self.view.kind == "resize" and self.has_open_set:
-                    pixels = torch.stack([prepared[i] for i in good])
-                    probs[good], outcomes = self.forward_open_set(pixels)
-                    open_sets = dict(zip(good, outcomes, strict=True))
-                elif good and self.view.kind == "resize":
-                    probs[good] = self.forward_tensors(torch.stack([prepared[i] for i in good]))
-                elif good:  # the tiles of all the batch's images share forward batches
-                    probs[good], tiled = self._forward_tiles([prepared[i] for i in good], good)
-                predictions = self._predictions(sources, probs, errors)
-                for i, where in tiled.items():
-                    predictions[i].regions = where.pop("regions")
-                    predictions[i].tiles = {**where, "count": len(predictions[i].regions)}
-                for i, (_, info, regions) in zip(clips, scored_clips, strict=True):
-                    predictions[i].clip, predictions[i].regions = info, regions
-                for i, outcome in open_sets.items():
-                    predictions[i].open_set = outcome
-                    if outcome["unknown"]:
-                        predictions[i].top_class = UNKNOWN
-                if provenance:
-                    for prediction, item in zip(predictions, items, strict=True):
-                        if prediction.ok:
-                            prediction.set_provenance(
-                                read_provenance(item, self.trust_anchors, self.watermarks)
-                            )
-                yield from predictions
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-
-    def _iter_stable(
-        self, inputs: Iterable[ImageInput], provenance: bool, stability: Any
-    ) -> Iterator[Prediction]:
-        from ..provenance.verdict import read_provenance
-
-        for i, item in enumerate(inputs):
-            source = _describe(item, i)
-            if clip_kind(item) is not None:  # as the server and evaluate's degradations say
-                message = (
-                    "stability applies to still images only (docs/video.md): score clips without it"
-                )
-                yield Prediction(source, None, None, self.threshold, error=message)
-                continue
-            image = _safe(to_image)(item)
-            if isinstance(image, str):
-                yield Prediction(source, None, None, self.threshold, error=image)
-                continue
-            deliveries = stability.redeliver(image)
-            if self.view.kind == "resize":
-                probs = self.score_pil([im for _, im in deliveries])  # one batch of k + 1 images
-                prediction = self._predictions([source], probs[:1], {})[0]
-            else:  # each re-delivery tiled and aggregated like the image as given
-                from ..data.views import inputs
-
-                sets = [inputs(im, self.preprocess, self.view) for _, im in deliveries]
-                probs, maps = self._forward_tiles(sets, list(range(len(sets))))
-                prediction = self._predictions([source], probs[:1], {})[0]
-                prediction.regions = maps[0].pop("regions")
-                prediction.tiles = {**maps[0], "count": len(prediction.regions)}
-            report = stability.verdict(
-                [n for n, _ in deliveries], 1.0 - probs[:, 0], self.threshold
-            )
-            prediction.stability = report
-            if report["uncertain"]:
-                prediction.label = prediction.verdict = "uncertain"
-            if provenance:
-                prediction.set_provenance(
-                    read_provenance(item, self.trust_anchors, self.watermarks)
-                )
-            yield prediction
+            return score_stable(self, inputs, provenance, stability)
+        return score_stream(self, inputs, provenance)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -537,26 +389,3 @@ def _as_list(inputs: Any) -> list[Any]:
     if isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3) and inputs.dtype != object:
         return [inputs]
     return list(inputs)
-
-
-def _safe(fn: Any) -> Any:
-    def call(item: Any) -> Any:
-        try:
-            return fn(item)
-        except ImageDecodeError as exc:
-            return str(exc)
-        except Exception as exc:  # one odd input must not take the batch down
-            return f"{type(exc).__name__}: {exc}"
-
-    return call
-
-
-def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in iterable:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -188,8 +188,11 @@ def choose(
     import torch
 
     directory = Path(directory)
-    if (device and device != "cpu") or (device is None and torch.cuda.is_available()):
-        return EngineChoice("torch", "a GPU is present: PyTorch is the GPU engine")
+    batch_size = batch_size or 32  # None: the commands' default on a CPU
+    auto = device is None or str(device) == "auto"
+    if torch.cuda.is_available() if auto else torch.device(device).type != "cpu":
+        return EngineChoice("torch", "a GPU scores: PyTorch is the GPU engine (no CPU engine is "
+                            "exported or timed)")  # fmt: skip
     if precision not in ("auto", "fp32", "int8"):
         return EngineChoice("torch", f"--precision {precision} runs on PyTorch only")
     model_config = json.loads((directory / "config.json").read_text()).get("model", {})

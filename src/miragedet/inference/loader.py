@@ -91,6 +91,19 @@ def load_detector(
     backend = resolve_backend(backend)
     if notify is None:  # a first-time export can take minutes: say so rather than stall
         notify = _to_stderr
+    detector = _load(model, backend, notify, engine, images, **kwargs)
+    detector.notify = notify  # e.g. a GPU out-of-memory error that halves the batch
+    return detector
+
+
+def _load(
+    model: str,
+    backend: str,
+    notify: Callable[[str], None],
+    engine: EngineChoice | None,
+    images: float,
+    **kwargs: Any,
+) -> Detector:
     if backend == "auto":
         from ..model.checkpoint import resolve
         from .engine import choose
@@ -99,7 +112,7 @@ def load_detector(
         choice = engine or choose(
             directory,
             view=kwargs.get("view"),
-            batch_size=kwargs.get("batch_size", 32),
+            batch_size=kwargs.get("batch_size") or 32,
             precision=kwargs.get("precision", "auto"),
             device=kwargs.get("device"),
             notify=notify,
@@ -110,7 +123,7 @@ def load_detector(
             options = {k: v for k, v in kwargs.items() if k != "device"}
             detector, choice = onnx_on_choice(directory, choice, notify, **options)
         if detector is None:
-            detector = load_detector(str(directory), "torch", **kwargs)
+            detector = _load(str(directory), "torch", notify, None, images, **kwargs)
             if choice.backend == "compile":
                 detector = on_compile(detector, notify, choice.compile_s)
         detector.engine = choice

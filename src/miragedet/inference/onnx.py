@@ -143,7 +143,7 @@ class OnnxDetector(Detector):
         onnx_path: str | os.PathLike,
         config: dict[str, Any],
         threshold: float | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         decode_threads: int | None = None,
         providers: list[str] | None = None,
         model_id: str | None = None,
@@ -187,8 +187,12 @@ class OnnxDetector(Detector):
         self.model = None
         self.device = torch.device("cpu")
         self.threshold = float(config.get("threshold", 0.5) if threshold is None else threshold)
-        self.batch_size = batch_size
+        self.batch_size, self.batch_reason = (
+            batch_size or 32,
+            "as asked" if batch_size else "default",
+        )
         self.decode_threads = decode_threads or default_decode_threads(cpus)
+        self.tf32, self.gpu_decoder, self.decode_reason = None, None, "the CPU decodes"
         self.draft = draft
         self.preprocess = Preprocess.from_dict(config["preprocess"])
         self.classes = ModelConfig.from_dict(_model_options(config)).all_classes
@@ -226,6 +230,9 @@ class OnnxDetector(Detector):
             "view": dataclasses.asdict(self.view),
             "lineage": self.lineage,
             "video": {**dataclasses.asdict(self.sampling), "temporal_head": False},
+            "device": "cpu",
+            "batch_size": self.batch_size,
+            "decode": self.decode_backend,
             "engine": self.engine_info(),
         }
 

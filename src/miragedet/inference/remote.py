@@ -20,7 +20,7 @@ from typing import Any
 from ..data.transforms import Preprocess
 from ..data.video import Sampling
 from ..data.views import View
-from .detector import Prediction, _describe, to_image
+from .detector import Prediction, describe, to_image
 
 #: The API's per-result fields that a Prediction holds under the same name.
 _SAME = (
@@ -274,7 +274,7 @@ def _read(item: Any, index: int) -> tuple[str, bytes, str | None]:
     """(name, bytes, None) of an input, or (name, b"", why it cannot be sent). Names are the
     Detector's (a path as given, ``<bytes #i>``, ``<image #i>``, ``<array #i>``); files and bytes
     go as they are, decoded images and arrays losslessly as PNG."""
-    name = _describe(item, index)
+    name = describe(item, index)
     if isinstance(item, bytes | bytearray):
         return name, bytes(item), None
     if isinstance(item, str | os.PathLike):

@@ -63,10 +63,11 @@ def available_cpus(root: Path = CGROUP) -> Cpus:
     return Cpus(max(1, count), host, source)
 
 
-def decode_threads(cpus: Cpus | None = None) -> int:
-    """Decode threads by default: the CPUs this process may use, 2 to 8 (decoding overlaps the
-    forward, so two threads help even on one CPU)."""
-    return min(8, max(2, (cpus or available_cpus()).count))
+def decode_threads(cpus: Cpus | None = None, cap: int = 8) -> int:
+    """Decode threads by default: the CPUs this process may use, 2 to ``cap`` (decoding overlaps
+    the forward, so two threads help even on one CPU; 8 on a CPU, where the engine needs the
+    cores too; 32 when a GPU scores and the cores only decode)."""
+    return min(cap, max(2, (cpus or available_cpus()).count))
 
 
 def configure_torch(cpus: Cpus | None = None) -> int:

@@ -12,6 +12,7 @@ from ...data.formats import summarize_skipped
 from .common import (
     AGGREGATE_HELP,
     BACKEND_HELP,
+    DEVICE_HELP,
     MAX_TILES_HELP,
     PRECISION_HELP,
     VIEW_HELP,
@@ -45,7 +46,8 @@ def evaluate(
         "png) and show both; see `miragedet audit-data`.",
     ),
     threshold: float = typer.Option(None, help="Default: the checkpoint's."),
-    batch_size: int = typer.Option(64),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     workers: int = typer.Option(2),
     precision: str = typer.Option("auto", help=PRECISION_HELP + " fp32 for the paper's numbers."),
     backend: str = typer.Option(None, help=BACKEND_HELP),
@@ -91,14 +93,17 @@ def evaluate(
     from ...inference.engine_model import place
     from ...inference.precision import apply, resolve
     from ...model.checkpoint import resolve as resolve_checkpoint
+    from ...model.device import describe, enable_tf32
 
     try:
         attacks = parse_attacks(attack or [])
         if attacks:
             require_art()
         checkpoint = None if model.startswith("zero-shot:") else resolve_checkpoint(model)
-        detector = load_model(model if checkpoint is None else str(checkpoint))
-        choice = resolve(precision, detector.clip.logit_scale.device)
+        detector = load_model(model if checkpoint is None else str(checkpoint), device)
+        scoring_device = detector.clip.logit_scale.device
+        tf32 = enable_tf32(scoring_device)
+        choice = resolve(precision, scoring_device)
         # attacks take their gradients in fp32 (the strongest attacker), the scores come from
         # the detector as it runs
         attack_model = copy.deepcopy(detector) if attacks and choice.precision != "fp32" else None
@@ -123,8 +128,10 @@ def evaluate(
             detector = placed.model
         why = "ONNX Runtime graph" if placed.backend == "onnx" else choice.reason
         engine = engine_text(placed.backend, placed.reason, placed.measured)
+        where = describe(scoring_device) + (f", {tf32}" if tf32 else "")
         console.print(
-            f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}[/dim]"
+            f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}; "
+            f"on {escape(where)}[/dim]"
         )
         if dry_run:
             _evaluate_dry_run(
@@ -252,7 +259,8 @@ def analyze(
     split: str = typer.Option("val"),
     max_points: int = typer.Option(2000, help="t-SNE on a seeded sample of at most this many."),
     seed: int = typer.Option(0),
-    batch_size: int = typer.Option(64),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     workers: int = typer.Option(2),
 ) -> None:
     """Intra-class variation and inter-class separation around the text anchors, and a t-SNE map

@@ -12,6 +12,8 @@ from ...data.formats import summarize_skipped
 from .common import (
     AGGREGATE_HELP,
     BACKEND_HELP,
+    BATCH_HELP,
+    DEVICE_HELP,
     FPS_HELP,
     FRAMES_HELP,
     MAX_SECONDS_HELP,
@@ -70,11 +72,11 @@ def detect(
     stability_margin: float = typer.Option(None, help="Default 0.05."),
     backend: str = typer.Option(None, help=BACKEND_HELP),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
-    batch_size: int = typer.Option(32),
+    batch_size: int = typer.Option(None, "--batch-size", help=BATCH_HELP),
     threads: int = typer.Option(
         None, help="Decode threads (default: the CPUs this process may use, 2 to 8)."
     ),
-    device: str = typer.Option(None),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     exact_decode: bool = typer.Option(
         False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
@@ -149,7 +151,8 @@ def detect(
         )
         err.print(
             f"[dim]{escape(model or server)}: {detector.precision} "
-            f"({escape(detector.precision_reason)}){escape(chosen)}[/dim]",
+            f"({escape(detector.precision_reason)}){escape(chosen)}{escape(_placement(detector))}"
+            "[/dim]",
             highlight=False,
         )
         counts = run_detect(
@@ -190,7 +193,7 @@ def _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate, 
             "--trust-anchors and --watermarks are the server's settings "
             "(miragedet serve --trust-anchors/--watermarks), not per request"
         )
-    client = Client(server, api_key, batch_size=batch_size, view=view, max_tiles=max_tiles,
+    client = Client(server, api_key, batch_size=batch_size or 32, view=view, max_tiles=max_tiles,
                     aggregate=aggregate, threshold=threshold, frames=frames, fps=fps,
                     max_seconds=max_seconds)  # fmt: skip
     try:
@@ -198,6 +201,24 @@ def _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate, 
     except RemoteError as exc:
         raise ValueError(str(exc)) from exc
     return client
+
+
+def _placement(detector) -> str:
+    """ "; on cuda:0 (NVIDIA H200, 139 GiB), TF32, batch 256 (...); JPEGs decoded on ..." for a
+    local detector (nothing for a server's)."""
+    device = getattr(detector, "device", None)
+    if device is None or not hasattr(detector, "batch_reason"):
+        return ""
+    from ...model.device import describe
+
+    parts = [f"on {describe(device)}"]
+    if getattr(detector, "tf32", None):
+        parts.append(detector.tf32)
+    if detector.batch_reason != "as asked":
+        parts.append(f"batch {detector.batch_size} ({detector.batch_reason})")
+    if device.type == "cuda":
+        parts.append(detector.decode_reason)
+    return "; " + ", ".join(parts)
 
 
 def _list_skipped(err: Console, skipped: list[tuple[str, str]], requested: bool) -> None:
@@ -220,15 +241,19 @@ def score_dataset(
     engine: str = typer.Option("ray", help="ray (Ray Data actors) or local (this process)."),
     workers: int = typer.Option(2, help="Ray actors, each with its own copy of the model."),
     cpus_per_worker: float = typer.Option(1.0),
-    gpus_per_worker: float = typer.Option(0.0, help="e.g. 1 for one GPU per actor."),
+    gpus_per_worker: float = typer.Option(
+        None,
+        help="GPUs each Ray actor asks for. Default: with --device auto or cuda, the GPUs here "
+        "shared among the workers (1 GPU, 2 workers: 0.5 each); else 0.",
+    ),
     address: str = typer.Option(
         None, help="Ray cluster to join (auto, ray://host:10001); default: a local Ray."
     ),
-    batch_size: int = typer.Option(32),
+    batch_size: int = typer.Option(None, "--batch-size", help=BATCH_HELP),
     shard_size: int = typer.Option(1000, help="Inputs per Parquet shard (the unit of resume)."),
     backend: str = typer.Option(None, help=BACKEND_HELP),
     threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
-    device: str = typer.Option(None),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     list_skipped: bool = typer.Option(
         False, help="Name each file of the input not scored (not an image, video, hidden)."

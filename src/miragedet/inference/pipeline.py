@@ -1,0 +1,364 @@
+"""The one scoring path from inputs to predictions: read and decode in a thread pool several
+batches ahead of the model (bounded, so memory stays flat), view, batch, forward on the chosen
+engine and device, assemble the rows.
+
+Stages and where they run:
+
+1. read + decode + view (+ provenance), per input, in the decode pool: a (3, S, S) tensor, the
+   tiles of the crop/tiles views, a video's frames, or, when a GPU decodes, the JPEG's bytes and
+   header (:mod:`miragedet.data.gpu_decode`); an unreadable input becomes its error text here.
+2. batch, in the caller's thread, while the pool already works on the next ``ahead`` batches:
+   the GPU decodes the batch's JPEGs (a file it fails on is decoded on the CPU instead: the same
+   row as the CPU path gives), the CPU-decoded inputs are stacked in pinned memory and copied
+   without blocking.
+3. forward on the engine (:meth:`Detector.forward_tensors` and friends; a CUDA out-of-memory
+   error halves the batch and goes on, said once), then the rows (:class:`Prediction`).
+
+:class:`~miragedet.inference.detector.Detector` (and so ``detect``, score-dataset's workers and
+the Python API) scores through :func:`score_stream`; the stability mode's per-image batches of
+re-deliveries through :func:`score_stable`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.dataset import MAX_PIXELS
+from ..data.gpu_decode import JpegJob, probe
+from ..data.video import clip_kind
+from ..model.adapters import UNKNOWN
+from .clips import ClipInputs
+from .prediction import Prediction, describe, to_image
+
+#: A :class:`miragedet.inference.detector.Detector` (not imported here: it imports this module).
+Detector = Any
+
+#: Batches decoded ahead of the one in the model (our choice: two keep a GPU fed while the pool
+#: works; the memory held is (ahead + 1) x batch size inputs, e.g. ~0.5 GB of fp32 224-px
+#: inputs at batch 256).
+AHEAD = 2
+#: Files larger than this are left to the CPU path (which refuses absurd sizes with its own
+#: error) rather than read whole into memory for the GPU decoder.
+GPU_MAX_FILE_BYTES = 64 * 2**20
+
+
+def safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` returning the error text instead of raising: one odd input must not take the batch
+    down."""
+    from ..data.dataset import ImageDecodeError
+
+    def call(item: Any) -> Any:
+        try:
+            return fn(item)
+        except ImageDecodeError as exc:
+            return str(exc)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    return call
+
+
+def chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _encoded(item: Any) -> bytes | None:
+    """The bytes of a file or bytes input for the GPU decoder, or None (other inputs, a file
+    too large to read whole, unreadable: the CPU path then says why)."""
+    if isinstance(item, bytes | bytearray):
+        return bytes(item)
+    if isinstance(item, str | os.PathLike):
+        try:
+            if os.path.getsize(item) > GPU_MAX_FILE_BYTES:
+                return None
+            with open(item, "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+    return None
+
+
+def prepare(detector: Detector, item: Any) -> Any:
+    """Stage 1 for one input: what :meth:`Detector._prepare` gives, or a
+    :class:`~miragedet.data.gpu_decode.JpegJob` when the detector's GPU decoder takes it (resize
+    view, still JPEG with sRGB or no profile)."""
+    decoder = getattr(detector, "gpu_decoder", None)
+    job = gpu_job(decoder, item) if detector.view.kind == "resize" else None
+    return job if job is not None else detector._prepare(item)
+
+
+def stack_on(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One batch on ``device`` from per-input tensors, some possibly there already; on a GPU the
+    CPU ones go through pinned memory with a non-blocking copy."""
+    on_cpu = [t for t in tensors if t.device.type == "cpu"]
+    if device.type == "cpu" or not on_cpu:
+        return torch.stack([t.to(device) for t in tensors])
+    if len(on_cpu) == len(tensors):
+        staged = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype,
+                             pin_memory=True)  # fmt: skip
+        torch.stack(tensors, out=staged)
+        return staged.to(device, non_blocking=True)
+    return torch.stack([t.to(device, non_blocking=True) for t in tensors])
+
+
+def gpu_decode(
+    decoder: Any, items: list[Any], prepared: list[Any], on_cpu: Callable[[Any], Any]
+) -> None:
+    """Stage 2's GPU part: the batch's JPEG jobs decoded by ``decoder`` in place; a file the GPU
+    decoder fails on is prepared by ``on_cpu`` instead (the CPU's result, error or pixels)."""
+    jobs = [i for i, r in enumerate(prepared) if isinstance(r, JpegJob)]
+    if not jobs:
+        return
+    decoded = decoder([prepared[i] for i in jobs])
+    cpu_prepare = safe(on_cpu)
+    for i, pixels in zip(jobs, decoded, strict=True):
+        prepared[i] = cpu_prepare(items[i]) if isinstance(pixels, str) else pixels
+
+
+def gpu_job(decoder: Any, item: Any) -> JpegJob | None:
+    """The :class:`JpegJob` for ``item`` when ``decoder`` (a GPU decoder, or None) takes it."""
+    if decoder is None or clip_kind(item) is not None:
+        return None
+    data = _encoded(item)
+    return probe(data, MAX_PIXELS) if data is not None else None
+
+
+def staged_batches(
+    inputs: Iterable[Any],
+    work: Callable[[Any], Any],
+    batch_size: int,
+    threads: int,
+    ahead: int = AHEAD,
+) -> Iterator[tuple[list[Any], list[Any]]]:
+    """``(chunk, results)`` per batch of ``batch_size`` inputs, in order, ``work(input)`` run in a
+    pool of ``threads`` for up to ``ahead`` batches in front of the one handed out (stage 1 of the
+    module's docstring; memory stays at (ahead + 1) batches however slow the consumer is)."""
+    pool = (
+        ThreadPoolExecutor(threads, thread_name_prefix="miragedet-decode") if threads > 1 else None
+    )
+    queue: deque = deque()
+
+    def results(entry: tuple[list[Any], list[Any]]) -> tuple[list[Any], list[Any]]:
+        chunk, futures = entry
+        return chunk, [f.result() for f in futures] if pool is not None else futures
+
+    try:
+        for chunk in chunks(inputs, batch_size):
+            if pool is None:
+                queue.append((chunk, [work(item) for item in chunk]))
+            else:
+                queue.append((chunk, [pool.submit(work, item) for item in chunk]))
+            if len(queue) > ahead:
+                yield results(queue.popleft())
+        while queue:
+            yield results(queue.popleft())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def score_stream(
+    detector: Detector, inputs: Iterable[Any], provenance: bool = False, ahead: int = AHEAD
+) -> Iterator[Prediction]:
+    """Score inputs lazily, batch by batch: decoding runs ``ahead`` batches in front of the
+    forward in the detector's decode pool (see the module's docstring)."""
+    from ..provenance.verdict import read_provenance
+
+    staged = safe(lambda item: prepare(detector, item))
+
+    def work(pair: tuple[int, Any]) -> tuple[Any, dict[str, Any] | None]:
+        prepared = staged(pair[1])
+        if not provenance or isinstance(prepared, str):
+            return prepared, None
+        return prepared, read_provenance(pair[1], detector.trust_anchors, detector.watermarks)
+
+    for chunk, done in staged_batches(
+        enumerate(inputs), work, detector.batch_size, detector.decode_threads, ahead
+    ):
+        yield from _assemble(detector, chunk, done)
+
+
+def _assemble(detector: Detector, chunk: list[Any], done: list[Any]) -> list[Prediction]:
+    """Stages 2-3 for one batch: GPU decodes, forward, rows."""
+    items = [item for _, item in chunk]
+    prepared = [p for p, _ in done]
+    sources = [describe(item, i) for i, item in chunk]
+    gpu_decode(detector.gpu_decoder, items, prepared, detector._prepare)
+    errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
+    clips = [i for i, r in enumerate(prepared) if isinstance(r, ClipInputs)]
+    good = [i for i in range(len(items)) if i not in errors and i not in clips]
+    probs = np.zeros((len(items), len(detector.classes)))
+    scored_clips = detector.score_clips([prepared[i] for i in clips])
+    for i, (clip_probs, _, _) in zip(clips, scored_clips, strict=True):
+        probs[i] = clip_probs
+    tiled: dict[int, Any] = {}
+    open_sets: dict[int, dict[str, Any]] = {}
+    if good and detector.view.kind == "resize":
+        pixels = stack_on([prepared[i] for i in good], detector.device)
+        if detector.has_open_set:
+            probs[good], outcomes = detector.forward_open_set(pixels)
+            open_sets = dict(zip(good, outcomes, strict=True))
+        else:
+            probs[good] = detector.forward_tensors(pixels)
+    elif good:  # the tiles of all the batch's images share forward batches
+        probs[good], tiled = detector._forward_tiles([prepared[i] for i in good], good)
+    predictions = detector._predictions(sources, probs, errors)
+    for i, where in tiled.items():
+        predictions[i].regions = where.pop("regions")
+        predictions[i].tiles = {**where, "count": len(predictions[i].regions)}
+    for i, (_, info, regions) in zip(clips, scored_clips, strict=True):
+        predictions[i].clip, predictions[i].regions = info, regions
+    for i, outcome in open_sets.items():
+        predictions[i].open_set = outcome
+        if outcome["unknown"]:
+            predictions[i].top_class = UNKNOWN
+    for prediction, (_, found) in zip(predictions, done, strict=True):
+        if prediction.ok and found is not None:
+            prediction.set_provenance(found)
+    return predictions
+
+
+def score_stable(
+    detector: Detector, inputs: Iterable[Any], provenance: bool, stability: Any
+) -> Iterator[Prediction]:
+    """Each readable still image scored with its re-deliveries (resized, re-compressed,
+    cropped) in one batch of k + 1, "uncertain" when the verdicts disagree or sit near the
+    threshold (:mod:`miragedet.inference.stability`)."""
+    from ..provenance.verdict import read_provenance
+
+    for i, item in enumerate(inputs):
+        source = describe(item, i)
+        if clip_kind(item) is not None:  # as the server and evaluate's degradations say
+            message = (
+                "stability applies to still images only (docs/video.md): score clips without it"
+            )
+            yield Prediction(source, None, None, detector.threshold, error=message)
+            continue
+        image = safe(to_image)(item)
+        if isinstance(image, str):
+            yield Prediction(source, None, None, detector.threshold, error=image)
+            continue
+        deliveries = stability.redeliver(image)
+        if detector.view.kind == "resize":
+            probs = detector.score_pil([im for _, im in deliveries])  # one batch of k + 1
+            prediction = detector._predictions([source], probs[:1], {})[0]
+        else:  # each re-delivery tiled and aggregated like the image as given
+            from ..data.views import inputs as view_inputs
+
+            sets = [view_inputs(im, detector.preprocess, detector.view) for _, im in deliveries]
+            probs, maps = detector._forward_tiles(sets, list(range(len(sets))))
+            prediction = detector._predictions([source], probs[:1], {})[0]
+            prediction.regions = maps[0].pop("regions")
+            prediction.tiles = {**maps[0], "count": len(prediction.regions)}
+        report = stability.verdict(
+            [n for n, _ in deliveries], 1.0 - probs[:, 0], detector.threshold
+        )
+        prediction.stability = report
+        if report["uncertain"]:
+            prediction.label = prediction.verdict = "uncertain"
+        if provenance:
+            prediction.set_provenance(
+                read_provenance(item, detector.trust_anchors, detector.watermarks)
+            )
+        yield prediction
+
+
+def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner: Any) -> list[Any]:
+    """``forward`` over ``pixels`` in parts of at most ``owner.batch_size``; a CUDA out-of-memory
+    error halves ``owner.batch_size`` (for this batch and the ones after it) and goes on, with one
+    note through ``owner.notify`` (nothing lost; a single input that does not fit raises)."""
+    size = max(1, min(len(pixels), owner.batch_size))
+    out: list[Any] = []
+    start = 0
+    while start < len(pixels):
+        part = pixels[start : start + size]
+        try:
+            out.append(forward(part))
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            if pixels.is_cuda:
+                torch.cuda.empty_cache()
+            asked = owner.batch_size
+            owner.batch_size = max(1, asked // 2)
+            size = min(size, owner.batch_size)
+            if not getattr(owner, "_oom_said", False):
+                owner._oom_said = True
+                note = getattr(owner, "notify", None) or _to_stderr
+                note(f"the GPU ran out of memory at batch {asked}: going on in batches of "
+                     f"{owner.batch_size}, nothing lost")  # fmt: skip
+            continue
+        start += len(part)
+    return out
+
+
+def _to_stderr(message: str) -> None:
+    import sys
+
+    print(f"miragedet: {message}", file=sys.stderr)
+
+
+#: Batch size on a CPU when none is given (the commands' long-standing default).
+CPU_BATCH = 32
+#: The largest batch chosen on a GPU from its free memory (our choice: the ViT-L/14 forward on an
+#: H200 gains nothing past 256 in bench_gpu.py; a larger one only holds more memory).
+GPU_BATCH_MAX = 256
+
+
+def default_batch_size(detector: Detector, asked: int | None) -> tuple[int, str]:
+    """The batch size and why: as asked; else 32 on a CPU; else on a GPU the largest power of two
+    up to :data:`GPU_BATCH_MAX` whose forward takes at most half the free memory, measured from
+    one forward of 4 inputs."""
+    if asked is not None:
+        if asked < 1:
+            raise ValueError(f"batch size must be at least 1, not {asked}")
+        return int(asked), "as asked"
+    if detector.device.type != "cuda" or detector.model is None:
+        return CPU_BATCH, "default"
+    device, size = detector.device, detector.preprocess.image_size
+    free, _ = torch.cuda.mem_get_info(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        detector.model(torch.zeros(4, 3, size, size, device=device))
+    per_input = max(1, (torch.cuda.max_memory_allocated(device) - before) / 4)
+    batch = 1
+    while batch * 2 <= GPU_BATCH_MAX and batch * 2 * per_input <= free / 2:
+        batch *= 2
+    return (
+        batch,
+        f"from the GPU's free memory ({free / 2**30:.0f} GiB, "
+        f"{per_input / 2**20:.0f} MiB per input)",
+    )
+
+
+#: ``MIRAGEDET_GPU_DECODE=0`` keeps decoding on the CPU when a GPU scores.
+GPU_DECODE_ENV = "MIRAGEDET_GPU_DECODE"
+
+
+def gpu_decoder_for(detector: Detector) -> tuple[Any, str]:
+    """The detector's GPU JPEG decoder and why, or None and why not (a CPU device, a view that
+    needs the native pixels, ``$MIRAGEDET_GPU_DECODE=0``, no GPU decoder installed)."""
+    from ..data.gpu_decode import gpu_decoder
+
+    if detector.device.type != "cuda":
+        return None, "the CPU decodes (no GPU scoring)"
+    if detector.view.kind != "resize":
+        return None, f"the CPU decodes: the {detector.view.kind} view reads native pixels"
+    if os.environ.get(GPU_DECODE_ENV, "1") == "0":
+        return None, f"the CPU decodes (${GPU_DECODE_ENV}=0)"
+    return gpu_decoder(detector.device, detector.preprocess)

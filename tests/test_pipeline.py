@@ -1,0 +1,188 @@
+"""The scoring pipeline on the CPU: GPU decoding's logic with a stand-in decoder (orientation,
+resize, fallback per file), bounded read-ahead, the out-of-memory back-off, device choice."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from icc import DISPLAY_P3, matrix_profile
+from miragedet import MiraGe, ModelConfig
+from miragedet.data.gpu_decode import GpuJpegDecoder, probe, reference_pixels
+from miragedet.data.transforms import Preprocess
+from miragedet.inference.detector import Detector
+from miragedet.inference.pipeline import default_batch_size, in_parts, staged_batches
+from miragedet.model.backbone import load_backbone
+from miragedet.model.device import enable_tf32, gpu_share, resolve_device
+
+
+def pillow_decode(encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What nvJPEG hands back: the stored pixels as (3, H, W) uint8, no EXIF orientation."""
+    out = []
+    for data in encoded:
+        image = Image.open(io.BytesIO(data.numpy().tobytes()))
+        image.load()
+        out.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+    return out
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.BICUBIC)
+
+
+def jpeg(image: Image.Image, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92, **kw)
+    return buffer.getvalue()
+
+
+def with_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return jpeg(image, exif=exif.tobytes())
+
+
+PRE = Preprocess(image_size=32, resize_shortest=32)
+#: Antialiased bicubic in torch against Pillow's, on the same decoded pixels, 8-bit rounding on
+#: both sides: at most a couple of levels here (normalised units: levels / 255 / std).
+LEVELS = 3 / 255 / min(PRE.std)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_gpu_path_turns_resizes_and_crops_as_the_cpu_path(orientation):
+    data = with_orientation(photo(96, 64, orientation), orientation)
+    job = probe(data, 10**8)
+    assert job is not None and job.orientation == orientation and job.size == (96, 64)
+    ours = GpuJpegDecoder("cpu", PRE, decode=pillow_decode)([job])[0].numpy()
+    reference = reference_pixels(data, PRE)
+    assert ours.shape == reference.shape == (3, 32, 32)
+    assert np.abs(ours - reference).max() <= LEVELS
+    if orientation != 1:  # the orientation matters: unturned pixels would not match
+        unturned = GpuJpegDecoder("cpu", PRE, decode=pillow_decode)([probe(jpeg(
+            photo(96, 64, orientation)), 10**8)])[0].numpy()  # fmt: skip
+        assert np.abs(unturned - reference).max() > LEVELS
+
+
+def test_probe_leaves_to_the_cpu_what_the_gpu_path_would_get_wrong():
+    image = photo(64, 48)
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    assert probe(png.getvalue(), 10**8) is None  # not a JPEG
+    assert probe(jpeg(image.convert("CMYK")), 10**8) is None  # CMYK
+    p3 = matrix_profile(DISPLAY_P3, 2.2, "Display P3")
+    assert probe(jpeg(image, icc_profile=p3), 10**8) is None  # needs a colour conversion
+    assert probe(jpeg(image), 64 * 48 - 1) is None  # over the pixel limit: the CPU refuses it
+    assert probe(jpeg(image)[:20], 10**8) is None  # no readable header
+    assert probe(jpeg(image.convert("L")), 10**8) is None  # greyscale: nvJPEG's RGB is off
+    assert probe(jpeg(image), 10**8) is not None
+
+
+def test_a_file_the_gpu_decoder_fails_on_gets_the_cpu_row(tmp_path):
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    files = []
+    for i in range(5):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(jpeg(photo(80 + 16 * i, 64, i)))
+        files.append(path)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(files[0].read_bytes()[:300])
+    png = tmp_path / "p.png"
+    photo(64, 64, 9).save(png)
+    (tmp_path / "text.jpg").write_bytes(b"not an image at all")
+    inputs = [str(p) for p in [*files, truncated, png, tmp_path / "text.jpg", tmp_path / "gone"]]
+
+    cpu = Detector(model, batch_size=3, decode_threads=2, draft=False)
+    gpu = Detector(model, batch_size=3, decode_threads=2, draft=False)
+    calls = []
+
+    def counting(encoded):
+        calls.append(len(encoded))
+        return pillow_decode(encoded)
+
+    gpu.gpu_decoder = GpuJpegDecoder("cpu", model.backbone.preprocess, decode=counting)
+    expected, got = cpu.score(inputs), gpu.score(inputs)
+    assert [p.source for p in got] == inputs
+    for e, g in zip(expected, got, strict=True):
+        assert (e.error is None) == (g.error is None)
+        if e.error is None:
+            assert abs(e.fake_prob - g.fake_prob) < 0.02
+        else:
+            assert g.error == e.error  # the CPU's own words, from the fallback
+    assert sum(calls) >= 5  # the JPEGs went through the stand-in GPU decoder, in batches
+    assert max(calls) > 1
+
+
+def test_read_ahead_is_bounded_however_slow_the_consumer():
+    started = []
+
+    def work(item):
+        started.append(item)
+        return item
+
+    batches = staged_batches(range(1000), work, batch_size=10, threads=2, ahead=2)
+    chunk, results = next(batches)
+    assert chunk == results == list(range(10))
+    assert len(started) <= 30  # this batch and two ahead, never the whole input
+    rest = [r for _, rs in batches for r in rs]
+    assert rest == list(range(10, 1000))
+
+
+class _Tight:
+    """A model whose forward runs out of GPU memory above 2 inputs."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, pixels):
+        if len(pixels) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model(pixels)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing():
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    detector = Detector(model, batch_size=8, precision="fp32")
+    pixels = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = detector.forward_tensors(pixels)
+    notes = []
+    detector.notify = notes.append
+    detector.model = _Tight(model)
+    got = detector.forward_tensors(pixels)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert detector.batch_size == 2
+    assert len(notes) == 1 and "out of memory at batch 8" in notes[0]
+    detector.forward_tensors(pixels)  # later batches start at 2: nothing said again
+    assert len(notes) == 1
+    with pytest.raises(torch.OutOfMemoryError):  # one input that does not fit is an error
+        in_parts(lambda p: (_ for _ in ()).throw(torch.OutOfMemoryError("x")), pixels[:1],
+                 detector)  # fmt: skip
+
+
+def test_device_choice_without_a_gpu(monkeypatch):
+    assert resolve_device(None).type == resolve_device("auto").type == "cpu"
+    assert resolve_device(" CPU ".lower()).type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="auto, cpu, cuda"):
+        resolve_device("gpu")
+    assert enable_tf32("cpu") is None and gpu_share("auto", 2) == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto").type == "cuda"
+    assert gpu_share("auto", 2) == 0.5 and gpu_share("cpu", 2) == 0.0
+
+
+def test_batch_size_default_and_asked():
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    detector = Detector(model, batch_size=None)
+    assert (detector.batch_size, detector.batch_reason) == (32, "default")
+    assert default_batch_size(detector, 5) == (5, "as asked")
+    with pytest.raises(ValueError):
+        default_batch_size(detector, 0)
+    assert detector.info()["decode"] == "pillow (cpu)" and detector.info()["device"] == "cpu"
