@@ -13,6 +13,8 @@ import pytest
 BENCH = Path(__file__).parents[1] / "benchmarks"
 
 CASES = {
+    "bench_synthetic.py": ["--size", "32", "--n-per-class", "4", "--repeats", "1"],
+    "bench_gpu.py": ["--small", "--work", "work"],
     "bench_forward.py": ["--backbones", "tiny", "--batch", "2", "--repeats", "1", "--onnx"],
     "bench_startup.py": ["--repeats", "1"],
     "bench_adapt.py": [

@@ -1,0 +1,391 @@
+"""P-GPU: the whole scoring and training path on a GPU, against the GPU's own measured peak.
+
+One command for a GPU machine (random-weight checkpoints of the real shapes; data made here):
+    python benchmarks/bench_gpu.py                 # full: ViT-L/14, 1-4 MP JPEGs, 512-px PNGs
+    python benchmarks/bench_gpu.py --small         # the same steps tiny, on a CPU (the tests)
+Writes benchmarks/results/bench_gpu.json (keys: gpu, forward_peak_share, detect_jpeg_img_s,
+detect_png_img_s, score_dataset_img_s, evaluate_img_s, train_img_s, train_data_wait_share,
+decode_backend, ...) and prints the table "On a GPU" of docs/performance.md.
+
+Steps: (1) the GPU's bf16 peak, an 8192-cube matmul (10 timed after 3 warm-ups); (2) the
+forward at --batch, bf16 weights, ms/image and share of that peak (FLOPs counted by
+torch.utils.flop_counter on one image); (3) the scoring pipeline as detect runs it
+(load_detector with the commands' defaults: device auto, GPU decoding where installed,
+provenance on), on JPEGs of 1-4 MP and on 512-px PNGs, timed after a warm-up pass; (4)
+score-dataset's local engine; (5) evaluate's scoring path (evaluation.scores.score_samples);
+(6) one epoch of training at --train-batch with --amp auto: images/s and the data-wait share the
+trainer reports; (7) start-up: one image through `miragedet detect` against the import +
+CUDA-initialisation floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from common import machine, photo
+
+from miragedet import MiraGe, ModelConfig, load_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_tflops(device: torch.device, n: int) -> float:
+    """bf16 (GPU) or fp32 (CPU) matmul rate, TFLOP/s: the ceiling the forward is held against."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync()
+    return 2 * n**3 * 10 / (time.perf_counter() - start) / 1e12
+
+
+def forward_figures(checkpoint: Path, device: torch.device, batch: int) -> dict:
+    """ms/image of the detector's forward (the precision auto picks), FLOPs/image, attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from miragedet.inference.loader import load_detector
+
+    detector = load_detector(str(checkpoint), "torch", device=str(device), batch_size=batch)
+    size = detector.preprocess.image_size
+    pixels = torch.randn(batch, 3, size, size, device=device)
+    with FlopCounterMode(display=False) as counter:  # (its module hooks need autograd on)
+        detector.model(pixels[:1])
+    flops = counter.get_total_flops()
+    with torch.inference_mode():
+        for _ in range(3):
+            detector.model(pixels)
+        sync()
+        repeats = 10
+        start = time.perf_counter()
+        for _ in range(repeats):
+            detector.model(pixels)
+        sync()
+    ms = (time.perf_counter() - start) / (repeats * batch) * 1e3
+    attention = getattr(detector.model.clip.config, "_attn_implementation", None)
+    return {"ms_per_image": ms, "gflop_per_image": flops / 1e9, "precision": detector.precision,
+            "attention": attention, "batch": batch}  # fmt: skip
+
+
+def _write_photo(job: tuple) -> None:
+    path, width, height, seed, fmt = job
+    image = photo(width, height, seed)
+    if fmt == "JPEG":
+        image.save(path, quality=90)
+    else:
+        image.save(path, compress_level=1)
+
+
+def make_data(folder: Path, n: int, distinct: int, sizes: list, fmt: str, workers: int) -> Path:
+    """``n`` files cycling over ``distinct`` photo-like images (decoding costs the same for a
+    copy; making each anew would cost more than the run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".jpg" if fmt == "JPEG" else ".png"
+    jobs = [(folder / f"base{i:04d}{suffix}", *sizes[i % len(sizes)], i, fmt)
+            for i in range(distinct)]  # fmt: skip
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_photo, [j for j in jobs if not j[0].exists()]))
+    for i in range(n):
+        target = folder / f"img{i:06d}{suffix}"
+        if not target.exists():
+            try:
+                os.link(jobs[i % distinct][0], target)  # the same bytes, no disk written
+            except OSError:
+                shutil.copyfile(jobs[i % distinct][0], target)
+    for job in jobs:
+        job[0].unlink(missing_ok=True)
+    return folder
+
+
+def pipeline_rate(checkpoint: Path, files: list[str], batch: int | None) -> tuple[float, dict]:
+    """images/s of the scoring pipeline as `detect` runs it (defaults), after a warm-up pass."""
+    from miragedet.inference.loader import load_detector
+
+    detector = load_detector(str(checkpoint), "auto", batch_size=batch, notify=lambda m: None)
+    detector.score(files[: detector.batch_size * 2], provenance=True)  # warm-up
+    sync()
+    start = time.perf_counter()
+    scored = detector.score(files, provenance=True)
+    sync()
+    seconds = time.perf_counter() - start
+    failed = sum(not p.ok for p in scored)
+    info = detector.info()
+    return len(files) / seconds, {"failed": failed, "batch": detector.batch_size,
+                                  "decode": info["decode"], "device": info["device"],
+                                  "decode_threads": detector.decode_threads}  # fmt: skip
+
+
+def breakdown(checkpoint: Path, files: list[str]) -> dict:
+    """What holds the detect pipeline back: its rate with GPU decoding on/off and provenance
+    on/off, stage 1 alone (the decode pool's work without the forward) and the GPU decoder alone
+    (images/s each, after a warm-up pass)."""
+    from miragedet.data.gpu_decode import probe
+    from miragedet.inference.loader import load_detector
+    from miragedet.inference.pipeline import GPU_DECODE_ENV, prepare, staged_batches
+    from miragedet.provenance.verdict import read_provenance
+
+    out: dict = {}
+    for gpu_decode in ("1", "0"):
+        os.environ[GPU_DECODE_ENV] = gpu_decode
+        detector = load_detector(str(checkpoint), "torch", notify=lambda m: None)
+        name = "gpu-decode" if detector.gpu_decoder is not None else "cpu-decode"
+        for provenance in (False, True):
+            detector.score(files[:512], provenance=provenance)
+            sync()
+            start = time.perf_counter()
+            detector.score(files, provenance=provenance)
+            sync()
+            rate = len(files) / (time.perf_counter() - start)
+            out[f"detect {name}, provenance {'on' if provenance else 'off'}"] = round(rate, 1)
+
+            def work(pair, provenance=provenance, detector=detector):
+                prepared = prepare(detector, pair[1])
+                if provenance:
+                    read_provenance(pair[1], None, False)
+                return prepared
+
+            start = time.perf_counter()
+            for _ in staged_batches(enumerate(files), work, 256, detector.decode_threads):
+                pass
+            rate = len(files) / (time.perf_counter() - start)
+            out[f"stage 1 alone {name}, provenance {'on' if provenance else 'off'}"] = round(
+                rate, 1
+            )
+        if detector.gpu_decoder is not None:
+            jobs = [probe(Path(f).read_bytes(), 10**9) for f in files[:512]]
+            detector.gpu_decoder(jobs[:64])
+            sync()
+            start = time.perf_counter()
+            for k in range(0, len(jobs), 256):
+                detector.gpu_decoder(jobs[k : k + 256])
+            sync()
+            out["GPU decoder alone"] = round(len(jobs) / (time.perf_counter() - start), 1)
+        del detector
+    os.environ.pop(GPU_DECODE_ENV, None)
+    return out
+
+
+def score_dataset_rate(checkpoint: Path, folder: Path, out: Path) -> float:
+    from miragedet.apps.score_dataset import score_dataset
+
+    shutil.rmtree(out, ignore_errors=True)
+    report = score_dataset(str(folder), out, str(checkpoint), engine="local", shard_size=4096,
+                           provenance=True)  # fmt: skip
+    return report.images_per_s
+
+
+def evaluate_rate(checkpoint: Path, folder: Path, device: torch.device, batch: int) -> float:
+    from miragedet.data.layouts import Sample
+    from miragedet.evaluation.scores import score_samples
+    from miragedet.inference.precision import apply, resolve
+    from miragedet.inference.threads import available_cpus
+    from miragedet.model.mirage import load_pretrained
+
+    model = load_pretrained(str(checkpoint), device=device)
+    model = apply(model, resolve("auto", device).precision)
+    samples = [Sample(str(p), i % 2, "bench") for i, p in enumerate(sorted(folder.iterdir()))]
+    workers = available_cpus().count
+    score_samples(model, samples[: batch * 2], batch_size=batch, workers=workers)  # warm-up
+    sync()
+    start = time.perf_counter()
+    scores = score_samples(model, samples, batch_size=batch, workers=workers)
+    sync()
+    assert not scores.errors, list(scores.errors.items())[:3]
+    return len(samples) / (time.perf_counter() - start)
+
+
+def train_figures(backbone: str, folder: Path, out: Path, batch: int, epochs: int) -> dict:
+    """The trainer's own figures for its last epoch (the first one warms the GPU up)."""
+    from miragedet.inference.threads import available_cpus
+    from miragedet.training.config import TrainConfig
+    from miragedet.training.trainer import Trainer
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    config = TrainConfig(data=str(folder), backbone=backbone, method="mirage", epochs=epochs,
+                         batch_size=batch, amp="auto", workers=available_cpus().count,
+                         output=str(out), log_every=1000)  # fmt: skip
+    result = Trainer(config).fit()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {
+        "images_per_s": getattr(result, "images_per_s", None),
+        "data_wait_share": getattr(result, "data_wait_share", None),
+        "peak_gib": peak,
+    }
+
+
+def start_up(checkpoint: Path, image: Path) -> dict:
+    """Seconds for one image through `miragedet detect`, and the floor: python importing torch
+    and miragedet and initialising CUDA (when there is a GPU)."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}")
+    floor_code = (
+        "import torch, miragedet.inference.loader\n"
+        "torch.zeros(1, device='cuda') if torch.cuda.is_available() else None"
+    )
+    times = {}
+    for name, command in (
+        ("floor_s", [sys.executable, "-c", floor_code]),
+        (
+            "one_image_s",
+            [
+                sys.executable,
+                "-m",
+                "miragedet",
+                "detect",
+                str(image),
+                "-m",
+                str(checkpoint),
+                "-f",
+                "json",
+            ],
+        ),
+    ):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        times[name] = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
+        if name == "one_image_s":
+            times["header"] = done.stderr.strip().splitlines()[0][:300]
+    times["ratio"] = times["one_image_s"] / times["floor_s"]
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="Tiny sizes, on a CPU (tests).")
+    parser.add_argument("--work", default=None, help="Folder for data and checkpoints.")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/bench_gpu.json"))
+    parser.add_argument("--backbone", default=None, help="Default vit-l-14 (tiny with --small).")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--jpegs", type=int, default=3072)
+    parser.add_argument("--pngs", type=int, default=2048)
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--train-epochs", type=int, default=2)
+    parser.add_argument("--skip", default="", help="Comma-separated steps to leave out.")
+    args = parser.parse_args()
+    if args.small:
+        args.backbone = args.backbone or "tiny"
+        args.batch, args.jpegs, args.pngs, args.train_batch = 8, 24, 16, 8
+    backbone = f"random:{args.backbone or 'vit-l-14'}"
+    skip = set(filter(None, args.skip.split(",")))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    work = Path(args.work or Path(tempfile.gettempdir()) / "miragedet-bench-gpu")
+    work.mkdir(parents=True, exist_ok=True)
+    cpus = os.cpu_count() or 2
+    figures: dict = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                     "backbone": backbone, "small": args.small}  # fmt: skip
+    log = lambda key, value: (figures.__setitem__(key, value), print(f"{key}: {value}", flush=True))  # noqa: E731
+
+    checkpoint = work / f"ckpt-{args.backbone or 'vit-l-14'}"
+    if not (checkpoint / "config.json").is_file():
+        MiraGe(load_backbone(backbone), ModelConfig.for_method("mirage")).save_pretrained(
+            str(checkpoint)
+        )
+    peak = peak_tflops(device, 512 if args.small else 8192)
+    log("peak_tflops", round(peak, 1 if peak > 10 else 4))
+    forward = forward_figures(checkpoint, device, args.batch)
+    log("forward", forward)
+    share = forward["gflop_per_image"] / forward["ms_per_image"] / peak  # GFLOP/ms = TFLOP/s
+    log("forward_peak_share", round(share, 3))
+
+    big = [(1280, 960), (1600, 1200), (2048, 1536), (2304, 1728)]  # 1.2-4.0 MP
+    sizes = [(320, 240), (400, 300)] if args.small else big
+    jpegs = make_data(work / "jpeg", args.jpegs, 8 if args.small else 256, sizes, "JPEG", cpus)
+    png_size = [(64, 64)] if args.small else [(512, 512)]
+    pngs = make_data(work / "png/0_real", args.pngs, 8 if args.small else 128, png_size, "PNG",
+                     cpus)  # fmt: skip
+    jpeg_files = sorted(str(p) for p in jpegs.iterdir())
+    png_files = sorted(str(p) for p in pngs.iterdir())
+    batch = None if device.type == "cuda" else args.batch  # the defaults: from free memory
+    rate, about = pipeline_rate(checkpoint, jpeg_files, batch)
+    log("detect_jpeg_img_s", round(rate, 1))
+    log("detect_jpeg", about)
+    log("decode_backend", about["decode"])
+    rate, about = pipeline_rate(checkpoint, png_files, batch)
+    log("detect_png_img_s", round(rate, 1))
+    if "breakdown" not in skip:
+        log("breakdown", breakdown(checkpoint, jpeg_files))
+    if "score-dataset" not in skip:
+        log("score_dataset_img_s", round(score_dataset_rate(checkpoint, jpegs, work / "sd"), 1))
+    if "evaluate" not in skip:
+        log("evaluate_img_s", round(evaluate_rate(checkpoint, jpegs, device, args.batch), 1))
+    if "train" not in skip:
+        fakes = make_data(work / "png/1_fake", args.pngs, 8 if args.small else 128, png_size,
+                          "PNG", cpus)  # fmt: skip
+        assert fakes.is_dir()
+        try:  # a failing step is recorded; the steps after it still run
+            train = train_figures(backbone, work / "png", work / "run", args.train_batch,
+                                  args.train_epochs)  # fmt: skip
+        except Exception as exc:
+            train = {"images_per_s": None, "data_wait_share": None, "error": repr(exc)[:500]}
+        log("train", train)
+        log("train_img_s", train["images_per_s"])
+        log("train_data_wait_share", train["data_wait_share"])
+    if device.type == "cuda" and "gpu-tests" not in skip:  # GPU pixels against the CPU's
+        report = work / "gpu_tests.json"
+        report.unlink(missing_ok=True)
+        env = dict(os.environ, MIRAGEDET_GPU_REPORT=str(report))
+        done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p",
+                               "no:cacheprovider", "tests/test_gpu_decode.py"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        print(done.stdout[-3000:], done.stderr[-2000:], flush=True)
+        found = json.loads(report.read_text()) if report.exists() else {}
+        log("gpu_tests", {"passed": done.returncode == 0, **found})
+    if "start-up" not in skip:
+        try:
+            log("start_up", start_up(checkpoint, Path(jpeg_files[0])))
+        except Exception as exc:
+            log("start_up_error", repr(exc)[:1000])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), **figures,
+                                          "rows": [figures]}, indent=1, default=str))  # fmt: skip
+    print(f"wrote {args.out}")
+    print_table(figures)
+
+
+def print_table(f: dict) -> None:
+    fw = f["forward"]
+    rows = [
+        ("GPU", f["gpu"] or "none (CPU run)"),
+        ("bf16 matmul peak, measured", f"{f['peak_tflops']} TFLOP/s"),
+        (f"forward {f['backbone']} {fw['precision']}, batch {fw['batch']}",
+         f"{fw['ms_per_image']:.3f} ms/img ({fw['gflop_per_image']:.0f} GFLOP/img, "
+         f"{f['forward_peak_share']:.0%} of peak; attention {fw['attention']})"),
+        ("detect pipeline, JPEG 1.2-4 MP", f"{f['detect_jpeg_img_s']} img/s "
+         f"(decode: {f['decode_backend']}, batch {f['detect_jpeg']['batch']})"),
+        ("detect pipeline, 512-px PNG", f"{f['detect_png_img_s']} img/s"),
+        ("score-dataset (local)", f"{f.get('score_dataset_img_s', '-')} img/s"),
+        ("evaluate scoring", f"{f.get('evaluate_img_s', '-')} img/s"),
+        ("train (amp auto)", f"{f.get('train_img_s', '-')} img/s, data wait "
+         f"{f.get('train_data_wait_share', '-')}"),
+    ]  # fmt: skip
+    if "start_up" in f and "one_image_s" in f["start_up"]:
+        s = f["start_up"]
+        rows.append(("detect one image", f"{s['one_image_s']:.1f} s (floor {s['floor_s']:.1f} s, "
+                                          f"{s['ratio']:.2f}x)"))  # fmt: skip
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
