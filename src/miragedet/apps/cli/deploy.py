@@ -9,6 +9,7 @@ import typer
 from .common import (
     AGGREGATE_HELP,
     BACKEND_HELP,
+    DEVICE_HELP,
     FRAMES_HELP,
     MAX_TILES_HELP,
     PRECISION_HELP,
@@ -45,7 +46,7 @@ def serve(
     daily_images: int = typer.Option(None, help="Images per key per day (429 beyond)."),
     cors: str = typer.Option(None, help="Comma-separated allowed origins."),
     threshold: float = typer.Option(None),
-    device: str = typer.Option(None),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     provenance: bool = typer.Option(
         True, help="Report C2PA, XMP, generator parameters and EXIF; weigh them in the verdict."
     ),

@@ -22,7 +22,7 @@ class ServerSettings:
     daily_images: int | None = None  # images per key per day; None: unlimited
     cors_origins: list[str] = field(default_factory=list)
     threshold: float | None = None
-    device: str | None = None
+    device: str | None = "auto"  # a CUDA GPU when present (model/device.py)
     provenance: bool = True
     trust_anchors: str | None = None  # PEM text of trusted C2PA signers (--trust-anchors)
     watermarks: bool = False  # look for generators' invisible watermarks (--watermarks)
