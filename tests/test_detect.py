@@ -245,3 +245,24 @@ def test_bf16_scores_close_to_fp32_and_bad_precision_is_refused(tiny, tmp_path):
     assert np.abs(fp32 - bf16).max() < 0.02 and not np.array_equal(fp32, bf16)
     with pytest.raises(ValueError, match="precision"):
         Detector(model, precision="int4")
+
+
+def test_detect_on_a_training_run_folder_uses_best_else_last(checkpoint, tmp_path):
+    import shutil
+
+    image = tmp_path / "one.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(image)
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "last")
+    result = runner.invoke(app, ["detect", str(image), "-m", str(run), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert "scoring with its last checkpoint" in result.output
+    shutil.copytree(checkpoint, run / "best")
+    result = runner.invoke(app, ["detect", str(image), "-m", str(run), "-f", "json"])
+    assert result.exit_code == 0 and "scoring with its best checkpoint" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["detect", str(image), "-m", str(empty)])
+    assert result.exit_code == 2
+    assert "holds no checkpoint" in result.output and "best/ or last/" in result.output
+    assert "Errno" not in result.output

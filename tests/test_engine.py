@@ -375,3 +375,23 @@ def test_torch_compile_competes_without_onnxruntime_and_after_a_failed_export(
     again = engine.choose(checkpoint, batch_size=3, precision="fp32", images=1e9)
     assert set(again.measured) == {"torch fp32", "torch.compile fp32"}  # measured again, once
     assert "the ONNX export failed" in again.reason
+
+
+def test_evaluate_on_a_gpu_never_exports_or_times_a_cpu_engine(checkpoint, monkeypatch):
+    """evaluate places its model with the auto rule: a model on a GPU stays on PyTorch, with no
+    ONNX export and no timing (the bug: it exported and timed ONNX Runtime beside an idle GPU)."""
+    from types import SimpleNamespace
+
+    from miragedet.inference.engine_model import place
+
+    def never(*args, **kwargs):
+        raise AssertionError("a CPU engine was exported or timed for a GPU job")
+
+    monkeypatch.setattr("miragedet.inference.onnx.export_checkpoint", never)
+    monkeypatch.setattr(engine, "_measure", never)
+    on_gpu = SimpleNamespace(
+        clip=SimpleNamespace(logit_scale=SimpleNamespace(device=torch.device("cuda")))
+    )
+    placed = place(on_gpu, checkpoint, "auto", "bf16", images=10**6)
+    assert placed.backend == "torch" and "GPU" in placed.reason
+    assert engine.choose(checkpoint, device="cuda:0").backend == "torch"

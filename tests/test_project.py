@@ -55,3 +55,22 @@ def test_lint_and_format_are_clean():
             [sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True
         )
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_constraints_pin_every_direct_dependency_at_the_version_installed():
+    """README command 1 and the test install use constraints.txt: with every direct dependency
+    pinned there, both resolve the same versions (the suite runs what users install)."""
+    import importlib.metadata
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("#")[0].strip().split("==")
+            pins[name.strip().lower()] = version.strip()
+    for dep in deps:
+        name = re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower()
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+        installed = importlib.metadata.version(name).split("+")[0]
+        assert installed == pins[name], f"{name}: installed {installed}, pinned {pins[name]}"

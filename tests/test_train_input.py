@@ -195,3 +195,21 @@ def test_the_dataset_keeps_full_decodes_for_other_callers(jpegs):
 
     ImageDataset(samples, transform)[0]
     assert sizes == [(256, 256)]
+
+
+def test_train_names_only_the_checkpoints_it_wrote(tmp_path):
+    """Without validation no best is saved: the last line names RUN/last alone."""
+    from typer.testing import CliRunner
+
+    from miragedet.apps.cli import app
+    from miragedet.data.synthetic import write_layout
+
+    data = write_layout(tmp_path / "data", "ufd", ("grid-2",), n_per_class=8, size=32)
+    run = CliRunner().invoke(app, [
+        "train", str(data), "--backbone", "tiny", "--depth", "2", "--batch-size", "8",
+        "--epochs", "1", "--workers", "0", "-o", str(tmp_path / "run"),
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    last_line = "".join(run.output.split()).split("done:")[-1]  # the console wraps long lines
+    assert not (tmp_path / "run" / "best").exists()
+    assert "run/last" in last_line and "/best" not in last_line

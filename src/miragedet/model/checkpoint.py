@@ -171,13 +171,31 @@ def set_threshold(
     os.replace(tmp, path)
 
 
+#: A training run's checkpoints (``miragedet train -o RUN``), the one a scorer takes first.
+RUN_CHECKPOINTS = ("best", "last")
+
+
+def run_checkpoint(folder: Path) -> Path:
+    """The checkpoint a folder holds: itself, else a training run's ``best``, else its
+    ``last``; a clear error naming what was looked for when it holds none."""
+    for name in RUN_CHECKPOINTS:
+        if (folder / name / CONFIG_NAME).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"{folder} holds no checkpoint: no {CONFIG_NAME} in it, nor in a training run's "
+        f"{' or '.join(f'{n}/' for n in RUN_CHECKPOINTS)} inside it"
+    )
+
+
 def resolve(path_or_id: str | os.PathLike) -> Path:
+    """A local checkpoint folder (a training run's folder: its best, else its last checkpoint),
+    or a hub repository downloaded."""
     path = Path(path_or_id)
     if not path.exists():
         with contextlib.suppress(OSError):  # a save killed between its two renames
             recover(path)
     if path.is_dir():
-        return path
+        return path if (path / CONFIG_NAME).is_file() else run_checkpoint(path)
     if path.exists() or str(path_or_id).startswith((".", "/", "~")):
         raise CheckpointError(f"checkpoint directory {str(path_or_id)!r} does not exist")
     try:

@@ -109,3 +109,15 @@ def load_model(spec: str, device: str | None = None):
     else:
         model = load_pretrained(spec)
     return model if device is None else model.to(resolve_device(device))
+
+
+def run_or_checkpoint(model: str | None, say: Any) -> str | None:
+    """``model`` as given, or, for a training run's folder (``train -o RUN``), its best (else
+    last) checkpoint, told through ``say``; a folder with no checkpoint is a clear error."""
+    if model is None or not Path(model).is_dir() or (Path(model) / "config.json").is_file():
+        return model
+    from ...model.checkpoint import run_checkpoint
+
+    chosen = run_checkpoint(Path(model))
+    say(f"{model} is a training run's folder: scoring with its {chosen.name} checkpoint ({chosen})")
+    return str(chosen)

@@ -21,6 +21,7 @@ from .common import (
     duration,
     fail,
     load_model,
+    run_or_checkpoint,
     view_options,
 )
 
@@ -48,7 +49,11 @@ def evaluate(
     threshold: float = typer.Option(None, help="Default: the checkpoint's."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    workers: int = typer.Option(2),
+    workers: int = typer.Option(
+        None,
+        help="Decode threads (default: the CPUs this process may use, 2 to 8; up to 32 when a "
+        "GPU scores).",
+    ),
     precision: str = typer.Option("auto", help=PRECISION_HELP + " fp32 for the paper's numbers."),
     backend: str = typer.Option(None, help=BACKEND_HELP),
     view: str = typer.Option(None, help=VIEW_HELP),
@@ -99,10 +104,16 @@ def evaluate(
         attacks = parse_attacks(attack or [])
         if attacks:
             require_art()
+        if not model.startswith("zero-shot:"):
+            model = run_or_checkpoint(model, lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
         checkpoint = None if model.startswith("zero-shot:") else resolve_checkpoint(model)
         detector = load_model(model if checkpoint is None else str(checkpoint), device)
         scoring_device = detector.clip.logit_scale.device
         tf32 = enable_tf32(scoring_device)
+        if workers is None:
+            from ...inference.threads import decode_threads
+
+            workers = decode_threads(cap=32 if scoring_device.type == "cuda" else 8)
         choice = resolve(precision, scoring_device)
         # attacks take their gradients in fp32 (the strongest attacker), the scores come from
         # the detector as it runs

@@ -22,6 +22,7 @@ from .common import (
     VIEW_HELP,
     console,
     fail,
+    run_or_checkpoint,
     sampling_options,
     view_options,
 )
@@ -117,6 +118,7 @@ def detect(
         if (model is None) == (server is None):
             raise ValueError("give a model (-m/--model) or a server (--server URL), one of them")
         found = discover(inputs, sys.stdin)
+        model = run_or_checkpoint(model, lambda m: err.print(f"[dim]{escape(m)}[/dim]"))
         if server is not None:
             detector = _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate,
                                frames, fps, max_seconds, trust_anchors, watermarks)  # fmt: skip

@@ -188,10 +188,9 @@ def train(
         distributed.shutdown()
     if not distributed.env_from_launcher().is_main:
         return
-    console.print(
-        f"done: {result.global_step} steps; best {result.best}; "
-        f"checkpoints in {result.output}/last and /best"
-    )
+    saved = [n for n in ("last", "best") if (Path(result.output) / n / "config.json").is_file()]
+    where = " and ".join(f"{result.output}/{n}" for n in saved) or "none written"
+    console.print(f"done: {result.global_step} steps; best {result.best}; checkpoints: {where}")
 
 
 def _train_temporal(

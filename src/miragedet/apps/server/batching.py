@@ -13,6 +13,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ...inference.detector import Detector
+from ...inference.pipeline import stack_on
 
 
 class QueueFull(Exception):
@@ -112,7 +113,7 @@ class Batcher:
             live = [(t, f) for t, f in batch if not f.done()]
             if not live:
                 continue
-            pixels = torch.stack([t for t, _ in live])
+            pixels = stack_on([t for t, _ in live], self.detector.device)  # pinned, on a GPU
             self.metrics.batch_size.observe(len(live))
             try:
                 probs, outcomes = await loop.run_in_executor(self.executor, self._forward, pixels)
