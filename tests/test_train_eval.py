@@ -178,6 +178,8 @@ def test_cli_train_evaluate_calibrate_with_yaml(genimage, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert list(metrics["degradations"]) == ["jpeg:50"]
+    # the data's root and layout, not the repr of every sample (kilobytes per 50 images)
+    assert metrics["data"] == str(genimage) and metrics["layout"] == "genimage"
     assert (tmp_path / "eval" / "robustness_jpeg.png").is_file()
 
     result = runner.invoke(

@@ -22,6 +22,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .formats import IMAGE_EXTENSIONS, classify, walk
 
@@ -140,6 +141,12 @@ def detect_layout(root: str | os.PathLike) -> str:
         + "\n".join(f"  {k}: {v}" for k, v in LAYOUT_HELP.items())
         + f"\nbut {_describe(root)}"
     )
+
+
+def data_source(data: Any) -> str:
+    """What a report records as its data: the folder or manifest given, or an ImageSet's root
+    (never the repr of every sample)."""
+    return str(data.root) if isinstance(data, ImageSet) else str(data)
 
 
 def find_images(

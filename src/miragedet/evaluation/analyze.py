@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import ImageDataset, collate
-from ..data.layouts import ImageSet, find_images
+from ..data.layouts import ImageSet, data_source, find_images
 from .report import write_json
 
 
@@ -299,7 +299,7 @@ def analyze(
     ]
     (output / "analysis.md").write_text("\n".join(report))
     summary = {
-        "data": str(data),
+        "data": data_source(data),
         "models": [m["name"] for m in maps],
         "rows": all_rows,
         "tsne_points": len(sample),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data.layouts import ImageSet, find_images
+from ..data.layouts import ImageSet, data_source, find_images
 from .report import write_json
 
 #: The IJG standard luminance quantisation table (natural order), quality 50.
@@ -345,7 +345,7 @@ def audit_data(
     lines += ["", "![audit](audit.png)", ""]
     (output / "audit.md").write_text("\n".join(lines))
     result = {
-        "data": str(data),
+        "data": data_source(data),
         "layout": image_set.layout,
         "rows": rows,
         "baseline": baseline,

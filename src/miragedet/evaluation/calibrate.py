@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data.layouts import data_source
+
 
 def calibrate_threshold(real_fake_prob: Sequence[float] | np.ndarray, target_fpr: float) -> float:
     """The lowest threshold at which at most ``target_fpr`` of these real images score >= it."""
@@ -49,5 +51,6 @@ def calibrate_checkpoint(
     achieved = float((p >= value).mean())
     info = {"target_fpr": fpr, "achieved_fpr": achieved, "n_real": len(p)}
     if save:
-        set_threshold(checkpoint, value, {**info, "data": str(data), "view": asdict(chosen)})
+        about = {**info, "data": data_source(data), "view": asdict(chosen)}
+        set_threshold(checkpoint, value, about)
     return {"threshold": value, **info}

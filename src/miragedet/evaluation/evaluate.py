@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.degrade import Degradation
+from ..data.layouts import data_source
 from ..data.views import View
 from ..data.views import resolve as resolve_view
 from .adversarial import robustness_report, summary
@@ -200,7 +201,7 @@ def evaluate_dataset(
     plot_curves(clean_scores, output / "roc_pr.png", title)
     write_table_csv(tables["clean"], output / "table.csv")
     metrics: dict[str, Any] = {
-        "data": str(data),
+        "data": data_source(data),
         "layout": image_set.layout,
         "split": split,
         "threshold": threshold,
