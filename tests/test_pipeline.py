@@ -186,3 +186,65 @@ def test_batch_size_default_and_asked():
     with pytest.raises(ValueError):
         default_batch_size(detector, 0)
     assert detector.info()["decode"] == "pillow (cpu)" and detector.info()["device"] == "cpu"
+
+
+def test_the_server_decodes_jpegs_through_the_gpu_stage_with_the_cpu_rows(tmp_path):
+    """serve with a (stand-in) GPU decoder: JPEGs go to it in the model's batches; one it fails
+    on is decoded by Pillow (the same score as without it); one nobody decodes is a 422."""
+    import asyncio
+
+    import httpx
+
+    from miragedet.apps.server import ServerSettings, create_app
+
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    refused_by_gpu = {(72, 64)}
+    seen = []
+
+    def flaky(encoded):
+        out = pillow_decode(encoded)
+        seen.extend(tuple(p.shape[1:]) for p in out)
+        if any(tuple(p.shape[1:][::-1]) in refused_by_gpu for p in out):
+            raise RuntimeError("nvJPEG: unsupported (stand-in)")
+        return out
+
+    def loader(gpu: bool):
+        detector = Detector.from_pretrained(tmp_path / "ckpt", precision="fp32", draft=False)
+        if gpu:
+            detector.gpu_decoder = GpuJpegDecoder("cpu", detector.preprocess, decode=flaky)
+        return detector
+
+    broken = bytearray(jpeg(photo(80, 64, 5)))
+    broken[broken.index(b"\xff\xda") + 5] = 9  # a scan naming a component that does not exist
+    uploads = [("a.jpg", jpeg(photo(96, 64, 1))), ("b.jpg", jpeg(photo(72, 64, 2))),
+               ("c.png", _png_bytes(photo(64, 64, 3))), ("d.jpg", bytes(broken))]  # fmt: skip
+
+    async def post(app):
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            for _ in range(12_000):  # the model loads in the background; a bound for a hang
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            files = [("files", (name, data)) for name, data in uploads]
+            return (await client.post("/v1/detect", files=files)).json()["results"]
+
+    settings = ServerSettings(model=str(tmp_path / "ckpt"), provenance=False)
+    gpu = asyncio.run(post(create_app(settings, load_detector=lambda: loader(True))))
+    cpu = asyncio.run(post(create_app(settings, load_detector=lambda: loader(False))))
+    assert (64, 96) in seen and (64, 72) in seen  # both JPEGs went to the GPU stage
+    assert [r["status"] for r in gpu] == [r["status"] for r in cpu] == [200, 200, 200, 422]
+    assert gpu[3]["code"] == cpu[3]["code"] == "corrupt_image"
+    for g, c in zip(gpu[:3], cpu[:3], strict=True):
+        assert abs(g["fake_prob"] - c["fake_prob"]) < 0.02
+    assert gpu[1]["fake_prob"] == cpu[1]["fake_prob"]  # the refused one: Pillow's own decode
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()

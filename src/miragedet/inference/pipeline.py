@@ -129,12 +129,36 @@ def gpu_decode(
         prepared[i] = cpu_prepare(items[i]) if isinstance(pixels, str) else pixels
 
 
-def gpu_job(decoder: Any, item: Any) -> JpegJob | None:
+def gpu_job(decoder: Any, item: Any, max_pixels: int = MAX_PIXELS) -> JpegJob | None:
     """The :class:`JpegJob` for ``item`` when ``decoder`` (a GPU decoder, or None) takes it."""
     if decoder is None or clip_kind(item) is not None:
         return None
     data = _encoded(item)
-    return probe(data, MAX_PIXELS) if data is not None else None
+    return probe(data, max_pixels) if data is not None else None
+
+
+def decode_and_forward(
+    detector: Detector, items: list[Any], on_cpu: Callable[[Any], Any]
+) -> tuple[list[Any], list[Any], dict[int, str]]:
+    """Stages 2-3 for a batch of prepared resize-view inputs (tensors, or JPEG jobs for the
+    detector's GPU decoder, decoded by ``on_cpu`` where the GPU decoder fails): the probabilities
+    and open-set outcomes (None without the test) of each input, and the error text of those
+    that could not be decoded at all (their entries are None). The server's batches run here."""
+    prepared = list(items)
+    gpu_decode(detector.gpu_decoder, items, prepared, on_cpu)
+    errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
+    good = [i for i in range(len(prepared)) if i not in errors]
+    probs: list[Any] = [None] * len(prepared)
+    outcomes: list[Any] = [None] * len(prepared)
+    if good:
+        pixels = stack_on([prepared[i] for i in good], detector.device)
+        if detector.has_open_set:
+            rows, found = detector.forward_open_set(pixels)
+        else:
+            rows, found = detector.forward_tensors(pixels), [None] * len(good)
+        for k, i in enumerate(good):
+            probs[i], outcomes[i] = rows[k], found[k]
+    return probs, outcomes, errors
 
 
 def staged_batches(

@@ -51,7 +51,7 @@ from .contract import (
 from .keys import KeyRing
 from .results import Options, build
 from .settings import ServerSettings
-from .uploads import BodyLimit, error, prepare, read_uploads
+from .uploads import BodyLimit, error, prepare, read_uploads, refused
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
@@ -404,9 +404,12 @@ def create_app(
         scores, cursor = {}, 0
         for i in good:
             k = len(prepared[i].tensors)
-            rows = np.stack([row for row, _ in flat_results[cursor : cursor + k]])
-            scores[i] = (rows, flat_results[cursor][1] if k == 1 else None)
-            cursor += k
+            part, cursor = flat_results[cursor : cursor + k], cursor + k
+            failed = [found["error"] for row, found in part if row is None]
+            if failed:  # a JPEG neither the GPU decoder nor Pillow could decode
+                prepared[i] = refused(422, "corrupt_image", failed[0])
+                continue
+            scores[i] = (np.stack([row for row, _ in part]), part[0][1] if k == 1 else None)
         read = settings.provenance and options.provenance
         results = await build(
             detector,

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ...data.dataset import load_image
 from ...inference.detector import Detector
-from ...inference.pipeline import stack_on
+from ...inference.pipeline import decode_and_forward
 
 
 class QueueFull(Exception):
@@ -113,10 +114,10 @@ class Batcher:
             live = [(t, f) for t, f in batch if not f.done()]
             if not live:
                 continue
-            pixels = stack_on([t for t, _ in live], self.detector.device)  # pinned, on a GPU
             self.metrics.batch_size.observe(len(live))
+            items = [t for t, _ in live]
             try:
-                probs, outcomes = await loop.run_in_executor(self.executor, self._forward, pixels)
+                probs, outcomes = await loop.run_in_executor(self.executor, self._forward, items)
             except Exception as exc:  # a failed forward fails its requests, not the server
                 for _, future in live:
                     if not future.done():
@@ -126,8 +127,16 @@ class Batcher:
                 if not future.done():
                     future.set_result((row, outcome))
 
-    def _forward(self, pixels: torch.Tensor) -> tuple[Any, list[dict[str, Any] | None]]:
-        """Probabilities, and the open-set outcome of models that have the test."""
-        if self.detector.has_open_set:
-            return self.detector.forward_open_set(pixels)
-        return self.detector.forward_tensors(pixels), [None] * len(pixels)
+    def _forward(self, items: list[Any]) -> tuple[list[Any], list[dict[str, Any] | None]]:
+        """Probabilities, and the open-set outcome of models that have the test, through the
+        scoring pipeline's stages (JPEGs decoded on the GPU when it has a decoder; one that
+        neither the GPU nor Pillow decodes gets ``None`` and ``{"error": why}``)."""
+        detector, limit = self.detector, self.settings.max_pixels
+
+        def on_cpu(job: Any) -> torch.Tensor:
+            return detector.preprocess(load_image(job.data, limit, draft_size=detector.draft_size))
+
+        probs, outcomes, errors = decode_and_forward(detector, items, on_cpu)
+        for i, why in errors.items():
+            outcomes[i] = {"error": why}
+        return probs, outcomes

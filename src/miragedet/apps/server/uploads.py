@@ -22,6 +22,7 @@ from ...data.video import Sampling, clip_kind
 from ...data.views import View, inputs
 from ...inference.clips import prepare_clip
 from ...inference.detector import Detector
+from ...inference.pipeline import gpu_job
 from ...inference.stability import Stability
 from .contract import DetectJSON
 from .settings import ServerSettings
@@ -103,7 +104,8 @@ class Prepared(NamedTuple):
     code: str | None = None
 
 
-def _refused(status: int, code: str, detail: str) -> Prepared:
+def refused(status: int, code: str, detail: str) -> Prepared:
+    """An upload refused with an HTTP status, an error code and the reason."""
     return Prepared(None, status, detail, None, code)
 
 
@@ -112,12 +114,12 @@ def _prepare_clip(
 ) -> Prepared:
     """A video or animated image: its frames' inputs, or the status of why not."""
     if len(data) > limits.max_video_mb * 2**20:
-        return _refused(413, "video_too_large", f"video over the {limits.max_video_mb:g} MB limit")
+        return refused(413, "video_too_large", f"video over the {limits.max_video_mb:g} MB limit")
     sampling = dataclasses.replace(sampling, max_pixels=min(sampling.max_pixels, limits.max_pixels))
     prepared = prepare_clip(data, detector.preprocess, view, sampling)
     duration = prepared.clip.duration or 0.0
     if duration > limits.max_video_seconds:
-        return _refused(
+        return refused(
             413,
             "video_too_long",
             f"clip of {duration:.0f} s is over this server's "
@@ -147,10 +149,10 @@ def prepare(
         fmt = formats.sniff(formats.read_head(data))
         if fmt == "VIDEO" or (fmt in ("GIF", "WEBP", "PNG") and clip_kind(data)):
             if stability is not None:
-                return _refused(422, "unsupported_option", "stability works with still images")
+                return refused(422, "unsupported_option", "stability works with still images")
             return _prepare_clip(data, detector, view, limits, sampling or detector.clip_sampling)
         if len(data) > limits.max_body_mb * 2**20:
-            return _refused(
+            return refused(
                 413,
                 "image_too_large",
                 f"upload over the {limits.max_body_mb:g} MB limit for images",
@@ -159,12 +161,16 @@ def prepare(
             with Image.open(io.BytesIO(data)) as probe:
                 fmt = probe.format
         if fmt not in ALLOWED_FORMATS:
-            return _refused(
+            return refused(
                 415,
                 "unsupported_format",
                 f"unsupported image format {fmt}; send "
                 "one of " + ", ".join(f.title for f in formats.FORMATS),
             )
+        if stability is None and view.kind == "resize":  # a GPU decodes JPEGs in the batch
+            job = gpu_job(getattr(detector, "gpu_decoder", None), data, max_pixels)
+            if job is not None:
+                return Prepared([job], 200, None, None)
         # re-deliveries (stability) and tiles start from the exact decode; the resize view may
         # draft JPEGs
         draft = None if stability or view.kind != "resize" else detector.draft_size
@@ -177,13 +183,13 @@ def prepare(
         return Prepared([detector.preprocess(im) for im in images], 200, None, None)
     except ImageDecodeError as exc:
         status, code = STATUS_OF_KIND.get(exc.kind, (422, "corrupt_image"))
-        return _refused(status, code, str(exc))
+        return refused(status, code, str(exc))
     except Image.DecompressionBombError as exc:
-        return _refused(413, "image_too_large", f"decompression bomb refused: {exc}")
+        return refused(413, "image_too_large", f"decompression bomb refused: {exc}")
     except Image.UnidentifiedImageError:
-        return _refused(415, "unsupported_format", "not a recognised image format")
+        return refused(415, "unsupported_format", "not a recognised image format")
     except Exception as exc:
-        return _refused(
+        return refused(
             422, "corrupt_image", f"could not read the image: {type(exc).__name__}: {exc}"
         )
 
