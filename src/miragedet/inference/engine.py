@@ -279,8 +279,9 @@ def _measure(
         )
         also = " (torch.compile: for a job this size)" if with_compile else ""
         notify(f"measuring {' and '.join(names)} once on this machine{also} (--backend auto)")
-    reference = Detector.from_pretrained(directory, precision="fp32", view=view)
-    candidate = Detector.from_pretrained(directory, precision=precision, view=view)
+    # the CPU engines race on the CPU (a GPU job never gets here: see choose)
+    reference = Detector.from_pretrained(directory, precision="fp32", view=view, device="cpu")
+    candidate = Detector.from_pretrained(directory, precision=precision, view=view, device="cpu")
     onnx = None
     if graph is not None:
         config = json.loads((directory / "config.json").read_text())
