@@ -292,8 +292,15 @@ def main() -> None:
     work = Path(args.work or Path(tempfile.gettempdir()) / "miragedet-bench-gpu")
     work.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 2
+    smi = shutil.which("nvidia-smi")
+    if smi and device.type == "cuda":  # the driver, which torch does not report
+        query = [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+        found = subprocess.run(query, capture_output=True, text=True, timeout=60)
+        driver = found.stdout.strip().splitlines()[0] if found.returncode == 0 else None
+    else:
+        driver = None
     figures: dict = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                     "backbone": backbone, "small": args.small}  # fmt: skip
+                     "backbone": backbone, "small": args.small, "nvidia_smi": driver}  # fmt: skip
     log = lambda key, value: (figures.__setitem__(key, value), print(f"{key}: {value}", flush=True))  # noqa: E731
 
     checkpoint = work / f"ckpt-{args.backbone or 'vit-l-14'}"

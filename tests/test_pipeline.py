@@ -148,7 +148,7 @@ class _Tight:
 def test_out_of_memory_halves_the_batch_and_loses_nothing():
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
     detector = Detector(model, batch_size=8, precision="fp32")
-    pixels = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    pixels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     expected = detector.forward_tensors(pixels)
     notes = []
     detector.notify = notes.append
@@ -156,8 +156,9 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing():
     got = detector.forward_tensors(pixels)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert detector.batch_size == 2
-    assert len(notes) == 1 and "out of memory at batch 8" in notes[0]
-    detector.forward_tensors(pixels)  # later batches start at 2: nothing said again
+    assert len(notes) == 1 and "out of memory at 8 inputs" in notes[0]
+    np.testing.assert_allclose(detector.forward_tensors(pixels[:7]), expected[:7], atol=1e-6)
+    assert detector.batch_size == 2  # later batches start at 2: nothing said again
     assert len(notes) == 1
     with pytest.raises(torch.OutOfMemoryError):  # one input that does not fit is an error
         in_parts(lambda p: (_ for _ in ()).throw(torch.OutOfMemoryError("x")), pixels[:1],
@@ -176,6 +177,8 @@ def test_device_choice_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto").type == "cuda"
     assert gpu_share("auto", 2) == 0.5 and gpu_share("cpu", 2) == 0.0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [gpu_share("cuda", n) for n in (1, 2, 3, 4, 5)] == [1.0, 1.0, 0.5, 0.5, 1 / 3]
 
 
 def test_batch_size_default_and_asked():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, VIDEO_EXTENSIONS, Found, walk
+from ..inference.pipeline import CPU_BATCH, GPU_BATCH_MAX
 
 PLAN_NAME = "_plan.json"
 COLUMNS = (
@@ -472,9 +474,9 @@ def score_dataset(
     batches = (
         _ray_batches(
             work,
-            kwargs,
+            {**kwargs, "threads": max(2, math.ceil(cpus_per_worker))},  # an actor's own CPUs
             workers,
-            batch_size or (256 if gpus_per_worker else 32),
+            batch_size or (GPU_BATCH_MAX if gpus_per_worker else CPU_BATCH),
             cpus_per_worker,
             gpus_per_worker,
             address,

@@ -5,8 +5,10 @@ sizes, a file it fails on) goes back to the CPU decoder, which gives the same ro
 The decoder is torchvision's ``decode_jpeg(device="cuda")``, which hands a list of encoded JPEGs
 to NVIDIA's nvJPEG in one batched call (torchvision.io docs, "decode_jpeg"; pytorch/vision
 #8496). A corruption of batched GPU decodes was reported on H100s (pytorch/vision #9606), so the
-GPU's pixels are checked against the CPU's (``tests/test_gpu_decode.py``, marked ``gpu``, run
-by ``benchmarks/bench_gpu.py``) before its figures are published.
+GPU's pixels are checked against the CPU's by ``tests/test_gpu_decode.py`` (marked ``gpu``, run
+by ``benchmarks/bench_gpu.py``). On an H200 (docs/performance.md, "On a GPU") colour JPEGs
+stayed within 2 levels of the CPU's on average, single or batched; some greyscale ones did not,
+so :func:`probe` leaves greyscale to Pillow. ``MIRAGEDET_GPU_DECODE=0`` turns the GPU path off.
 
 The CPU path (``dataset.load_image`` then ``transforms.Preprocess``) applies the EXIF orientation,
 converts embedded colour profiles to sRGB and, by default, lets libjpeg decode large photos at a
@@ -119,9 +121,7 @@ def resize_crop_normalize(pixels: Any, preprocess: Preprocess) -> Any:
     new_w, new_h = preprocess.resized_size(width, height)
     image = pixels.float()[None]
     if (new_w, new_h) != (width, height):
-        mode = {"bicubic": "bicubic", "bilinear": "bilinear"}.get(preprocess.resample)
-        if mode is None:  # nearest/lanczos: torch has no antialiased twin of Pillow's
-            mode = "bicubic"
+        mode = preprocess.resample  # bicubic or bilinear (pipeline.gpu_decoder_for checks)
         image = F.interpolate(image, size=(new_h, new_w), mode=mode, antialias=True,
                               align_corners=False).round_().clamp_(0, 255)  # fmt: skip
     left, top, right, bottom = preprocess.centre_box(new_w, new_h)
@@ -180,15 +180,21 @@ class GpuJpegDecoder:
             chunk = jobs[start : start + CHUNK]
             encoded = [torch.frombuffer(bytearray(job.data), dtype=torch.uint8) for job in chunk]
             for job, pixels in zip(chunk, self._decode_safely(encoded), strict=True):
-                if isinstance(pixels, str):
-                    out.append(pixels)
-                    continue
-                if pixels.shape[-2:] != (job.size[1], job.size[0]):
-                    out.append(f"GPU decoder gave {tuple(pixels.shape)} for {job.size}")
-                    continue
-                pixels = pixels.to(self.device, non_blocking=True)
-                out.append(resize_crop_normalize(orient(pixels, job.orientation), self.preprocess))
+                out.append(self._finish(job, pixels))
         return out
+
+    def _finish(self, job: JpegJob, pixels: Any) -> Any:
+        """One decoded image as the model's input, or why not (e.g. the GPU's memory for a huge
+        photo): the caller then decodes that file on the CPU."""
+        if isinstance(pixels, str):
+            return pixels
+        if pixels.shape[-2:] != (job.size[1], job.size[0]):
+            return f"GPU decoder gave {tuple(pixels.shape)} for {job.size}"
+        try:
+            pixels = pixels.to(self.device, non_blocking=True)
+            return resize_crop_normalize(orient(pixels, job.orientation), self.preprocess)
+        except Exception as exc:  # torch.cuda.OutOfMemoryError on a small GPU, ...
+            return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def gpu_decoder(device: Any, preprocess: Preprocess) -> tuple[GpuJpegDecoder | None, str]:

@@ -42,7 +42,7 @@ def evaluate_dataset(
     protocol: str | None = None,
     threshold: float | None = None,
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = 2,
     console: Any = None,
     align: Any = None,
     cache_features: bool = True,
@@ -288,7 +288,7 @@ def dry_run(
     split: str | None = "val",
     subsets: list[str] | None = None,
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = 2,
     view: View | str | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What :func:`evaluate_dataset` would score and how long it would take on this machine:

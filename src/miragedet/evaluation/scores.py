@@ -52,7 +52,7 @@ def score_samples(
     model: Any,
     samples: list[Sample],
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | None = 0,
     degradation: Degradation | None = None,
     preprocess: Preprocess | None = None,
     device: torch.device | str | None = None,
@@ -73,18 +73,22 @@ def score_samples(
     clips = [i for i, s in enumerate(samples) if s.frame is None and is_video_file(s.path)]
     if clips:  # video clips are scored as clips, one label each (docs/video.md)
         return _with_clips(model, samples, clips, degradation, view, on_batch, locals())
+    from ..inference.threads import decode_threads_for
+
     preprocess = preprocess or model.backbone.preprocess
     device = torch.device(device) if device is not None else model.clip.logit_scale.device
+    processes = 2 if workers is None else workers  # the DataLoader paths: worker processes
     if view is not None and view.kind != "resize":
         return _score_tiles(
-            model, samples, batch_size, workers, degradation, preprocess, device, on_batch, view
+            model, samples, batch_size, processes, degradation, preprocess, device, on_batch, view
         )
     if cache_dir is not None and degradation is None and model.image_features_frozen:
-        scores = _score_cached(model, samples, batch_size, workers, preprocess, device, cache_dir)
+        scores = _score_cached(model, samples, batch_size, processes, preprocess, device, cache_dir)
         if on_batch is not None:
             on_batch(len(samples))
         return scores
-    return _score_stream(model, samples, batch_size, workers, degradation, preprocess, device,
+    threads = decode_threads_for(device) if workers is None else workers
+    return _score_stream(model, samples, batch_size, threads, degradation, preprocess, device,
                          on_batch)  # fmt: skip
 
 

@@ -47,7 +47,7 @@ class Detector:
         self,
         model: MiraGe,
         threshold: float | None = None,
-        batch_size: int | None = 32,
+        batch_size: int | None = None,
         device: str | torch.device | None = None,
         decode_threads: int | None = None,
         model_id: str | None = None,
@@ -77,13 +77,13 @@ class Detector:
             model = apply(model if _owns_model else copy.deepcopy(model), precision)
         self.model = model.eval()
         self.device = device
-        from .threads import configure_torch
-        from .threads import decode_threads as default_decode_threads
+        from .threads import configure_torch, decode_threads_for
 
         if self.device.type == "cpu":
             configure_torch()  # threads for the CPUs this process may use, not the host's
-        #: "TF32 for fp32 matmuls" on GPUs that have it (:mod:`miragedet.model.device`).
-        self.tf32 = enable_tf32(self.device)
+        #: "TF32 for fp32 matmuls" on GPUs that have it, when the network runs in fp32
+        #: (:mod:`miragedet.model.device`; a process-wide torch setting).
+        self.tf32 = enable_tf32(self.device) if precision == "fp32" else None
         self.model.to(self.device)
         self.threshold = float(model.threshold if threshold is None else threshold)
         self.preprocess = model.backbone.preprocess
@@ -92,8 +92,7 @@ class Detector:
         #: Inputs per forward; None: 32 on a CPU, from the free memory on a GPU (a CUDA
         #: out-of-memory error halves it and goes on); ``batch_reason`` says which.
         self.batch_size, self.batch_reason = default_batch_size(self, batch_size)
-        gpu = self.device.type == "cuda"
-        self.decode_threads = decode_threads or default_decode_threads(cap=32 if gpu else 8)
+        self.decode_threads = decode_threads or decode_threads_for(self.device)
         #: JPEGs decoded on the GPU in batches when one scores (``decode_reason`` says why not).
         self.gpu_decoder, self.decode_reason = gpu_decoder_for(self)
         self.draft = draft

@@ -187,8 +187,10 @@ def choose(
     images (``math.inf``: a server; see the module)."""
     import torch
 
+    from .pipeline import CPU_BATCH
+
     directory = Path(directory)
-    batch_size = batch_size or 32  # None: the commands' default on a CPU
+    batch_size = batch_size or CPU_BATCH  # None: the commands' default on a CPU
     auto = device is None or str(device) == "auto"
     if torch.cuda.is_available() if auto else torch.device(device).type != "cpu":
         return EngineChoice("torch", "a GPU scores: PyTorch is the GPU engine (no CPU engine is "

@@ -107,12 +107,13 @@ def _load(
     if backend == "auto":
         from ..model.checkpoint import resolve
         from .engine import choose
+        from .pipeline import CPU_BATCH
 
         directory = resolve(model)
         choice = engine or choose(
             directory,
             view=kwargs.get("view"),
-            batch_size=kwargs.get("batch_size") or 32,
+            batch_size=kwargs.get("batch_size") or CPU_BATCH,
             precision=kwargs.get("precision", "auto"),
             device=kwargs.get("device"),
             notify=notify,

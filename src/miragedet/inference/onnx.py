@@ -29,6 +29,7 @@ from ..model.checkpoint import CONFIG_NAME, read_config
 from ..model.config import ModelConfig
 from ..model.mirage import MiraGe
 from .detector import Detector
+from .pipeline import CPU_BATCH
 
 ONNX_NAME = "model.onnx"
 #: The int8 graph ONNX Runtime's dynamic quantiser makes from ONNX_NAME (``--precision int8``).
@@ -188,7 +189,7 @@ class OnnxDetector(Detector):
         self.device = torch.device("cpu")
         self.threshold = float(config.get("threshold", 0.5) if threshold is None else threshold)
         self.batch_size, self.batch_reason = (
-            batch_size or 32,
+            batch_size or CPU_BATCH,
             "as asked" if batch_size else "default",
         )
         self.decode_threads = decode_threads or default_decode_threads(cpus)

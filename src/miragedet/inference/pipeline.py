@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import MAX_PIXELS
-from ..data.gpu_decode import JpegJob, probe
+from ..data.gpu_decode import JPEG_MAGIC, JpegJob, probe
 from ..data.video import clip_kind
 from ..model.adapters import UNKNOWN
 from .clips import ClipInputs
@@ -86,7 +86,8 @@ def _encoded(item: Any) -> bytes | None:
             if os.path.getsize(item) > GPU_MAX_FILE_BYTES:
                 return None
             with open(item, "rb") as handle:
-                return handle.read()
+                head = handle.read(len(JPEG_MAGIC))
+                return head + handle.read() if head == JPEG_MAGIC else None  # JPEGs only
         except OSError:
             return None
     return None
@@ -218,26 +219,28 @@ def score_stream(
 
 def _assemble(detector: Detector, chunk: list[Any], done: list[Any]) -> list[Prediction]:
     """Stages 2-3 for one batch: GPU decodes, forward, rows."""
-    items = [item for _, item in chunk]
     prepared = [p for p, _ in done]
     sources = [describe(item, i) for i, item in chunk]
-    gpu_decode(detector.gpu_decoder, items, prepared, detector._prepare)
     errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
     clips = [i for i, r in enumerate(prepared) if isinstance(r, ClipInputs)]
-    good = [i for i in range(len(items)) if i not in errors and i not in clips]
-    probs = np.zeros((len(items), len(detector.classes)))
+    good = [i for i in range(len(prepared)) if i not in errors and i not in clips]
+    probs = np.zeros((len(prepared), len(detector.classes)))
     scored_clips = detector.score_clips([prepared[i] for i in clips])
     for i, (clip_probs, _, _) in zip(clips, scored_clips, strict=True):
         probs[i] = clip_probs
     tiled: dict[int, Any] = {}
     open_sets: dict[int, dict[str, Any]] = {}
     if good and detector.view.kind == "resize":
-        pixels = stack_on([prepared[i] for i in good], detector.device)
-        if detector.has_open_set:
-            probs[good], outcomes = detector.forward_open_set(pixels)
-            open_sets = dict(zip(good, outcomes, strict=True))
-        else:
-            probs[good] = detector.forward_tensors(pixels)
+        rows, outcomes, failed = decode_and_forward(
+            detector, [prepared[i] for i in good], lambda job: detector._prepare(job.data)
+        )
+        for k, i in enumerate(good):
+            if k in failed:
+                errors[i] = failed[k]
+            else:
+                probs[i] = rows[k]
+                if outcomes[k] is not None:
+                    open_sets[i] = outcomes[k]
     elif good:  # the tiles of all the batch's images share forward batches
         probs[good], tiled = detector._forward_tiles([prepared[i] for i in good], good)
     predictions = detector._predictions(sources, probs, errors)
@@ -303,8 +306,9 @@ def score_stable(
 
 def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner: Any) -> list[Any]:
     """``forward`` over ``pixels`` in parts of at most ``owner.batch_size``; a CUDA out-of-memory
-    error halves ``owner.batch_size`` (for this batch and the ones after it) and goes on, with one
-    note through ``owner.notify`` (nothing lost; a single input that does not fit raises)."""
+    error halves the part that failed and caps ``owner.batch_size`` there (for this batch and the
+    ones after it) and goes on, with one note through ``owner.notify`` (nothing lost; a single
+    input that does not fit raises)."""
     size = max(1, min(len(pixels), owner.batch_size))
     out: list[Any] = []
     start = 0
@@ -312,19 +316,18 @@ def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner
         part = pixels[start : start + size]
         try:
             out.append(forward(part))
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             if size == 1:
                 raise
-            if pixels.is_cuda:
+            if getattr(owner, "device", torch.device("cpu")).type == "cuda":
                 torch.cuda.empty_cache()
-            asked = owner.batch_size
-            owner.batch_size = max(1, asked // 2)
-            size = min(size, owner.batch_size)
+            size = max(1, size // 2)
+            owner.batch_size = min(owner.batch_size, size)
             if not getattr(owner, "_oom_said", False):
                 owner._oom_said = True
                 note = getattr(owner, "notify", None) or _to_stderr
-                note(f"the GPU ran out of memory at batch {asked}: going on in batches of "
-                     f"{owner.batch_size}, nothing lost")  # fmt: skip
+                note(f"the GPU ran out of memory at {len(part)} inputs per forward: going on "
+                     "with half as many (halved again if need be), nothing lost")  # fmt: skip
             continue
         start += len(part)
     return out
@@ -385,4 +388,7 @@ def gpu_decoder_for(detector: Detector) -> tuple[Any, str]:
         return None, f"the CPU decodes: the {detector.view.kind} view reads native pixels"
     if os.environ.get(GPU_DECODE_ENV, "1") == "0":
         return None, f"the CPU decodes (${GPU_DECODE_ENV}=0)"
+    if detector.preprocess.resample not in ("bicubic", "bilinear"):
+        return None, (f"the CPU decodes: the checkpoint resizes with {detector.preprocess.resample}"
+                      ", which has no antialiased twin on the GPU")  # fmt: skip
     return gpu_decoder(detector.device, detector.preprocess)

@@ -70,6 +70,14 @@ def decode_threads(cpus: Cpus | None = None, cap: int = 8) -> int:
     return min(cap, max(2, (cpus or available_cpus()).count))
 
 
+def decode_threads_for(device: object, cpus: Cpus | None = None) -> int:
+    """:func:`decode_threads` for a job on ``device``: up to 32 when a GPU scores (the cores
+    only decode), up to 8 on a CPU (the engine needs them too)."""
+    import torch
+
+    return decode_threads(cpus, cap=32 if torch.device(device).type == "cuda" else 8)
+
+
 def configure_torch(cpus: Cpus | None = None) -> int:
     """Set PyTorch's intra-op threads to the CPUs available, unless the user chose them
     (``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``) or PyTorch already uses fewer. Returns the

@@ -74,10 +74,15 @@ def describe(device: Any) -> str:
 
 
 def gpu_share(device: Any, workers: int) -> float:
-    """GPUs each of ``workers`` processes asks for (Ray actors): the GPUs here shared evenly when
-    ``device`` is ``auto`` or a CUDA one and a GPU is present; else none."""
+    """The GPU each of ``workers`` processes asks for (Ray actors), when ``device`` is ``auto`` or
+    a CUDA one and a GPU is present, else none: a whole GPU each while there are enough (a
+    process scores on one GPU), else an equal fraction that packs whole onto each GPU (Ray
+    places a fraction below 1 on a single GPU: 3 workers on 2 GPUs ask for 1/2 each, not 2/3)."""
+    import math
+
     import torch
 
     if resolve_device(device).type != "cuda":
         return 0.0
-    return torch.cuda.device_count() / workers
+    gpus = torch.cuda.device_count()
+    return 1.0 if workers <= gpus else 1.0 / math.ceil(workers / gpus)

@@ -51,8 +51,9 @@ def evaluate(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     workers: int = typer.Option(
         None,
-        help="Decode threads (default: the CPUs this process may use, 2 to 8; up to 32 when a "
-        "GPU scores).",
+        help="Decode threads of the resize view (default: the CPUs this process may use, 2 to 8; "
+        "up to 32 when a GPU scores); DataLoader processes of the tiles view and the feature "
+        "cache (default 2).",
     ),
     precision: str = typer.Option("auto", help=PRECISION_HELP + " fp32 for the paper's numbers."),
     backend: str = typer.Option(None, help=BACKEND_HELP),
@@ -109,12 +110,8 @@ def evaluate(
         checkpoint = None if model.startswith("zero-shot:") else resolve_checkpoint(model)
         detector = load_model(model if checkpoint is None else str(checkpoint), device)
         scoring_device = detector.clip.logit_scale.device
-        tf32 = enable_tf32(scoring_device)
-        if workers is None:
-            from ...inference.threads import decode_threads
-
-            workers = decode_threads(cap=32 if scoring_device.type == "cuda" else 8)
         choice = resolve(precision, scoring_device)
+        tf32 = enable_tf32(scoring_device) if choice.precision == "fp32" else None
         # attacks take their gradients in fp32 (the strongest attacker), the scores come from
         # the detector as it runs
         attack_model = copy.deepcopy(detector) if attacks and choice.precision != "fp32" else None
@@ -279,13 +276,13 @@ def analyze(
     from ...evaluation.analyze import analyze as run_analysis
 
     try:
-        first = load_model(model)
+        first = load_model(model, device)
         first.name = Path(model).name if not model.startswith("zero-shot") else model
         models = [first]
         for spec in compare or []:
             if spec == "zero-shot":
                 spec = f"zero-shot:{first.backbone.source}"
-            other = load_model(spec)
+            other = load_model(spec, device)
             other.name = spec if spec.startswith("zero-shot") else Path(spec).name
             models.append(other)
         summary = run_analysis(
