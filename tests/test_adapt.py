@@ -265,3 +265,21 @@ def test_shrinkage_through_the_gram_matrix_equals_scikit_learns():
         x = x - x.mean(dim=0)
         expected = ledoit_wolf_shrinkage(x.double().numpy(), assume_centered=True)
         assert shrinkage(x) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_checkpoint_train_wrote_adapts_without_old_data(world, tmp_path):
+    """train keeps the feature memory of what the model knows (here its training images: this
+    layout has no validation split) beside each checkpoint; adapt then needs no --old-data."""
+    runner = CliRunner()
+    run = runner.invoke(app, [
+        "train", str(world / "grid-2"), "--backbone", "tiny", "--depth", "2", "--batch-size",
+        "64", "--epochs", "1", "--workers", "0", "--max-per-class", "128", "-o",
+        str(tmp_path / "run"),
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "run" / "last" / "adapt_memory.safetensors").is_file()
+    adapted = runner.invoke(app, ["adapt", str(world / "stripes-3"), "-m",
+                                  str(tmp_path / "run" / "last"), "-o", str(tmp_path / "out"),
+                                  "--split", "", "--shots", "8", "--force"])  # fmt: skip
+    assert adapted.exit_code == 0, adapted.output
+    assert "using the feature memory stored" in " ".join(adapted.output.split())

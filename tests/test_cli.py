@@ -27,6 +27,16 @@ def test_quickstart_trains_evaluates_and_saves(tmp_path):
     assert info.exit_code == 0, info.output
     assert json.loads(info.output)["model"]["method"] == "mirage"
 
+    # its held-out images' feature memory is kept: adapt needs no --old-data
+    from miragedet.data.synthetic import write_layout
+
+    new = write_layout(tmp_path / "stripes", "ufd", ("stripes-3",), n_per_class=40, size=32)
+    adapted = runner.invoke(app, ["adapt", str(new), "-m", str(tmp_path / "checkpoint"), "-o",
+                                  str(tmp_path / "adapted"), "--split", "", "--shots", "8",
+                                  "--force"])  # fmt: skip
+    assert adapted.exit_code == 0, adapted.output
+    assert "using the feature memory stored" in " ".join(adapted.output.split())
+
 
 def test_quickstart_rejects_an_unknown_method(tmp_path):
     result = runner.invoke(app, ["quickstart", "--output", str(tmp_path), "--methods", "magic"])

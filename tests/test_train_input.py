@@ -171,6 +171,8 @@ def test_training_decodes_large_jpegs_at_reduced_scale_only_with_the_resize_view
         return image
 
     monkeypatch.setattr(dataset_module, "load_image", recording)
+    # only the training pass counted here (the checkpoint's feature memory decodes its own)
+    monkeypatch.setattr("miragedet.training.known.keep_memories", lambda *a, **k: None)
     config = TrainConfig(
         data=str(jpegs), epochs=1, max_steps=1, workers=0, view=view, **TINY
     )  # the tiny backbone's model size is 32 px: drafts of at least 64 px

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -145,6 +146,7 @@ def run_quickstart(
             loss_config=last_loss,
             metadata={"quickstart": True, "steps": steps, "lr": lr, "seed": seed},
         )
+        _keep_memory(last_model, *tests["seen"], directory)
         reloaded = load_pretrained(directory)
         x = next(iter(tests.values()))[0][:64]
         with torch.inference_mode():
@@ -157,3 +159,17 @@ def run_quickstart(
         "`miragedet.load_backbone('openai/clip-vit-large-patch14')`."
     )
     return result
+
+
+@torch.inference_mode()
+def _keep_memory(model: Any, pixels: torch.Tensor, labels: Any, directory: Path) -> None:
+    """The held-out seen images' feature memory beside the checkpoint, so that `miragedet adapt`
+    on it guards what it knows without --old-data (miragedet.training.known)."""
+    from ..training.adapt import MEMORY_NAME, Memory
+
+    model.eval()
+    features = model.adaptation_features(pixels)[1].float().cpu()
+    empty = torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    memory = Memory(*empty, ["real"], model.backbone.fingerprint["weights"])
+    memory = memory.add(features, ["real" if int(y) == 0 else SEEN.name for y in labels])
+    memory.save(directory / MEMORY_NAME)

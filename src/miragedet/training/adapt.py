@@ -151,10 +151,12 @@ def features_of(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     rows, kept, skipped = [], [], []
     model.eval()
+    device = model.clip.logit_scale.device
     for batch in loader:
         skipped += [(samples[i].path, e) for i, e in batch["errors"]]
         if len(batch["indices"]):
-            rows.append(model.adaptation_features(batch["pixel_values"])[1])
+            pixels = batch["pixel_values"].to(device)
+            rows.append(model.adaptation_features(pixels)[1].float().cpu())
             kept += batch["indices"].tolist()
     return (torch.cat(rows) if rows else torch.zeros(0, 0)), kept, skipped
 

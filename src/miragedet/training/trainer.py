@@ -372,6 +372,11 @@ class Trainer:
         report = {"skipped": self.skipped, "global_step": self.global_step, "best": self.best}
         if self.dist.is_main:
             (self.output / "train_report.json").write_text(json.dumps(report, indent=2))
+            from .known import keep_memories
+
+            # what the model knows, for `adapt` without --old-data: held-out, else training images
+            known = self.val_set if self.val_set is not None else self.train_set
+            keep_memories(self.model, known, self.output, c.batch_size, c.seed, self.device)
         distributed.barrier()
         if self.skipped:
             self.console.print(
