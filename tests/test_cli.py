@@ -55,3 +55,14 @@ def test_backbones_lists_the_real_shapes():
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0
     assert "vit-l-14 " in result.output and "openai/clip-vit-large-patch14" in result.output
+
+
+def test_flags_in_help_show_no_value():
+    """A flag takes no value: --help must not print one (typer 0.29 showed `<bool>` beside every
+    flag; constraints.txt keeps the version the tests run, test_project checks it)."""
+    for command in (["detect"], ["score-dataset"], ["serve"], ["train"], ["evaluate"]):
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        flags = [line for line in result.output.splitlines() if "--no-" in line]
+        assert flags, command
+        assert not [line for line in flags if "<bool>" in line or "BOOLEAN" in line], command
