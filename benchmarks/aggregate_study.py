@@ -24,12 +24,13 @@ from common import save, table
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
+from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.data.synthetic import SEEN, make_image
 from miragedet.data.transforms import TrainTransform
 from miragedet.data.views import AGGREGATES, View, aggregate
 from miragedet.evaluation.calibrate import calibrate_threshold
 from miragedet.inference.detector import Detector
+from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.step import fit_tensors
 
 TASKS = ("whole image", "one quadrant", "1/16 patch")

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from common import photo, save, table, timed
 
-from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
+from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.inference.attacks import Adversary, Attack, perturb
 from miragedet.inference.detector import Detector
+from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.step import make_optimizer, train_step
 
 

@@ -17,18 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from miragedet import (
-    Detector,
-    LossConfig,
-    MiraGe,
-    MiraGeLoss,
-    ModelConfig,
-    OptimConfig,
-    load_backbone,
-    save_pretrained,
-)
+from miragedet import Detector, MiraGe, ModelConfig, load_backbone, save_pretrained
 from miragedet.data.layouts import find_images
 from miragedet.data.synthetic import SEEN, make_set, write_layout
+from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.adapt import AdaptConfig, adapt, draw_shots
 from miragedet.training.continual import continual
 from miragedet.training.step import fit_tensors

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
+from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.data.synthetic import SEEN, make_set
 from miragedet.inference.attacks import Adversary, Attack, perturb
 from miragedet.inference.detector import Detector
+from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.step import fit_tensors
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
+from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.data.synthetic import SEEN, smooth_scene
 from miragedet.data.transforms import TrainTransform
 from miragedet.data.views import View
 from miragedet.inference.detector import Detector
+from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.step import fit_tensors
 
 

@@ -18,19 +18,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from miragedet import (
-    Detector,
-    LossConfig,
-    MiraGe,
-    MiraGeLoss,
-    ModelConfig,
-    OptimConfig,
-    load_backbone,
-    save_pretrained,
-)
+from miragedet import Detector, MiraGe, ModelConfig, load_backbone, save_pretrained
 from miragedet.data.synthetic import make_set
 from miragedet.data.synthetic_video import write_video_set
 from miragedet.data.views import AGGREGATES, View
+from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.step import fit_tensors
 from miragedet.training.temporal import TemporalConfig, train_temporal
 

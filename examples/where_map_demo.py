@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig, load_backbone
+from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.apps.where_plot import plot_where
 from miragedet.data.synthetic import SEEN, make_image
 from miragedet.data.transforms import TrainTransform
 from miragedet.data.views import View
 from miragedet.inference.detector import Detector
+from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.step import fit_tensors
 
 

@@ -137,7 +137,7 @@ def server(served_checkpoint):
 def fit_tiny(backbone: Backbone, pixels, labels, steps: int, method: str = "mirage", model=None):
     """A MiraGe (depth 2; or ``model``) on a tiny CLIP trained on preprocessed tensors with the
     settings the learning tests share (lr 0.02, batch 64, bank 256): (model, per-step history)."""
-    from miragedet import LossConfig, MiraGeLoss, OptimConfig
+    from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
     from miragedet.training.step import fit_tensors
 
     model = model or MiraGe(backbone, ModelConfig.for_method(method, depth=2))

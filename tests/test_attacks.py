@@ -152,7 +152,8 @@ def test_adversarial_training_raises_robust_accuracy(tiny):
         ("adversarial", Adversary(Attack.parse("pgd:eps=2,steps=5"), 0.5, tiny.preprocess)),
     ]:
         torch.manual_seed(0)
-        from miragedet import LossConfig, MiraGe, MiraGeLoss, ModelConfig, OptimConfig
+        from miragedet import MiraGe, ModelConfig
+        from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
         from miragedet.training.step import fit_tensors
 
         model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2))

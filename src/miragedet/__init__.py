@@ -13,36 +13,38 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
+    from .data.views import View
     from .inference.detector import Detector, Prediction
     from .inference.loader import load_detector
     from .inference.remote import Client
+    from .inference.stability import Stability
     from .model.backbone import Backbone, BackboneError, load_backbone
     from .model.checkpoint import CheckpointError, save_pretrained
-    from .model.config import LossConfig, ModelConfig, OptimConfig
-    from .model.losses import MemoryBank, MiraGeLoss, discriminative_loss
+    from .model.config import ModelConfig
     from .model.mirage import MiraGe, MiraGeOutput, load_pretrained
 
-#: public name -> the module that defines it
+#: public name -> the module that defines it: what a user of a detector needs (training's names
+#: are in :mod:`miragedet.training`, docs/python.md)
 _LAZY = {
+    "load_detector": ".inference.loader",
+    "Detector": ".inference.detector",
+    "Prediction": ".inference.detector",
+    "Client": ".inference.remote",
+    "View": ".data.views",
+    "Stability": ".inference.stability",
     "Backbone": ".model.backbone",
     "BackboneError": ".model.backbone",
     "load_backbone": ".model.backbone",
-    "CheckpointError": ".model.checkpoint",
-    "LossConfig": ".model.config",
-    "ModelConfig": ".model.config",
-    "OptimConfig": ".model.config",
-    "MemoryBank": ".model.losses",
-    "MiraGeLoss": ".model.losses",
-    "discriminative_loss": ".model.losses",
     "MiraGe": ".model.mirage",
     "MiraGeOutput": ".model.mirage",
+    "ModelConfig": ".model.config",
     "load_pretrained": ".model.mirage",
     "save_pretrained": ".model.checkpoint",
-    "Detector": ".inference.detector",
-    "Prediction": ".inference.detector",
-    "load_detector": ".inference.loader",
-    "Client": ".inference.remote",
+    "CheckpointError": ".model.checkpoint",
 }
+#: training's names, once here: still importable from ``miragedet`` for one release, with a
+#: DeprecationWarning naming their new home
+_MOVED = ("LossConfig", "OptimConfig", "MemoryBank", "MiraGeLoss", "discriminative_loss")
 
 __all__ = [
     "Backbone",
@@ -50,16 +52,13 @@ __all__ = [
     "CheckpointError",
     "Client",
     "Detector",
-    "LossConfig",
-    "MemoryBank",
     "MiraGe",
-    "MiraGeLoss",
     "MiraGeOutput",
     "ModelConfig",
-    "OptimConfig",
     "Prediction",
+    "Stability",
+    "View",
     "__version__",
-    "discriminative_loss",
     "load_backbone",
     "load_detector",
     "load_pretrained",
@@ -68,6 +67,16 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(
+            f"miragedet.{name} moved to miragedet.training.{name} (docs/python.md); the old "
+            "name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(".training", __name__), name)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'miragedet' has no attribute {name!r}")
