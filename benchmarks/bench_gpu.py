@@ -138,9 +138,9 @@ def breakdown(checkpoint: Path, files: list[str]) -> dict:
     """What holds the detect pipeline back: its rate with GPU decoding on/off and provenance
     on/off, stage 1 alone (the decode pool's work without the forward) and the GPU decoder alone
     (images/s each, after a warm-up pass)."""
-    from miragedet.data.gpu_decode import probe
+    from miragedet.data.gpu_decode import GPU_DECODE_ENV, probe
     from miragedet.inference.loader import load_detector
-    from miragedet.inference.pipeline import GPU_DECODE_ENV, prepare, staged_batches
+    from miragedet.inference.pipeline import prepare, staged_batches
     from miragedet.provenance.verdict import read_provenance
 
     out: dict = {}

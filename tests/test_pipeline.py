@@ -251,3 +251,15 @@ def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_the_gpu_decoder_is_refused_where_it_would_differ_or_is_turned_off(monkeypatch):
+    from miragedet.data.gpu_decode import GPU_DECODE_ENV, gpu_decoder
+
+    assert gpu_decoder("cpu", PRE)[0] is None
+    lanczos = Preprocess(image_size=32, resize_shortest=32, resample="lanczos")
+    decoder, why = gpu_decoder("cuda", lanczos)  # evaluate and detect ask the same function
+    assert decoder is None and "lanczos" in why
+    monkeypatch.setenv(GPU_DECODE_ENV, "0")
+    decoder, why = gpu_decoder("cuda", PRE)
+    assert decoder is None and GPU_DECODE_ENV in why

@@ -121,7 +121,7 @@ def resize_crop_normalize(pixels: Any, preprocess: Preprocess) -> Any:
     new_w, new_h = preprocess.resized_size(width, height)
     image = pixels.float()[None]
     if (new_w, new_h) != (width, height):
-        mode = preprocess.resample  # bicubic or bilinear (pipeline.gpu_decoder_for checks)
+        mode = preprocess.resample  # bicubic or bilinear (gpu_decoder checks)
         image = F.interpolate(image, size=(new_h, new_w), mode=mode, antialias=True,
                               align_corners=False).round_().clamp_(0, 255)  # fmt: skip
     left, top, right, bottom = preprocess.centre_box(new_w, new_h)
@@ -197,14 +197,26 @@ class GpuJpegDecoder:
             return f"{type(exc).__name__}: {exc}"[:300]
 
 
+#: ``MIRAGEDET_GPU_DECODE=0`` keeps decoding on the CPU when a GPU scores.
+GPU_DECODE_ENV = "MIRAGEDET_GPU_DECODE"
+
+
 def gpu_decoder(device: Any, preprocess: Preprocess) -> tuple[GpuJpegDecoder | None, str]:
-    """The GPU JPEG decoder for ``device`` and why, or None and why not (a CPU device,
-    torchvision missing or without GPU decoding: ``pip install miragedet[gpu]``)."""
+    """The GPU JPEG decoder for ``device`` and why, or None and why not: a CPU device,
+    ``$MIRAGEDET_GPU_DECODE=0``, a resize with no antialiased twin on the GPU (nearest,
+    lanczos), torchvision missing or without GPU decoding (``pip install miragedet[gpu]``)."""
+    import os
+
     import torch
 
     device = torch.device(device)
     if device.type != "cuda":
         return None, "the CPU decodes (no GPU scoring)"
+    if os.environ.get(GPU_DECODE_ENV, "1") == "0":
+        return None, f"the CPU decodes (${GPU_DECODE_ENV}=0)"
+    if preprocess.resample not in ("bicubic", "bilinear"):
+        return None, (f"the CPU decodes: the checkpoint resizes with {preprocess.resample}, "
+                      "which has no antialiased twin on the GPU")  # fmt: skip
     try:
         decoder = GpuJpegDecoder(device, preprocess)
     except Exception as exc:  # ImportError, or a torchvision built without nvJPEG

@@ -105,38 +105,28 @@ def _score_stream(
     """:func:`score_samples` with the resize view, through the scoring pipeline's stages
     (:mod:`miragedet.inference.pipeline`): ``workers`` decode threads run batches ahead of the
     forward; on a GPU, JPEGs are decoded there unless a degradation needs the decoded image."""
-    from ..data.dataset import load_image
     from ..data.gpu_decode import gpu_decoder
-    from ..inference.pipeline import (
-        GPU_DECODE_ENV,
-        gpu_decode,
-        gpu_job,
-        safe,
-        stack_on,
-        staged_batches,
-    )
+    from ..inference.pipeline import gpu_decode, gpu_job, stack_on, staged_batches
 
     decoder = None
-    if degradation is None and device.type == "cuda" and os.environ.get(GPU_DECODE_ENV) != "0":
+    if degradation is None:  # a degradation needs the decoded image
         decoder, _ = gpu_decoder(device, preprocess)
+    image_transform = None
+    if degradation is not None:
 
-    def on_cpu(pair: tuple[int, Sample]) -> torch.Tensor:
-        index, sample = pair
-        if sample.frame is not None:  # a frame of a clip
-            from ..data.video import read_frame
+        def image_transform(image, index, d=degradation):
+            return d(image, seed=index)
 
-            image = read_frame(sample.path, sample.frame)
-        else:
-            image = load_image(sample.path)
-        if degradation is not None:
-            image = degradation(image, seed=index)
-        return preprocess(image)
+    dataset = ImageDataset(samples, lambda im, i: preprocess(im), image_transform)
 
-    cpu = safe(on_cpu)
+    def on_cpu(pair: tuple[int, Sample]) -> Any:
+        """The sample's input, or its error text, as the DataLoader path gave them."""
+        item = dataset[pair[0]]
+        return item["pixel_values"] if item["error"] is None else item["error"]
 
     def work(pair: tuple[int, Sample]) -> Any:
         job = gpu_job(decoder, pair[1].path) if pair[1].frame is None else None
-        return job if job is not None else cpu(pair)
+        return job if job is not None else on_cpu(pair)
 
     probs = np.full((len(samples), len(model.classes)), np.nan)
     errors: dict[int, str] = {}

@@ -373,22 +373,11 @@ def default_batch_size(detector: Detector, asked: int | None) -> tuple[int, str]
     )
 
 
-#: ``MIRAGEDET_GPU_DECODE=0`` keeps decoding on the CPU when a GPU scores.
-GPU_DECODE_ENV = "MIRAGEDET_GPU_DECODE"
-
-
 def gpu_decoder_for(detector: Detector) -> tuple[Any, str]:
-    """The detector's GPU JPEG decoder and why, or None and why not (a CPU device, a view that
-    needs the native pixels, ``$MIRAGEDET_GPU_DECODE=0``, no GPU decoder installed)."""
+    """The detector's GPU JPEG decoder and why, or None and why not (a view that needs the
+    native pixels, or what :func:`~miragedet.data.gpu_decode.gpu_decoder` refuses)."""
     from ..data.gpu_decode import gpu_decoder
 
-    if detector.device.type != "cuda":
-        return None, "the CPU decodes (no GPU scoring)"
-    if detector.view.kind != "resize":
+    if detector.device.type == "cuda" and detector.view.kind != "resize":
         return None, f"the CPU decodes: the {detector.view.kind} view reads native pixels"
-    if os.environ.get(GPU_DECODE_ENV, "1") == "0":
-        return None, f"the CPU decodes (${GPU_DECODE_ENV}=0)"
-    if detector.preprocess.resample not in ("bicubic", "bilinear"):
-        return None, (f"the CPU decodes: the checkpoint resizes with {detector.preprocess.resample}"
-                      ", which has no antialiased twin on the GPU")  # fmt: skip
     return gpu_decoder(detector.device, detector.preprocess)
