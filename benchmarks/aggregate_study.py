@@ -27,9 +27,10 @@ from sklearn.metrics import average_precision_score
 from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.data.synthetic import SEEN, make_image
 from miragedet.data.transforms import TrainTransform
-from miragedet.data.views import AGGREGATES, View, aggregate
+from miragedet.data.views import AGGREGATES, View
 from miragedet.evaluation.calibrate import calibrate_threshold
 from miragedet.inference.detector import Detector
+from miragedet.inference.tiles import aggregate
 from miragedet.training import LossConfig, MiraGeLoss, OptimConfig
 from miragedet.training.step import fit_tensors
 

@@ -24,9 +24,10 @@ from common import save, table
 
 from miragedet import MiraGe, ModelConfig, load_backbone, save_pretrained
 from miragedet.data.synthetic import write_layout
-from miragedet.model.config import LossConfig, OptimConfig
+from miragedet.model.config import LossConfig
 from miragedet.model.losses import MiraGeLoss
 from miragedet.training.adapt import AdaptConfig, adapt
+from miragedet.training.config import OptimConfig
 from miragedet.training.step import make_optimizer, train_step
 
 

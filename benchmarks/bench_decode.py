@@ -37,7 +37,7 @@ def main() -> None:
         model = MiraGe(load_backbone(f"random:{args.backbone}"), ModelConfig.for_method("mirage"))
         rows, results = [], {}
         for draft in (False, True):
-            detector = Detector(model, draft=draft, decode_threads=1)
+            detector = Detector(model, exact_decode=not draft, threads=1)
             start = time.perf_counter()
             pixels = torch.stack([detector._prepare(p) for p in paths])
             ms = (time.perf_counter() - start) / len(paths) * 1000

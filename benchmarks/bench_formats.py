@@ -66,8 +66,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     model = MiraGe(load_backbone(f"random:{args.backbone}"), ModelConfig.for_method("mirage"))
-    detector = Detector(model, decode_threads=1)
-    exact = Detector(model, decode_threads=1, draft=False)
+    detector = Detector(model, threads=1)
+    exact = Detector(model, threads=1, exact_decode=True)
     torch.set_num_threads(2)
     size = detector.preprocess.image_size
     batch = torch.randn(32, 3, size, size)

@@ -143,12 +143,12 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> list[d
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from miragedet.inference.onnx import OnnxDetector, export_checkpoint
+        from miragedet.inference.onnx import OnnxNetwork, export_checkpoint
 
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
             path = export_checkpoint(tmp)
-            onnx = OnnxDetector.from_pretrained(tmp)
+            onnx = OnnxNetwork.from_pretrained(tmp)
             array = pixels.numpy()
             ort = timed(lambda: onnx.session.run(None, {"pixel_values": array}), args.repeats)
             # ONNX Runtime's own dynamic int8 quantiser on the exported graph

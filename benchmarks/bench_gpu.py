@@ -63,7 +63,7 @@ def forward_figures(checkpoint: Path, device: torch.device, batch: int) -> dict:
     """ms/image of the detector's forward (the precision auto picks), FLOPs/image, attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from miragedet.inference.loader import load_detector
+    from miragedet.inference.detector import load_detector
 
     detector = load_detector(str(checkpoint), "torch", device=str(device), batch_size=batch)
     size = detector.preprocess.image_size
@@ -118,7 +118,7 @@ def make_data(folder: Path, n: int, distinct: int, sizes: list, fmt: str, worker
 
 def pipeline_rate(checkpoint: Path, files: list[str], batch: int | None) -> tuple[float, dict]:
     """images/s of the scoring pipeline as `detect` runs it (defaults), after a warm-up pass."""
-    from miragedet.inference.loader import load_detector
+    from miragedet.inference.detector import load_detector
 
     detector = load_detector(str(checkpoint), "auto", batch_size=batch, notify=lambda m: None)
     detector.score(files[: detector.batch_size * 2], provenance=True)  # warm-up
@@ -139,7 +139,7 @@ def breakdown(checkpoint: Path, files: list[str]) -> dict:
     on/off, stage 1 alone (the decode pool's work without the forward) and the GPU decoder alone
     (images/s each, after a warm-up pass)."""
     from miragedet.data.gpu_decode import GPU_DECODE_ENV, probe
-    from miragedet.inference.loader import load_detector
+    from miragedet.inference.detector import load_detector
     from miragedet.inference.pipeline import prepare, staged_batches
     from miragedet.provenance.verdict import read_provenance
 
@@ -185,7 +185,7 @@ def breakdown(checkpoint: Path, files: list[str]) -> dict:
 
 
 def score_dataset_rate(checkpoint: Path, folder: Path, out: Path) -> float:
-    from miragedet.apps.score_dataset import score_dataset
+    from miragedet.inference.score_dataset import score_dataset
 
     shutil.rmtree(out, ignore_errors=True)
     report = score_dataset(str(folder), out, str(checkpoint), engine="local", shard_size=4096,
@@ -238,7 +238,7 @@ def start_up(checkpoint: Path, image: Path) -> dict:
     and miragedet and initialising CUDA (when there is a GPU)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}")
     floor_code = (
-        "import torch, miragedet.inference.loader\n"
+        "import torch, miragedet.inference.detector\n"
         "torch.zeros(1, device='cuda') if torch.cuda.is_available() else None"
     )
     times = {}

@@ -68,7 +68,7 @@ def main() -> None:
             os.link(originals[i % len(originals)], link)
             paths.append(str(link))
         model = MiraGe(load_backbone(f"random:{args.backbone}"), ModelConfig.for_method("mirage"))
-        detector = Recording(model, batch_size=64, decode_threads=2)
+        detector = Recording(model, batch_size=64, threads=2)
         marks = (1_000, 10_000, 100_000, args.images)
         detector.milestones = tuple(m for m in marks if m <= args.images)
         detector.readings = []

@@ -25,8 +25,7 @@ from common import save, table, write_jpegs
 
 from miragedet import MiraGe, ModelConfig, load_backbone
 from miragedet.apps.detect import run_detect
-from miragedet.inference.detector import Detector
-from miragedet.inference.loader import load_detector
+from miragedet.inference.detector import Detector, load_detector
 from miragedet.inference.precision import resolve
 
 SIZES = [(1280, 960), (1600, 1200), (2048, 1536), (2304, 1728)]  # 1.2 to 4 MP
@@ -81,13 +80,13 @@ def measure(name: str, paths: list[str], args: argparse.Namespace, tmp: Path) ->
     model.save_pretrained(str(checkpoint))
     makers = [
         (label, lambda d=draft, p=precision: Detector(
-            model, batch_size=args.batch, decode_threads=args.threads, draft=d, precision=p))
+            model, batch_size=args.batch, threads=args.threads, exact_decode=not d, precision=p))
         for label, draft, precision in variants
     ]  # fmt: skip
     # the default path: `miragedet detect -m CKPT` with no engine or precision named (first use:
     # the ONNX export and the measurement, timed apart and reported)
     makers.insert(0, ("miragedet detect (defaults)", lambda: load_detector(
-        str(checkpoint), batch_size=args.batch, decode_threads=args.threads)))  # fmt: skip
+        str(checkpoint), batch_size=args.batch, threads=args.threads)))  # fmt: skip
     for label, make in makers:
         start = time.perf_counter()
         detector = make()

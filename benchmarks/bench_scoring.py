@@ -19,7 +19,7 @@ from pathlib import Path
 from common import save, table, write_jpegs
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.apps.score_dataset import score_dataset
+from miragedet.inference.score_dataset import score_dataset
 
 
 def main() -> None:

@@ -19,8 +19,9 @@ import torch
 from common import save, table, timed
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.model.config import LossConfig, OptimConfig
+from miragedet.model.config import LossConfig
 from miragedet.model.losses import MiraGeLoss
+from miragedet.training.config import OptimConfig
 from miragedet.training.step import make_optimizer, train_step
 
 

@@ -4,7 +4,7 @@ of the whole, and seeking against decoding every frame.
 Writes two H.264 clips (x264 ultrafast, default keyframe interval 250, 25 fps, 1920 x 1080: a
 drifting colour field) of ``--short`` and ``--long`` seconds, then per clip, ``--repeats`` times
 in turn: decode the 16 sampled frames as scoring does (seeking; keyframes when samples are 10 s
-or more apart; frames converted at the draft size: :func:`miragedet.data.video.read_clip`),
+or more apart; frames converted at the draft size: :func:`miragedet.data.video.read_video`),
 the same with ``seek="exact"`` (the frame shown at each time), every frame (the naive way,
 PyAV's decoder, no conversion), and score the clip end to end with a ViT-B/32-shaped detector
 (random weights: speed does not depend on them). Medians.
@@ -26,11 +26,11 @@ import numpy as np
 from common import save, table
 
 from miragedet import MiraGe, ModelConfig, load_backbone
-from miragedet.data.video import Sampling, read_clip
+from miragedet.data.video import read_video
 from miragedet.inference.detector import Detector
 
 
-def write_clip(path: Path, seconds: float, height: int = 1080, fps: int = 25) -> Path:
+def write_video(path: Path, seconds: float, height: int = 1080, fps: int = 25) -> Path:
     """A 16:9 H.264 clip ``height`` pixels high: a smooth field panning (cheap to make)."""
     from PIL import Image
 
@@ -79,20 +79,20 @@ def main() -> None:
     args = parser.parse_args()
     backbone = load_backbone(f"random:{args.backbone}")
     detector = Detector(MiraGe(backbone, ModelConfig.for_method("mirage")),
-                        precision=args.precision, sampling=Sampling(frames=16),
+                        precision=args.precision, frames=16,
                         batch_size=16)  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, seconds in (("short", args.short), ("long", args.long)):
             print(f"writing the {seconds:g} s clip ...", file=sys.stderr)
-            path = write_clip(Path(tmp) / f"{name}.mp4", seconds, args.height)
+            path = write_video(Path(tmp) / f"{name}.mp4", seconds, args.height)
             detector.score([path])  # warm-up
-            sampling = detector.clip_sampling  # as scoring decodes: resize view, drafted
-            decode = median_ms(lambda p=path, s=sampling: read_clip(p, s), args.repeats)
+            sampling = detector.video_sampling  # as scoring decodes: resize view, drafted
+            decode = median_ms(lambda p=path, s=sampling: read_video(p, s), args.repeats)
             total = median_ms(lambda p=path: detector.score([p]), args.repeats)
             every = median_ms(lambda p=path: decode_all(p), 1) if args.all_frames else None
             exact = dataclasses.replace(sampling, seek="exact")  # the frame at each time
-            exact_ms = median_ms(lambda p=path, s=exact: read_clip(p, s), args.repeats)
+            exact_ms = median_ms(lambda p=path, s=exact: read_video(p, s), args.repeats)
             rows.append({
                 "clip": f"{seconds:g} s {args.height}p H.264",
                 "mb": path.stat().st_size / 2**20,

@@ -231,12 +231,12 @@ def write_corpus(folder: Path, seed: int = 0) -> tuple[dict[Path, str], list[Pat
     exif[0x0112] = 9  # an orientation that does not exist
     good.append(put("valid-bad-orientation", _encode(base, "JPEG", exif=exif.tobytes()), ".jpg"))
     # video clips (docs/video.md): scored by their frames, or refused with a reason
-    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
+    from miragedet.data.synthetic_video import VideoSpec, make_frames, write_video
 
-    frames = make_frames(__import__("numpy").random.default_rng(seed), ClipSpec(frames=24))
+    frames = make_frames(__import__("numpy").random.default_rng(seed), VideoSpec(frames=24))
     clips = {}
     for suffix in (".mkv", ".mp4"):
-        clips[suffix] = write_clip(folder / f"clip{suffix}", frames).read_bytes()
+        clips[suffix] = write_video(folder / f"clip{suffix}", frames).read_bytes()
         (folder / f"clip{suffix}").unlink()
     mkv, mp4 = clips[".mkv"], clips[".mp4"]
     good.append(put("valid-clip-mkv", mkv, ".mkv"))

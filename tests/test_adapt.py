@@ -174,12 +174,17 @@ def test_an_attribution_model_says_unknown_generator_for_a_family_it_never_saw(
     detected = [json.loads(line) for line in rows.read_text().splitlines()]
     assert [r["unknown_generator"] for r in detected] == [p.open_set["unknown"] for p in api]
     assert [r["top_class"] for r in detected] == [p.top_class for p in api]
-    from miragedet.apps.score_dataset import read_scores, score_dataset
+    from miragedet.inference.score_dataset import read_scores, score_dataset
 
     score_dataset(str(root / "unseen"), tmp_path / "scores", str(attribution), engine="local")
     table = read_scores(tmp_path / "scores")
-    by_path = dict(zip(*(table[c].to_pylist() for c in ("path", "top_class")), strict=True))
-    assert [by_path[c] for c in chroma[:3]] == [p.top_class for p in api]
+    by_path = {row["path"]: row for row in table.to_pylist()}
+    assert [by_path[c]["top_class"] for c in chroma[:3]] == [p.top_class for p in api]
+    for want, got in zip(detected, (by_path[c] for c in chroma[:3]), strict=True):
+        assert list(got) == list(want)  # one row: the class and open-set columns included
+        assert got["unknown_generator"] == want["unknown_generator"]
+        assert got["generator_distance"] == pytest.approx(want["generator_distance"], rel=1e-5)
+        assert got["p_real"] == pytest.approx(want["p_real"], abs=1e-6)
 
     # the server gives the same outcome as the Python API
     import asyncio

@@ -137,6 +137,36 @@ def test_no_import_circle_anywhere_lazy_imports_included():
     assert _cycles(graph) == []
 
 
+def _longest_functions(folder: Path, limit: int) -> dict[str, int]:
+    return _longest_functions_in(folder, limit, PACKAGE)
+
+
+def _longest_functions_in(folder: Path, limit: int, root: Path | None = None) -> dict[str, int]:
+    import ast
+
+    out = {}
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    out[f"{path.relative_to(root or folder)}:{node.lineno} {node.name}"] = lines
+    return out
+
+
+def test_the_apps_stay_thin_shells():
+    """No function in apps/ past 120 lines (options included): a command parses and prints, the
+    work lives in the layers below."""
+    assert _longest_functions(PACKAGE / "apps", 120) == {}
+
+
+def test_the_function_length_check_sees_a_long_function(tmp_path):
+    (tmp_path / "long.py").write_text("def f():\n" + "    x = 1\n" * 130)
+    (tmp_path / "short.py").write_text("def g():\n    return 1\n")
+    found = {k.rsplit(" ", 1)[1]: v for k, v in _longest_functions_in(tmp_path, 120).items()}
+    assert found == {"f": 131}
+
+
 def test_no_module_past_600_lines():
     sizes = {
         str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")

@@ -168,17 +168,17 @@ def test_a_clip_is_shown_with_its_timeline(server, tmp_path):
     import httpx
     import numpy as np
 
-    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
+    from miragedet.data.synthetic_video import VideoSpec, make_frames, write_video
 
-    frames = make_frames(np.random.default_rng(4), ClipSpec(size=96))
-    clip = write_clip(tmp_path / "clip.webm", frames)
+    frames = make_frames(np.random.default_rng(4), VideoSpec(size=96))
+    clip = write_video(tmp_path / "clip.webm", frames)
     served = httpx.post(
         server + "/v1/detect",
         files={"files": ("clip.webm", clip.read_bytes())},
         headers={"X-API-Key": "s3cret"},
         timeout=300,
     ).json()["results"][0]
-    assert served["clip"]["frames_scored"] == 16
+    assert served["video"]["frames_scored"] == 16
     with _page(server + "/") as page:
         page.click("details.key summary")
         page.fill("#apikey", "s3cret")

@@ -41,7 +41,7 @@ def test_a_server_on_torch_compile_compiles_before_it_is_ready(tmp_path):
     from conftest import in_process
     from miragedet import save_pretrained
     from miragedet.apps.server import ServerSettings, create_app
-    from miragedet.inference.loader import load_detector
+    from miragedet.inference.detector import load_detector
 
     torch.manual_seed(1)
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
@@ -55,7 +55,7 @@ def test_a_server_on_torch_compile_compiles_before_it_is_ready(tmp_path):
         return detector
 
     async def ready() -> list[int]:
-        settings = ServerSettings(model=str(tmp_path / "ckpt"), max_batch=8)
+        settings = ServerSettings(model=str(tmp_path / "ckpt"), batch_size=8)
         async with in_process(create_app(settings, load_detector=loader)) as client:
             seen = list(calls)  # when ready
             info = (await client.get("/v1/model")).json()

@@ -222,7 +222,7 @@ def test_draft_decode_of_large_jpegs_stays_within_tolerance(tiny, tmp_path):
         photo(*size, seed=i).save(paths[-1], quality=92)
     png = tmp_path / "big.png"
     photo(1600, 1200, seed=9).save(png)
-    exact, fast = Detector(model, draft=False), Detector(model, draft=True)
+    exact, fast = Detector(model, exact_decode=True), Detector(model, exact_decode=False)
     assert fast.draft_size == 2 * tiny.preprocess.resize_shortest and exact.draft_size is None
     for path in paths:
         a, b = exact._prepare(str(path)), fast._prepare(str(path))

@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 from miragedet import MiraGe, ModelConfig, save_pretrained
 from miragedet.apps.cli import app
 from miragedet.inference import engine
-from miragedet.inference.detector import Detector
-from miragedet.inference.loader import load_detector
+from miragedet.inference.detector import Detector, load_detector
 from miragedet.model.backbone import load_backbone
 
 
@@ -127,8 +126,8 @@ def test_auto_is_the_default_of_detect_score_dataset_and_serve(checkpoint, tmp_p
     from PIL import Image
 
     from conftest import in_process
-    from miragedet.apps.score_dataset import score_dataset
     from miragedet.apps.server import ServerSettings, create_app
+    from miragedet.inference.score_dataset import score_dataset
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -158,7 +157,7 @@ def test_auto_is_the_default_of_detect_score_dataset_and_serve(checkpoint, tmp_p
 
     async def served() -> dict:
         # measured at the batches it runs (--max-batch): 32, as detect's default batch above
-        settings = ServerSettings(model=str(checkpoint), precision="fp32", max_batch=32)
+        settings = ServerSettings(model=str(checkpoint), precision="fp32", batch_size=32)
         async with in_process(create_app(settings)) as client:
             return (await client.get("/v1/model")).json()
 

@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 from miragedet import MiraGe, ModelConfig
 from miragedet.apps.cli import app
 from miragedet.inference.detector import Detector
-from miragedet.inference.onnx import InferenceGraph, OnnxDetector, export_onnx
+from miragedet.inference.onnx import InferenceGraph, OnnxNetwork, export_onnx
 
 
 def _trained(backbone, method, **kw):
@@ -33,7 +33,7 @@ def test_onnx_matches_pytorch_within_1e4(tiny_asym, tmp_path, method):
     model = _trained(tiny_asym, method)
     model.save_pretrained(str(tmp_path / "ckpt"))
     export_onnx(model, tmp_path / "ckpt" / "model.onnx")
-    onnx = OnnxDetector.from_pretrained(tmp_path / "ckpt")
+    onnx = Detector(OnnxNetwork.from_pretrained(tmp_path / "ckpt"))
     for batch in (1, 5):  # the batch dimension is dynamic
         pixels = images_for(tiny_asym, batch, seed=batch)
         with torch.no_grad():
@@ -70,7 +70,8 @@ def test_cli_export_then_detect_on_onnx_runtime(tiny, tmp_path):
     for a, b in zip(rows["torch"], rows["onnx"], strict=True):
         assert a["path"] == b["path"] and a["label"] == b["label"]
         assert abs(a["fake_prob"] - b["fake_prob"]) <= 1e-4
-    onnx = OnnxDetector.from_pretrained(tmp_path / "ckpt")
+    onnx = Detector.from_pretrained(tmp_path / "ckpt", backend="onnx")
+    assert onnx.engine_info()["backend"] == "onnx" and onnx.info()["device"] == "cpu"
     assert onnx.info()["classes"] == Detector.from_pretrained(tmp_path / "ckpt").classes
 
 

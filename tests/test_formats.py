@@ -16,9 +16,9 @@ from PIL import Image, ImageCms
 
 from icc import ADOBE_RGB, DISPLAY_P3, matrix_profile
 from miragedet.apps.detect import discover
-from miragedet.apps.score_dataset import discover_inputs
 from miragedet.data import formats
 from miragedet.data.dataset import ImageDecodeError, load_image
+from miragedet.inference.score_dataset import discover_inputs
 
 pytest.importorskip("pillow_heif")
 pytest.importorskip("pillow_jxl")
@@ -136,10 +136,10 @@ def mixed(tmp_path_factory) -> dict:
     }
     for name, text in others.items():
         (root / name).write_text(text)
-    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
+    from miragedet.data.synthetic_video import VideoSpec, make_frames, write_video
 
-    clip = make_frames(np.random.default_rng(0), ClipSpec("real", frames=8, size=32))
-    images.append(write_clip(root / "clip.mov", clip))  # a video is an input too (by its frames)
+    clip = make_frames(np.random.default_rng(0), VideoSpec("real", frames=8, size=32))
+    images.append(write_video(root / "clip.mov", clip))  # a video is an input too (by its frames)
     (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (root / "._IMG_0002.JPG").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork
     (root / ".thumbnails").mkdir()
@@ -287,17 +287,17 @@ def test_video_upload_is_scored_by_its_frames_and_an_unreadable_one_is_415(
     served_checkpoint, tmp_path
 ):
     from miragedet.apps.server import prepare
-    from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip
-    from miragedet.inference.clips import ClipInputs
+    from miragedet.data.synthetic_video import VideoSpec, make_frames, write_video
     from miragedet.inference.detector import Detector
+    from miragedet.inference.videos import VideoInputs
 
     detector = Detector.from_pretrained(served_checkpoint)
     unreadable = prepare(MP4_HEAD, detector, 10**8)
     assert unreadable.status == 415 and unreadable.error.startswith("not a readable video")
     assert unreadable.code == "unsupported_format"
-    clip = write_clip(tmp_path / "c.mp4", make_frames(np.random.default_rng(1), ClipSpec()))
+    clip = write_video(tmp_path / "c.mp4", make_frames(np.random.default_rng(1), VideoSpec()))
     tensors, status, error, prepared, _ = prepare(clip.read_bytes(), detector, 10**8)
-    assert status == 200 and isinstance(prepared, ClipInputs) and len(tensors) == 16
+    assert status == 200 and isinstance(prepared, VideoInputs) and len(tensors) == 16
     tensors, status, error, tiles, _ = prepare(ENCODED["HEIF"][1](_photo()), detector, 10**8)
     assert status == 200 and error is None and len(tensors) == 1 and tiles is None
 

@@ -244,7 +244,7 @@ def test_declared_metadata_decides_the_verdict_and_says_why(served_checkpoint, t
     detector = Detector.from_pretrained(served_checkpoint, threshold=0.999)  # pixels: all "real"
     got = {
         p.source.rsplit("/", 1)[-1]: p
-        for p in detector.score(sorted(str(p) for p in tmp_path.iterdir()), provenance=True)
+        for p in detector.score(sorted(str(p) for p in tmp_path.iterdir()))  # read by default
     }
     assert {n: (p.label, p.verdict, p.basis) for n, p in got.items()} == {
         "a1111.png": ("real", "fake", "declared (parameters)"),
@@ -253,7 +253,7 @@ def test_declared_metadata_decides_the_verdict_and_says_why(served_checkpoint, t
         "stripped.png": ("real", "real", "pixels"),
     }
     # without provenance the verdict is the pixels' label
-    [plain] = detector.score([str(tmp_path / "a1111.png")])
+    [plain] = detector.score([str(tmp_path / "a1111.png")], provenance=False)
     assert (plain.verdict, plain.basis) == ("real", "pixels")
 
 

@@ -104,8 +104,8 @@ def test_hostile_corpus_gets_the_cpu_rows_with_gpu_decoding(tmp_path):
     pytest.importorskip("av", reason="the hostile corpus writes video clips with PyAV")
     files, _ = write_corpus(tmp_path / "corpus")
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
-    gpu = Detector(model, device="cuda", precision="fp32", draft=False, batch_size=64)
-    cpu = Detector(model, device="cuda", precision="fp32", draft=False, batch_size=64)
+    gpu = Detector(model, device="cuda", precision="fp32", exact_decode=True, batch_size=64)
+    cpu = Detector(model, device="cuda", precision="fp32", exact_decode=True, batch_size=64)
     cpu.gpu_decoder = None
     assert gpu.gpu_decoder is not None, gpu.decode_reason
     inputs = sorted(str(p) for p in files)

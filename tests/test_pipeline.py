@@ -97,8 +97,8 @@ def test_a_file_the_gpu_decoder_fails_on_gets_the_cpu_row(tmp_path):
     (tmp_path / "text.jpg").write_bytes(b"not an image at all")
     inputs = [str(p) for p in [*files, truncated, png, tmp_path / "text.jpg", tmp_path / "gone"]]
 
-    cpu = Detector(model, batch_size=3, decode_threads=2, draft=False)
-    gpu = Detector(model, batch_size=3, decode_threads=2, draft=False)
+    cpu = Detector(model, batch_size=3, threads=2, exact_decode=True)
+    gpu = Detector(model, batch_size=3, threads=2, exact_decode=True)
     calls = []
 
     def counting(encoded):
@@ -213,7 +213,7 @@ def test_the_server_decodes_jpegs_through_the_gpu_stage_with_the_cpu_rows(tmp_pa
         return out
 
     def loader(gpu: bool):
-        detector = Detector.from_pretrained(tmp_path / "ckpt", precision="fp32", draft=False)
+        detector = Detector.from_pretrained(tmp_path / "ckpt", precision="fp32", exact_decode=True)
         if gpu:
             detector.gpu_decoder = GpuJpegDecoder("cpu", detector.preprocess, decode=flaky)
         return detector

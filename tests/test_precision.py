@@ -10,6 +10,7 @@ import torch
 from miragedet import MiraGe, ModelConfig
 from miragedet.inference import precision
 from miragedet.inference.detector import Detector
+from miragedet.training.precision import training_precision
 
 
 @pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
@@ -50,7 +51,7 @@ def test_train_amp_auto_never_picks_an_emulated_precision(monkeypatch, tmp_path,
     from miragedet.training.trainer import Trainer
 
     monkeypatch.setattr(precision, "cpu_native", lambda kind: native)
-    choice = precision.training_precision("auto", "cpu")
+    choice = training_precision("auto", "cpu")
     assert choice.precision == expected and choice.reason.startswith("auto:")
     data = write_layout(tmp_path / "data", "ufd", ("grid-2",), n_per_class=8)
     config = TrainConfig(data=str(data), backbone="tiny", depth=2, batch_size=8, workers=0,
@@ -61,10 +62,10 @@ def test_train_amp_auto_never_picks_an_emulated_precision(monkeypatch, tmp_path,
         assert torch.is_autocast_enabled("cpu") is native
     monkeypatch.setattr(precision, "cpu_native", lambda kind: False)
     with pytest.warns(precision.SlowPrecisionWarning, match="--amp bf16 on a CPU"):
-        assert precision.training_precision("bf16", "cpu").precision == "bf16"
-    assert precision.training_precision("none", "cpu").precision == "none"
+        assert training_precision("bf16", "cpu").precision == "bf16"
+    assert training_precision("none", "cpu").precision == "none"
     with pytest.raises(ValueError, match="amp must be one of"):
-        precision.training_precision("fp8", "cpu")
+        training_precision("fp8", "cpu")
 
 
 def test_the_server_reports_the_choice(served_checkpoint):

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from miragedet.apps.detect import run_detect
-from miragedet.apps.score_dataset import ScoringError, list_inputs, read_scores, score_dataset
 from miragedet.data.synthetic import write_layout
 from miragedet.inference.detector import Detector
+from miragedet.inference.score_dataset import ScoringError, list_inputs, read_scores, score_dataset
 
 BROKEN = b"\xff\xd8\xff\xe0 this is not a JPEG"
 

@@ -211,7 +211,9 @@ def test_readiness_and_overload_in_process(served_checkpoint):
         release_load.wait(timeout=600)
         return gated.from_pretrained(served_checkpoint)
 
-    settings = ServerSettings(model=str(served_checkpoint), max_queue=2, max_batch=2, max_wait_ms=1)
+    settings = ServerSettings(
+        model=str(served_checkpoint), max_queue=2, batch_size=2, max_wait_ms=1
+    )
     app = create_app(settings, load_detector=loader)
 
     async def scenario():
@@ -245,7 +247,7 @@ def test_requests_that_wait_together_share_a_forward(served_checkpoint):
     """While one forward runs, the requests that arrive wait in the queue and are then scored
     together: 12 images in 2 forwards (held still with a gate, so no timing is involved)."""
     gated = _gated_detector()
-    settings = ServerSettings(model=str(served_checkpoint), max_queue=64, max_batch=16)
+    settings = ServerSettings(model=str(served_checkpoint), max_queue=64, batch_size=16)
     app = create_app(settings, load_detector=lambda: gated.from_pretrained(served_checkpoint))
 
     async def scenario():

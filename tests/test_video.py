@@ -21,8 +21,8 @@ from conftest import fit_tiny, in_process
 from miragedet import MiraGe, ModelConfig, save_pretrained
 from miragedet.apps.cli import app
 from miragedet.data.synthetic import make_set
-from miragedet.data.synthetic_video import ClipSpec, make_frames, write_clip, write_video_set
-from miragedet.data.video import Sampling, plan, read_clip
+from miragedet.data.synthetic_video import VideoSpec, make_frames, write_video, write_video_set
+from miragedet.data.video import Sampling, plan, read_video
 from miragedet.inference.detector import Detector
 from miragedet.model.backbone import load_backbone
 
@@ -55,15 +55,15 @@ def _index(image) -> int:
 
 
 def test_frames_are_sampled_by_time_by_seeking(tmp_path):
-    clip = write_clip(tmp_path / "n.mkv", _numbered(100), fps=10)  # 10 s
-    got = read_clip(clip, Sampling(frames=16))
+    clip = write_video(tmp_path / "n.mkv", _numbered(100), fps=10)  # 10 s
+    got = read_video(clip, Sampling(frames=16))
     assert len(got.frames) == 16 and got.duration == pytest.approx(10.0)
     expected = [int(t * 10) for t in plan(10.0, Sampling(frames=16))]  # frame shown at t
     assert [_index(f) for f in got.frames] == expected
     assert got.times == pytest.approx([i / 10 for i in expected])
-    by_rate = read_clip(clip, Sampling(fps=2))  # one frame every half second
+    by_rate = read_video(clip, Sampling(fps=2))  # one frame every half second
     assert [_index(f) for f in by_rate.frames] == list(range(0, 100, 5))
-    first = read_clip(clip, Sampling(frames=4, max_seconds=2.0))
+    first = read_video(clip, Sampling(frames=4, max_seconds=2.0))
     assert max(first.times) < 2.0
 
 
@@ -79,7 +79,7 @@ def test_rotation_and_variable_frame_rate_follow_the_container(tmp_path):
         for _ in range(8):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(marker, format="rgb24")))
         container.mux(stream.encode())
-    clip = read_clip(path, Sampling(frames=2))
+    clip = read_video(path, Sampling(frames=2))
     shown = np.asarray(clip.frames[0])
     assert clip.rotation == 90 and clip.frames[0].size == (32, 48) == (clip.width, clip.height)
     assert shown[-8:, :8].mean() > 200 and shown[:8, :8].mean() < 50  # top-left -> bottom-left
@@ -96,7 +96,7 @@ def test_rotation_and_variable_frame_rate_follow_the_container(tmp_path):
             frame.pts, frame.time_base = stamp, stream.time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    clip = read_clip(vfr, Sampling(frames=len(stamps)))
+    clip = read_video(vfr, Sampling(frames=len(stamps)))
     for t, image in zip(clip.times, clip.frames, strict=True):
         assert stamps[_index(image)] / 1000 == pytest.approx(t, abs=1e-3)  # timestamps, not rate
 
@@ -113,7 +113,7 @@ def test_a_generated_span_is_flagged_and_found_on_the_timeline(frame_model, tmp_
     flagged = [p.label == "fake" for p in fakes]
     inside = []
     for p in fakes:
-        assert p.clip["frames_scored"] == 16 and len(p.regions) == 16
+        assert p.video["frames_scored"] == 16 and len(p.regions) == 16
         top = max(p.regions, key=lambda r: r["p"])
         inside.append(5.0 <= top["t"] < 7.5)
     assert sum(flagged) >= 9 and sum(inside) >= 9, (flagged, inside)
@@ -136,12 +136,12 @@ def test_temporal_head_sees_a_flicker_no_single_frame_shows(frame_model, tmp_pat
     accuracy = lambda preds: float(np.mean([(p.fake_prob >= 0.5) == t for p, t in  # noqa: E731
                                             zip(preds, truth, strict=True)]))  # fmt: skip
     assert accuracy(frames_only) <= 0.60 and accuracy(with_head) >= 0.90
-    assert all("temporal_fake_prob" in p.clip for p in with_head)
+    assert all("temporal_fake_prob" in p.video for p in with_head)
 
 
 def _animations(tmp_path: Path) -> list[Path]:
-    frames = make_frames(np.random.default_rng(5), ClipSpec("fake", frames=12))
-    return [write_clip(tmp_path / "anim.webp", frames), write_clip(tmp_path / "anim.gif", frames)]
+    frames = make_frames(np.random.default_rng(5), VideoSpec("fake", frames=12))
+    return [write_video(tmp_path / "anim.webp", frames), write_video(tmp_path / "anim.gif", frames)]
 
 
 def test_animated_images_are_clips_with_one_score_on_every_surface(frame_model, tmp_path):
@@ -149,7 +149,7 @@ def test_animated_images_are_clips_with_one_score_on_every_surface(frame_model, 
 
     files = _animations(tmp_path)
     api = Detector.from_pretrained(frame_model, precision="fp32").score(files)
-    assert all(p.clip["frames_scored"] >= 8 for p in api), [p.clip for p in api]
+    assert all(p.video["frames_scored"] >= 8 for p in api), [p.video for p in api]
     out = tmp_path / "rows.jsonl"
     args = ["detect", *map(str, files), "-m", str(frame_model), "--precision", "fp32"]
     result = CliRunner().invoke(app, [*args, "-o", str(out), "--timeline", str(tmp_path / "tl")])
@@ -167,7 +167,7 @@ def test_animated_images_are_clips_with_one_score_on_every_surface(frame_model, 
     for p, row, res in zip(api, rows, served, strict=True):
         assert row["fake_prob"] == pytest.approx(p.fake_prob, abs=1e-6)
         assert res["fake_prob"] == pytest.approx(p.fake_prob, abs=1e-6)
-        assert row["frames"] == res["clip"]["frames_scored"] == p.clip["frames_scored"]
+        assert row["frames"] == res["video"]["frames_scored"] == p.video["frames_scored"]
         assert [r["t"] for r in res["regions"]] == [r["t"] for r in p.regions]
 
 
@@ -178,8 +178,8 @@ def test_clip_provenance_decides_the_verdict_as_for_images(frame_model, tmp_path
 
     from signing import throwaway_chain
 
-    frames = make_frames(np.random.default_rng(2), ClipSpec("real", frames=8))
-    plain = write_clip(tmp_path / "plain.mp4", frames)
+    frames = make_frames(np.random.default_rng(2), VideoSpec("real", frames=8))
+    plain = write_video(tmp_path / "plain.mp4", frames)
     comfy = tmp_path / "comfy.mp4"
     workflow = {"prompt": {"3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 30}},
                            "4": {"class_type": "CheckpointLoaderSimple",
@@ -234,10 +234,10 @@ def _forge_duration(data: bytes, seconds: float) -> bytes:
 def test_hostile_clips_are_error_rows_and_nothing_is_lost(frame_model, tmp_path):
     folder = tmp_path / "inbox"
     folder.mkdir()
-    frames = make_frames(np.random.default_rng(9), ClipSpec("real", frames=40))
-    good = write_clip(folder / "good.mkv", frames)
+    frames = make_frames(np.random.default_rng(9), VideoSpec("real", frames=40))
+    good = write_video(folder / "good.mkv", frames)
     data = good.read_bytes()
-    mp4 = write_clip(tmp_path / "whole.mp4", frames).read_bytes()
+    mp4 = write_video(tmp_path / "whole.mp4", frames).read_bytes()
     (folder / "truncated.mkv").write_bytes(data[: len(data) // 2])  # frames until the cut
     (folder / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])  # index lost with the cut
     (folder / "forged.mkv").write_bytes(_forge_duration(data, 10 * 3600.0))  # "10 hours"
@@ -271,15 +271,15 @@ def test_hostile_clips_are_error_rows_and_nothing_is_lost(frame_model, tmp_path)
     assert clip_row.error.startswith("stability applies to still images only"), clip_row.error
     assert image_row.ok and image_row.stability is not None
     with pytest.raises(ValueError, match="frames too large"):
-        read_clip(good, Sampling(max_pixels=100))  # absurd dimensions are refused up front
+        read_video(good, Sampling(max_pixels=100))  # absurd dimensions are refused up front
     with pytest.raises(ValueError, match="decode budget"):
-        read_clip(good, Sampling(frames=4, decode_per_frame=0))  # bounded work, not luck
+        read_video(good, Sampling(frames=4, decode_per_frame=0))  # bounded work, not luck
 
 
 def test_server_limits_video_uploads(frame_model, tmp_path):
     from miragedet.apps.server import ServerSettings, create_app
 
-    clip = write_clip(tmp_path / "c.mkv", make_frames(np.random.default_rng(3), ClipSpec()))
+    clip = write_video(tmp_path / "c.mkv", make_frames(np.random.default_rng(3), VideoSpec()))
 
     async def ask(**limits):
         settings = ServerSettings(model=str(frame_model), provenance=False, **limits)
@@ -293,7 +293,7 @@ def test_server_limits_video_uploads(frame_model, tmp_path):
     too_big = asyncio.run(ask(max_video_mb=1e-4))
     assert too_big.status_code == 413 and "MB limit" in too_big.json()["detail"]
     few = asyncio.run(ask(frames=4)).json()["results"][0]
-    assert few["clip"]["frames_scored"] == 4
+    assert few["video"]["frames_scored"] == 4 and few["clip"] == few["video"]  # old name: 0.1
 
 
 def test_long_clips_take_keyframes_and_resize_view_frames_are_drafted(tmp_path):
@@ -308,21 +308,21 @@ def test_long_clips_take_keyframes_and_resize_view_frames_are_drafted(tmp_path):
         for array in _numbered(100) + _numbered(100):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())
-    sampled = read_clip(path, Sampling(frames=8))  # 25 s apart: keyframes
+    sampled = read_video(path, Sampling(frames=8))  # 25 s apart: keyframes
     assert all(t % 20 == 0 for t in sampled.times), sampled.times
-    exact = read_clip(path, Sampling(frames=8, seek="exact"))
+    exact = read_video(path, Sampling(frames=8, seek="exact"))
     assert exact.times == pytest.approx([int(t) for t in plan(200.0, Sampling(frames=8))])
-    assert read_clip(path, Sampling(frames=8, decode_per_frame=2)).times == sampled.times
+    assert read_video(path, Sampling(frames=8, decode_per_frame=2)).times == sampled.times
 
-    frames = [np.asarray(make_frames(np.random.default_rng(i), ClipSpec("fake", size=256))[0])
+    frames = [np.asarray(make_frames(np.random.default_rng(i), VideoSpec("fake", size=256))[0])
               for i in range(6)]  # fmt: skip
-    big = write_clip(tmp_path / "big.mkv", frames)
-    drafted = read_clip(big, Sampling(frames=6, draft_size=64))
+    big = write_video(tmp_path / "big.mkv", frames)
+    drafted = read_video(big, Sampling(frames=6, draft_size=64))
     assert drafted.frames[0].size == (64, 64) and drafted.width == 256  # the clip's own size
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
     quick = Detector(model, precision="fp32")  # resize view: frames drafted to 2 x 32 px
-    assert quick.clip_sampling.draft_size == 64
-    full = Detector(model, precision="fp32", draft=False)
+    assert quick.video_sampling.draft_size == 64
+    full = Detector(model, precision="fp32", exact_decode=True)
     [a], [b] = quick.score([big]), full.score([big])
     assert abs(a.fake_prob - b.fake_prob) < 0.02
 
@@ -330,15 +330,15 @@ def test_long_clips_take_keyframes_and_resize_view_frames_are_drafted(tmp_path):
 def test_train_and_evaluate_on_folders_of_clips(frame_model, tmp_path):
     """`train` takes --frames-per-clip frames of each clip (labelled as the clip); `evaluate`
     scores each clip as one sample, by its frames, equal to the Detector's clip score."""
-    from miragedet.data.clip_samples import expand_clips
     from miragedet.data.layouts import find_images
+    from miragedet.data.video_samples import expand_videos
     from miragedet.evaluation.evaluate import evaluate_dataset
     from miragedet.model.mirage import load_pretrained
     from miragedet.training.config import TrainConfig
     from miragedet.training.trainer import Trainer
 
     data = write_video_set(tmp_path / "clips", 6, "fake", frames=16, seed=11)
-    expanded = expand_clips(find_images(data), 4)
+    expanded = expand_videos(find_images(data), 4)
     assert len(expanded.samples) == 12 * 4 and {s.frame for s in expanded.samples} == {
         0.25,
         0.75,
@@ -346,7 +346,7 @@ def test_train_and_evaluate_on_folders_of_clips(frame_model, tmp_path):
         1.75,
     }
     config = TrainConfig(data=str(data), backbone="tiny", depth=2, batch_size=16, lr=0.02,
-                         bank_size=32, workers=0, epochs=1, frames_per_clip=4,
+                         bank_size=32, workers=0, epochs=1, frames_per_video=4,
                          output=str(tmp_path / "run"))  # fmt: skip
     trainer = Trainer(config)
     assert len(trainer.train_set.samples) == 48 and trainer.steps_per_epoch == 3

@@ -179,7 +179,7 @@ def test_train_view_crop_is_recorded_and_detect_defaults_to_tiles(tmp_path):
 
 
 def test_aggregation_rules_on_known_tile_scores():
-    from miragedet.data.views import aggregate
+    from miragedet.inference.tiles import aggregate
 
     # 8 tiles: six clearly real, two clearly fake (p(fake) 0.9)
     probs = np.array([[0.9, 0.1]] * 6 + [[0.1, 0.9]] * 2)
@@ -271,10 +271,10 @@ def test_api_cli_and_server_agree_on_the_grid(served_checkpoint, tmp_path):
 
 
 def test_score_dataset_and_evaluate_score_with_the_view(served_checkpoint, tmp_path):
-    from miragedet.apps.score_dataset import read_scores, score_dataset
     from miragedet.data.synthetic import write_layout
     from miragedet.evaluation.evaluate import evaluate_dataset
     from miragedet.evaluation.scores import read_scores_csv
+    from miragedet.inference.score_dataset import read_scores, score_dataset
     from miragedet.model.mirage import load_pretrained
 
     data = write_layout(tmp_path / "data", "ufd", ("grid-2",), n_per_class=6, size=80)
@@ -298,7 +298,7 @@ def test_score_dataset_and_evaluate_score_with_the_view(served_checkpoint, tmp_p
         top = max(r["p"] for r in want.regions)
         assert row["tile_max_fake_prob"] == pytest.approx(top, abs=1e-6)
         assert row["frames"] is None and row["duration"] is None  # still images
-    from miragedet.apps.score_dataset import ScoringError
+    from miragedet.inference.score_dataset import ScoringError
 
     with pytest.raises(ScoringError, match="view"):  # another view is another job
         score_dataset(str(data), out, str(served_checkpoint), engine="local", precision="fp32")

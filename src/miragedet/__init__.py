@@ -14,8 +14,8 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
     from .data.views import View
-    from .inference.detector import Detector, Prediction
-    from .inference.loader import load_detector
+    from .inference.detector import Detector, Prediction, load_detector
+    from .inference.detector_config import DetectorConfig
     from .inference.remote import Client
     from .inference.stability import Stability
     from .model.backbone import Backbone, BackboneError, load_backbone
@@ -26,8 +26,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
 #: public name -> the module that defines it: what a user of a detector needs (training's names
 #: are in :mod:`miragedet.training`, docs/python.md)
 _LAZY = {
-    "load_detector": ".inference.loader",
+    "load_detector": ".inference.detector",
     "Detector": ".inference.detector",
+    "DetectorConfig": ".inference.detector_config",
     "Prediction": ".inference.detector",
     "Client": ".inference.remote",
     "View": ".data.views",
@@ -52,6 +53,7 @@ __all__ = [
     "CheckpointError",
     "Client",
     "Detector",
+    "DetectorConfig",
     "MiraGe",
     "MiraGeOutput",
     "ModelConfig",

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from ..data.formats import Found, walk
 from ..inference.detector import Detector, Prediction
+from ..inference.rows import columns_for, row_of
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -47,38 +48,6 @@ def _expand(arg: str, globs: bool) -> Found:
             found.extend(walk(match) if os.path.isdir(match) else Found([match]))
         return found
     return Found([str(path)])
-
-
-def row_of(prediction: Prediction, classes: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "path": prediction.source,
-        "fake_prob": prediction.fake_prob,
-        "label": prediction.label,
-        "threshold": prediction.threshold,
-        "top_class": prediction.top_class,
-        "verdict": prediction.verdict,
-        "basis": prediction.basis,
-    }
-    if len(classes) > 2:
-        row.update({f"p_{c}": prediction.probs.get(c) for c in classes})
-    row["error"] = prediction.error
-    if prediction.provenance is not None:
-        row["provenance"] = prediction.provenance["summary"]
-        row["declares_ai"] = prediction.provenance["declares_ai"]
-    if prediction.open_set is not None:  # an adapted attribution model (docs/adapt.md)
-        row["unknown_generator"] = prediction.open_set["unknown"]
-        row["generator_distance"] = prediction.open_set["distance"]
-    if prediction.stability is not None:
-        row["stability_spread"] = prediction.stability["spread"]
-        row["stability_reason"] = prediction.stability["reason"]
-    from ..data.views import tile_columns
-    from ..inference.clips import clip_columns
-
-    row.update(tile_columns(prediction.tiles, prediction.regions))
-    row.update(clip_columns(prediction.clip, prediction.regions))
-    if prediction.regions is not None:  # JSON/JSONL only (CSV keeps the rest)
-        row["regions"] = prediction.regions
-    return row
 
 
 def completed_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
@@ -207,15 +176,8 @@ def run_detect(
         existing = completed_rows(output, fmt)
         done = {r["path"] for r in existing}
     todo = [p for p in dict.fromkeys(inputs) if p not in done]
-    template = Prediction("", 0.0, "", 0.0)
-    if provenance:
-        template.provenance = {"summary": "", "declares_ai": False}
-    if stability is not None:
-        template.stability = {"spread": 0.0, "reason": None}
-    if detector.view.kind != "resize":
-        template.tiles, template.regions = {}, [{"p": 0.0}]
-    template.clip = {"frames_scored": 0, "duration": 0.0}  # clips may be among the inputs
-    columns = [c for c in row_of(template, detector.classes) if c != "regions"]
+    names = columns_for(detector, provenance, stability is not None)
+    columns = [c for c in names if c != "regions"]  # a list of objects: JSON/JSONL only
     counts = {"scored": 0, "failed": 0, "skipped": len(inputs) - len(todo)}
     handle: IO[str]
     if output is not None:
@@ -242,10 +204,10 @@ def run_detect(
         ) as progress:
             task = progress.add_task("score", total=len(todo))
             for prediction in detector.iter_score(todo, provenance=provenance, stability=stability):
-                writer.write(row_of(prediction, detector.classes))
+                writer.write(row_of(prediction, names))
                 if where is not None and prediction.tiles is not None:
                     _draw_where(detector, prediction, where)
-                if timeline is not None and prediction.clip is not None:
+                if timeline is not None and prediction.video is not None:
                     _draw_timeline(detector, prediction, timeline)
                 counts["failed" if prediction.error else "scored"] += 1
                 progress.update(task, advance=1)
@@ -280,12 +242,12 @@ def _draw_where(detector: Detector, prediction: Prediction, folder: Path) -> Non
 
 
 def _draw_timeline(detector: Detector, prediction: Prediction, folder: Path) -> None:
-    from ..data.video import read_clip
+    from ..data.video import read_video
     from .timeline_plot import plot_timeline
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        clip = read_clip(prediction.source, detector.clip_sampling)
+        clip = read_video(prediction.source, detector.video_sampling)
     except ValueError:  # scored a moment ago; a file changed since is not drawn
         return
     title = (

@@ -85,8 +85,8 @@ def backbone_check(source: str) -> Check:
 def engine_check(model: str | None = None) -> Check:
     """The default engine: for ``model``, the choice (measured now if never before); else the
     choices measured on this machine so far."""
+    from ..inference.detector_config import BACKEND_ENV, default_backend
     from ..inference.engine import choose, measured_here
-    from ..inference.loader import BACKEND_ENV, default_backend
     from ..inference.user_cache import cache_dir
 
     backend = default_backend()

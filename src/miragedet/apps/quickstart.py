@@ -23,9 +23,10 @@ from ..data.synthetic import SEEN, UNSEEN, make_set
 from ..evaluation.metrics import binary_metrics
 from ..model.backbone import load_backbone
 from ..model.checkpoint import save_pretrained
-from ..model.config import LossConfig, ModelConfig, OptimConfig
+from ..model.config import LossConfig, ModelConfig
 from ..model.losses import MiraGeLoss
 from ..model.mirage import MiraGe, load_pretrained
+from ..training.config import OptimConfig
 from ..training.step import fit_tensors, predict_fake_prob
 
 
@@ -84,59 +85,15 @@ def run_quickstart(
         )
         loss_fn = MiraGeLoss(loss_cfg, backbone.model.config.projection_dim)
         start = time.perf_counter()
-        if any(p.requires_grad for p in model.parameters()):
-            with Progress(
-                TextColumn(f"train {method:<14}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.2f}"),
-                TimeElapsedColumn(),
-                console=console,
-                transient=False,
-            ) as progress:
-                task = progress.add_task("train", total=steps, loss=float("nan"), acc=0.0)
-
-                def on_step(step: int, r, task=task, progress=progress) -> None:
-                    progress.update(task, advance=1, loss=r.loss, acc=r.accuracy)
-
-                fit_tensors(
-                    model,
-                    loss_fn,
-                    x_train,
-                    y_train,
-                    OptimConfig(lr=lr, batch_size=batch_size),
-                    steps,
-                    seed=seed,
-                    on_step=on_step,
-                )
+        _fit(model, loss_fn, x_train, y_train, OptimConfig(lr=lr, batch_size=batch_size), steps,
+             seed, method, console)  # fmt: skip
         train_s = time.perf_counter() - start
         for subset, (x, labels) in tests.items():
             metrics = binary_metrics(labels, predict_fake_prob(model, x).numpy())
             result.rows.append({"method": method, "subset": subset, "train_s": train_s, **metrics})
         last_model, last_loss = model, loss_cfg
 
-    table = Table(
-        title="Held-out synthetic images, random-weight tiny CLIP (%)",
-        caption=f"seen: the training fingerprint ({SEEN.name}, +-{SEEN.amplitude:g} "
-        f"levels); unseen: a fainter one ({UNSEEN.name}, "
-        f"+-{UNSEEN.amplitude:g})",
-    )
-    for col in ("method", "test", "acc", "real", "fake", "AP", "AUC", "train s"):
-        table.add_column(
-            col, justify="left" if col in ("method", "test") else "right", no_wrap=True
-        )
-    for row in result.rows:
-        table.add_row(
-            row["method"],
-            row["subset"],
-            f"{100 * row['accuracy']:.1f}",
-            f"{100 * row['real_accuracy']:.1f}",
-            f"{100 * row['fake_accuracy']:.1f}",
-            f"{100 * row['ap']:.1f}",
-            f"{100 * row['auc']:.1f}",
-            f"{row['train_s']:.1f}",
-        )
-    console.print(table)
+    console.print(_table(result.rows))
 
     if last_model is not None:
         directory = Path(output) / "checkpoint"
@@ -159,6 +116,55 @@ def run_quickstart(
         "`miragedet.load_backbone('openai/clip-vit-large-patch14')`."
     )
     return result
+
+
+def _fit(model, loss_fn, x, y, optim: OptimConfig, steps: int, seed: int, method: str,
+         console: Console) -> None:  # fmt: skip
+    """Train ``model`` for ``steps`` steps on the tensors, with a progress bar (a method with
+    nothing to train, zero-shot, is left as it is)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        return
+    with Progress(
+        TextColumn(f"train {method:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.2f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"), acc=0.0)
+
+        def on_step(step: int, r) -> None:
+            progress.update(task, advance=1, loss=r.loss, acc=r.accuracy)
+
+        fit_tensors(model, loss_fn, x, y, optim, steps, seed=seed, on_step=on_step)
+
+
+def _table(rows: list[dict]) -> Table:
+    """The held-out results, one row per method and test set."""
+    table = Table(
+        title="Held-out synthetic images, random-weight tiny CLIP (%)",
+        caption=f"seen: the training fingerprint ({SEEN.name}, +-{SEEN.amplitude:g} "
+        f"levels); unseen: a fainter one ({UNSEEN.name}, "
+        f"+-{UNSEEN.amplitude:g})",
+    )
+    for col in ("method", "test", "acc", "real", "fake", "AP", "AUC", "train s"):
+        table.add_column(
+            col, justify="left" if col in ("method", "test") else "right", no_wrap=True
+        )
+    for row in rows:
+        table.add_row(
+            row["method"],
+            row["subset"],
+            f"{100 * row['accuracy']:.1f}",
+            f"{100 * row['real_accuracy']:.1f}",
+            f"{100 * row['fake_accuracy']:.1f}",
+            f"{100 * row['ap']:.1f}",
+            f"{100 * row['auc']:.1f}",
+            f"{row['train_s']:.1f}",
+        )
+    return table
 
 
 @torch.inference_mode()

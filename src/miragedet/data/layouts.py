@@ -49,7 +49,7 @@ class Sample:
     path: str
     label: int
     subset: str
-    #: A frame of a video clip: its time in seconds (:mod:`miragedet.data.clip_samples`); None
+    #: A frame of a video clip: its time in seconds (:mod:`miragedet.data.video_samples`); None
     #: for an image.
     frame: float | None = None
 

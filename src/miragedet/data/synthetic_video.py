@@ -28,7 +28,7 @@ KINDS = ("real", "fake", "span", "temporal")
 
 
 @dataclass(frozen=True)
-class ClipSpec:
+class VideoSpec:
     """The kind of clip and its shape."""
 
     kind: str = "real"
@@ -46,7 +46,7 @@ class ClipSpec:
             raise ValueError(f"clip kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
 
 
-def make_frames(rng: np.random.Generator, spec: ClipSpec) -> list[np.ndarray]:
+def make_frames(rng: np.random.Generator, spec: VideoSpec) -> list[np.ndarray]:
     """The clip's frames, uint8 (size, size, 3)."""
     size, n = spec.size, spec.frames
     canvas = 2 * size
@@ -69,7 +69,7 @@ def make_frames(rng: np.random.Generator, spec: ClipSpec) -> list[np.ndarray]:
     return frames
 
 
-def write_clip(path: str | Path, frames: list[np.ndarray], fps: float = 8.0) -> Path:
+def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 8.0) -> Path:
     """Write ``frames`` (uint8 HxWx3) losslessly: FFV1 for ``.mkv``/``.avi``, H.264 qp 0 for
     ``.mp4``/``.mov``, VP9 lossless for ``.webm``; animated WebP/GIF through Pillow."""
     from fractions import Fraction
@@ -124,7 +124,7 @@ def write_video_set(
     rng = np.random.default_rng(seed)
     for i in range(n_per_class):
         for label, kind in ((0, "real"), (1, fake_kind)):
-            spec = ClipSpec(kind, frames, size, fps, fingerprint, span)
+            spec = VideoSpec(kind, frames, size, fps, fingerprint, span)
             folder = root / ("0_real", "1_fake")[label]
-            write_clip(folder / f"{i:05d}{suffix}", make_frames(rng, spec), fps)
+            write_video(folder / f"{i:05d}{suffix}", make_frames(rng, spec), fps)
     return root

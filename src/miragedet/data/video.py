@@ -82,7 +82,7 @@ class Sampling:
 
 
 @dataclass
-class Clip:
+class Video:
     """The sampled frames of one clip (RGB, rotation applied) and what is known about it."""
 
     frames: list[Image.Image]
@@ -113,7 +113,7 @@ class Clip:
         }
 
 
-def clip_kind(source: Any) -> str | None:
+def video_kind(source: Any) -> str | None:
     """ "video" (a container FFmpeg reads), "animation" (an animated WebP, GIF or APNG) or None
     (a still image, or not a file we know) for a path or bytes."""
     if not isinstance(source, str | os.PathLike | bytes | bytearray):
@@ -159,18 +159,18 @@ def plan(duration: float, sampling: Sampling) -> list[float]:
     return [duration * (i + 0.5) / n for i in range(n)]
 
 
-def read_clip(source: Any, sampling: Sampling | None = None) -> Clip:
+def read_video(source: Any, sampling: Sampling | None = None) -> Video:
     """The sampled frames of a video or animated image (path or bytes); raises
     :class:`ImageDecodeError` with the reason when there is nothing to score."""
     sampling = sampling or Sampling()
-    kind = clip_kind(source)
+    kind = video_kind(source)
     if kind is None:
         if isinstance(source, str | os.PathLike) and not os.path.exists(source):
             raise ImageDecodeError(f"file not found: {source}", "missing")
         raise ImageDecodeError("not a video or animated image", "format")
     if kind == "animation":
         return _read_animation(source, sampling)
-    return _read_video(source, sampling)
+    return _read_container(source, sampling)
 
 
 def is_video_file(source: Any) -> bool:
@@ -185,7 +185,7 @@ def is_video_file(source: Any) -> bool:
 
 
 def frame_times(source: Any, frames: int) -> list[float] | None:
-    """The times :func:`read_clip` would sample ``frames`` frames at (None: unreadable)."""
+    """The times :func:`read_video` would sample ``frames`` frames at (None: unreadable)."""
     import av
 
     try:
@@ -206,7 +206,7 @@ def frame_times(source: Any, frames: int) -> list[float] | None:
 
 def read_frame(source: Any, t: float, max_pixels: int = MAX_FRAME_PIXELS) -> Image.Image:
     """The frame of a video shown at ``t`` seconds (RGB, rotation applied)."""
-    clip = read_clip(source, _AtTime(t, max_pixels))
+    clip = read_video(source, _AtTime(t, max_pixels))
     return clip.frames[0]
 
 
@@ -224,7 +224,7 @@ class _AtTime(Sampling):
 # -- Pillow: animated WebP, GIF, APNG -------------------------------------------------------------
 
 
-def _read_animation(source: Any, sampling: Sampling) -> Clip:
+def _read_animation(source: Any, sampling: Sampling) -> Video:
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
         with Image.open(stream) as image:
@@ -253,7 +253,7 @@ def _read_animation(source: Any, sampling: Sampling) -> Clip:
         raise
     except Exception as exc:
         raise ImageDecodeError(f"corrupt or truncated animation: {_reason(exc)}") from exc
-    return Clip(
+    return Video(
         frames, frame_times, total, width, height, f"Pillow {fmt}", fmt,
         fps=count / total if total else None, total_frames=count,
     )  # fmt: skip
@@ -267,7 +267,7 @@ def _frame_at(starts: list[float], t: float) -> int:
 # -- PyAV: MP4/MOV, Matroska/WebM, AVI ------------------------------------------------------------
 
 
-def _read_video(source: Any, sampling: Sampling) -> Clip:
+def _read_container(source: Any, sampling: Sampling) -> Video:
     import av
 
     deadline = time.monotonic() + sampling.decode_seconds
@@ -293,7 +293,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-def _decode(container: Any, sampling: Sampling, deadline: float) -> Clip:
+def _decode(container: Any, sampling: Sampling, deadline: float) -> Video:
     if not container.streams.video:
         raise ImageDecodeError("the file has no video stream", "format")
     stream = container.streams.video[0]
@@ -337,7 +337,7 @@ def _decode(container: Any, sampling: Sampling, deadline: float) -> Clip:
     if rotation % 180:
         width, height = height, width
     total = int(stream.frames) or None
-    return Clip(
+    return Video(
         images, [t for t, _ in frames], duration, width, height, decoder, fmt, fps=rate,
         rotation=rotation, total_frames=total, notes=notes,
     )  # fmt: skip

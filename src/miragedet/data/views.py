@@ -15,19 +15,15 @@ generator made (a 30 x 30 icon becomes one 224 x 224 tile). A sliver that this w
 than 64 tiles (a 1 x 20000 strip would become 224 x 4,480,000) is instead resized and
 centre-cropped as the ``resize`` view does: one tile, never a memory blow-up.
 
-Tile scores become one p(fake) by ``aggregate``: ``top-k`` (the default: the mean of the
-log-probabilities of the most suspicious quarter of the tiles, at least one, then softmax),
-``mean-logit`` (the same mean over every tile: a fake region of a quarter of the image is diluted
-away) or ``max`` (the most suspicious tile alone: a real photo's score then rises with its number
-of tiles). The default was chosen by measurement on synthetic full and partial fakes
-(``python benchmarks/aggregate_study.py``, docs/views.md). The per-tile p(fake) stay on the
-prediction as a grid (:func:`where_map`).
+A view also names how its tile scores become one p(fake) (``aggregate``: ``top-k``, the default,
+``mean-logit`` or ``max``); scoring the tiles, aggregating them and the where-map of the per-tile
+p(fake) are inference's work (:mod:`miragedet.inference.tiles`). This module is geometry and
+pixels only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +36,8 @@ VIEWS = ("resize", "crop", "tiles")
 #: edges), like training's native crops: JPEG's 8x8 blocks and generators' 2/4/8-pixel
 #: upsampling grids then sit at one phase in every tile, as the detector learned them.
 ALIGN = 8
+#: The rules that make one p(fake) of the tiles' (:func:`miragedet.inference.tiles.aggregate`).
 AGGREGATES = ("mean-logit", "top-k", "max")
-#: ``top-k`` averages this share of the tiles (the most suspicious ones; at least one).
-TOP_K_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -173,64 +168,3 @@ def view_boxes(
     left, top = (width - tile) // 2 // ALIGN * ALIGN, (height - tile) // 2 // ALIGN * ALIGN
     covered = width == tile and height == tile
     return [(left, top, left + tile, top + tile)], [(0, 0)], 1, 1, covered
-
-
-def aggregate(probs: np.ndarray, rule: str) -> np.ndarray:
-    """One probability vector (C,) from the tiles' (n, C)."""
-    if len(probs) == 1:
-        return probs[0]
-    if rule == "max":
-        return probs[int(np.argmax(1.0 - probs[:, 0]))]
-    if rule == "top-k":
-        k = max(1, math.ceil(TOP_K_SHARE * len(probs)))
-        probs = probs[np.argsort(probs[:, 0], kind="stable")[:k]]  # lowest p(real) first
-    log = np.log(np.clip(probs, 1e-12, 1.0)).mean(axis=0)
-    log -= log.max()
-    out = np.exp(log)
-    return out / out.sum()
-
-
-def summarize(tiles: Tiles, probs: np.ndarray, view: View) -> tuple[np.ndarray, dict[str, Any]]:
-    """One image's tile probabilities (n, C) as its aggregated probabilities (C,) and its
-    where-map (with the view and rule that made it): what the API, CLI and server report."""
-    where = where_map(tiles, 1.0 - probs[:, 0])
-    where["view"], where["aggregate"] = view.kind, view.aggregate
-    return aggregate(probs, view.aggregate), where
-
-
-def forward_tiles(
-    forward: Callable[[torch.Tensor], np.ndarray], tile_sets: list[torch.Tensor], batch_size: int
-) -> list[np.ndarray]:
-    """Several images' tiles forwarded together, ``batch_size`` tiles per call of ``forward``
-    (tiles -> (n, C) probabilities): one (n_i, C) array per image, in order."""
-    flat = torch.cat(tile_sets)
-    per_tile = np.concatenate(
-        [forward(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)]
-    )
-    return np.split(per_tile, np.cumsum([len(t) for t in tile_sets])[:-1])
-
-
-def tile_columns(
-    where: dict[str, Any] | None, regions: list[dict[str, Any]] | None
-) -> dict[str, Any]:
-    """A where-map as table columns: how many tiles and the most suspicious one's p(fake)
-    (nothing without a where-map; the regions themselves are their own column)."""
-    if where is None or not regions:
-        return {}
-    probs = [r["p"] for r in regions]
-    return {"tiles": len(probs), "tile_max_fake_prob": max(probs)}
-
-
-def where_map(tiles: Tiles, fake_probs: np.ndarray) -> dict[str, Any]:
-    """The per-tile p(fake) as scored regions, one per tile scored: ``{"box": [left, top,
-    right, bottom], "p": p}`` in the image as tiled (``size``), ``covered`` saying whether the
-    tiles cover every pixel. The same compact shape as a clip's timeline (docs/video.md): a
-    thinned 2478 x 1332 image gives its 16 regions, not a 56 x 103 grid of mostly nothing."""
-    return {
-        "regions": [
-            {"box": [int(v) for v in box], "p": float(p)}
-            for box, p in zip(tiles.boxes, fake_probs, strict=True)
-        ],
-        "size": list(tiles.size),
-        "covered": tiles.covered,
-    }

@@ -237,7 +237,8 @@ def _stability_flags(
         return flags
     # "fp32" leaves the model as the evaluation prepared it (no second cast)
     detector = Detector(model, threshold=threshold, batch_size=batch_size, precision="fp32")
-    predictions = detector.score([samples[i].path for i in chosen], stability=Stability())
+    chosen_paths = [samples[i].path for i in chosen]
+    predictions = detector.score(chosen_paths, provenance=False, stability=Stability())
     flags[chosen] = [bool(p.stability and p.stability["uncertain"]) for p in predictions]
     return flags
 

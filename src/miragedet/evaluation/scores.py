@@ -16,7 +16,8 @@ from ..data.dataset import ImageDataset, collate
 from ..data.degrade import Degradation
 from ..data.layouts import Sample
 from ..data.transforms import Preprocess
-from ..data.views import View, aggregate
+from ..data.views import View
+from ..inference.tiles import aggregate
 
 
 @dataclass
@@ -72,7 +73,7 @@ def score_samples(
 
     clips = [i for i, s in enumerate(samples) if s.frame is None and is_video_file(s.path)]
     if clips:  # video clips are scored as clips, one label each (docs/video.md)
-        return _with_clips(model, samples, clips, degradation, view, on_batch, locals())
+        return _with_videos(model, samples, clips, degradation, view, on_batch, locals())
     from ..inference.threads import decode_threads_for
 
     preprocess = preprocess or model.backbone.preprocess
@@ -147,7 +148,7 @@ def _score_stream(
     return Scores(samples, probs, errors, distance)
 
 
-def _with_clips(
+def _with_videos(
     model: Any,
     samples: list[Sample],
     clips: list[int],
@@ -182,8 +183,8 @@ def _with_clips(
                        for i in clips})  # fmt: skip
     else:
         detector = Detector(model, precision="fp32", view=view, batch_size=options["batch_size"])
-        for i, prediction in zip(clips, detector.score([samples[i].path for i in clips]),
-                                 strict=True):  # fmt: skip
+        scored = detector.score([samples[i].path for i in clips], provenance=False, stability=False)
+        for i, prediction in zip(clips, scored, strict=True):
             if prediction.ok:
                 probs[i] = [prediction.probs[c] for c in detector.classes]
             else:
@@ -206,7 +207,8 @@ def _score_tiles(
 ) -> Scores:
     """:func:`score_samples` with the crop/tiles view: each image's tiles are forwarded in
     chunks of ``batch_size`` tiles (the tiles of several images share them), then aggregated."""
-    from ..data.views import forward_tiles, inputs
+    from ..data.views import inputs
+    from ..inference.tiles import forward_tiles
 
     def image_transform(image, index, d=degradation):
         return d(image, seed=index) if d is not None else image

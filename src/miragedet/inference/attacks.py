@@ -201,7 +201,7 @@ class UploadModel(nn.Module):
             worst = log[:, :, 0].argmin(dim=1)  # the tile least likely real
             return log[torch.arange(len(log)), worst]
         if self.aggregate == "top-k":
-            from ..data.views import TOP_K_SHARE
+            from .tiles import TOP_K_SHARE
 
             k = max(1, math.ceil(TOP_K_SHARE * len(self.boxes)))
             picked = log[:, :, 0].topk(k, dim=1, largest=False).indices

@@ -11,21 +11,26 @@ import dataclasses
 import hashlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..data.video import Sampling, clip_kind
+from ..data.video import Sampling, video_kind
 from ..data.views import View
 from ..model.mirage import MiraGe
+from .detector_config import DetectorConfig, resolve_backend
+from .onnx import OnnxNetwork
 from .prediction import ImageInput, Prediction, describe, to_image
 
-__all__ = ["Detector", "ImageInput", "Prediction", "describe", "to_image"]
+if TYPE_CHECKING:
+    from .engine import EngineChoice
+
+__all__ = ["Detector", "ImageInput", "Prediction", "describe", "load_detector", "to_image"]
 
 
 class Detector:
@@ -45,18 +50,27 @@ class Detector:
 
     def __init__(
         self,
-        model: MiraGe,
-        threshold: float | None = None,
-        batch_size: int | None = None,
-        device: str | torch.device | None = None,
-        decode_threads: int | None = None,
+        model: MiraGe | OnnxNetwork,
+        config: DetectorConfig | None = None,
+        *,
         model_id: str | None = None,
-        draft: bool = True,
-        precision: str = "auto",
-        view: View | str | dict[str, Any] | None = None,
-        sampling: Sampling | None = None,
         _owns_model: bool = False,
+        **overrides: Any,
     ) -> None:
+        """A detector for ``model`` (a MiraGe on PyTorch, or a checkpoint's graph on ONNX
+        Runtime, :class:`~miragedet.inference.onnx.OnnxNetwork`) as ``config`` says
+        (:class:`~miragedet.inference.detector_config.DetectorConfig`; ``overrides``: its
+        fields, e.g. ``precision="fp32"``). :func:`load_detector` picks the engine for a
+        checkpoint."""
+        config = (config or DetectorConfig()).replace(**overrides)
+        #: How this detector scores (threshold, view, provenance, ...): the options it was made
+        #: with; ``provenance`` and ``stability`` are :meth:`score`'s defaults.
+        self.config = config
+        threshold, batch_size, device = config.threshold, config.batch_size, config.device
+        decode_threads, draft, precision = config.threads, not config.exact_decode, config.precision
+        view = config.view_request()
+        self.trust_anchors = config.trust_anchor_pem()
+        self.watermarks = config.watermarks
         from ..data.views import resolve as resolve_view
         from .precision import apply, resolve
 
@@ -65,16 +79,20 @@ class Detector:
         self.view = resolve_view(view, model.backbone.preprocess.view)
         temporal = getattr(model, "temporal", None)
         frames = model.config.temporal.get("frames") if temporal is not None else None
-        self.sampling = sampling or (Sampling(frames=frames) if frames else Sampling())
+        self.sampling = config.sampling(frames)
 
         from ..model.device import enable_tf32, resolve_device
 
-        # "auto" (or "cuda"...) as the commands say it; None: where the model already is
-        device = resolve_device(device) if device is not None else model.clip.logit_scale.device
-        choice = resolve(precision, device)
-        precision = choice.precision
-        if precision != "fp32":  # a model handed in by the caller is copied, never changed
-            model = apply(model if _owns_model else copy.deepcopy(model), precision)
+        if isinstance(model, OnnxNetwork):  # the graph's own precision, on the CPU
+            if precision not in ("auto", model.precision):
+                raise ValueError(f"this ONNX graph runs in {model.precision}, not {precision}")
+            device, precision, reason = torch.device("cpu"), model.precision, model.precision_reason
+        else:  # "auto" (or "cuda"...) as the commands say it; None: where the model already is
+            device = resolve_device(device) if device is not None else model.clip.logit_scale.device
+            choice = resolve(precision, device)
+            precision, reason = choice.precision, choice.reason
+            if precision != "fp32":  # a model handed in by the caller is copied, never changed
+                model = apply(model if _owns_model else copy.deepcopy(model), precision)
         self.model = model.eval()
         self.device = device
         from .threads import configure_torch, decode_threads_for
@@ -100,27 +118,24 @@ class Detector:
         #: CUDA), as resolved from the requested one (default ``auto``: see
         #: :mod:`miragedet.inference.precision`); ``precision_reason`` says why.
         self.precision = precision
-        self.precision_reason = choice.reason
+        self.precision_reason = reason
         self.classes = model.classes
-        self.model_id = model_id or f"{model.config.method}@{model.backbone.source}"
+        self.model_id = (
+            model_id
+            or getattr(model, "name", None)
+            or (f"{model.config.method}@{model.backbone.source}")
+        )
         #: The few-shot adaptations this checkpoint went through (docs/adapt.md), oldest first.
         self.lineage: list[dict[str, Any]] = getattr(model, "lineage", [])
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> Detector:
-        """Load a checkpoint directory (or hub repository) written by ``miragedet train``."""
-        from ..model.checkpoint import WEIGHTS_NAME
-        from ..model.device import resolve_device
-        from ..model.mirage import load_pretrained
-
-        device = resolve_device(kwargs.pop("device", None))  # auto: a CUDA GPU when present
-        model = load_pretrained(path_or_id, device=device)
-        weights = Path(path_or_id) / WEIGHTS_NAME
-        digest = ""
-        if weights.is_file():
-            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-        model_id = f"{Path(str(path_or_id)).name}@{digest or model.config.method}"
-        return cls(model, device=device, model_id=model_id, _owns_model=True, **kwargs)
+    def from_pretrained(
+        cls, path_or_id: str | os.PathLike, config: DetectorConfig | None = None, **overrides: Any
+    ) -> Detector:
+        """:func:`load_detector`: a checkpoint (a folder written by ``miragedet train``, a
+        training run's folder, a hub id) on the engine its ``backend`` picks (``auto``: the
+        fastest that gives the same scores here), exactly as the commands load it."""
+        return load_detector(path_or_id, config, detector_class=cls, **overrides)
 
     def info(self) -> dict[str, Any]:
         """What is being served: id, method, classes, threshold, backbone, preprocessing."""
@@ -144,6 +159,7 @@ class Detector:
             "batch_size": self.batch_size,
             "decode": self.decode_backend,
             "engine": self.engine_info(),
+            "open_set": self.has_open_set,
         }
 
     #: With ``--backend auto``: the :class:`~miragedet.inference.engine.EngineChoice` made.
@@ -151,7 +167,7 @@ class Detector:
 
     def engine_info(self) -> dict[str, Any]:
         """Which engine runs the network, and (``--backend auto``) why and its figures."""
-        backend = "onnx" if self.model is None else "torch"
+        backend = getattr(self.model, "engine", "torch")
         from .compiled import CompiledForward
 
         if isinstance(self.model, CompiledForward):
@@ -190,7 +206,7 @@ class Detector:
         return getattr(self.model, "temporal", None) is not None and self.view.kind == "resize"
 
     @property
-    def clip_sampling(self) -> Sampling:
+    def video_sampling(self) -> Sampling:
         """:attr:`sampling` with frames converted at :attr:`draft_size` (resize view), as
         JPEGs are drafted (docs/video.md)."""
         if self.sampling.draft_size is not None or self.draft_size is None:
@@ -199,11 +215,11 @@ class Detector:
 
     def _prepare(self, item: ImageInput) -> Any:
         """A (3, S, S) tensor (resize view), the :class:`~miragedet.data.views.Tiles` of the crop
-        and tiles views, or a clip's :class:`~miragedet.inference.clips.ClipInputs`."""
-        if clip_kind(item) is not None:
-            from .clips import prepare_clip
+        and tiles views, or a clip's :class:`~miragedet.inference.videos.VideoInputs`."""
+        if video_kind(item) is not None:
+            from .videos import prepare_video
 
-            return prepare_clip(item, self.preprocess, self.view, self.clip_sampling)
+            return prepare_video(item, self.preprocess, self.view, self.video_sampling)
         image = to_image(item, draft_size=self.draft_size)
         if self.view.kind == "resize":
             return self.preprocess(image)
@@ -267,11 +283,11 @@ class Detector:
         prior = torch.as_tensor(np.log(np.clip(frame_probs, 1e-12, 1.0)), device=device)[None]
         return head(x, prior.float()).softmax(dim=-1)[0].cpu().numpy()
 
-    def score_clips(self, prepared: list[Any]) -> list[tuple[np.ndarray, dict, list]]:
+    def score_videos(self, prepared: list[Any]) -> list[tuple[np.ndarray, dict, list]]:
         """Clips' probabilities, descriptions and regions; their frames share forward batches
         (with a temporal head, each clip's embeddings go through it)."""
-        from ..data.views import aggregate, forward_tiles
-        from .clips import summarize_clip
+        from .tiles import aggregate, forward_tiles
+        from .videos import summarize_video
 
         if not prepared:
             return []
@@ -280,7 +296,7 @@ class Detector:
                 self.forward_tensors, [c.pixels for c in prepared], self.batch_size
             )
             pairs = zip(prepared, per_clip, strict=True)
-            return [summarize_clip(c, rows, self.view) for c, rows in pairs]
+            return [summarize_video(c, rows, self.view) for c, rows in pairs]
         flat = torch.cat([c.pixels for c in prepared])
         parts = [self.forward_embeds(flat[i : i + self.batch_size])
                  for i in range(0, len(flat), self.batch_size)]  # fmt: skip
@@ -290,13 +306,13 @@ class Detector:
         out = []
         for clip, r, e in zip(prepared, rows, embeds, strict=True):
             temporal = self.temporal_probs(e, aggregate(r, self.view.aggregate))
-            out.append(summarize_clip(clip, r, self.view, temporal))
+            out.append(summarize_video(clip, r, self.view, temporal))
         return out
 
     def _forward_tiles(self, sets: list[Any], positions: list[int]) -> tuple[np.ndarray, dict]:
         """Aggregated probabilities (n, C) of several images' tiles, forwarded together in
         batches of ``batch_size`` tiles, and each image's where-map."""
-        from ..data.views import forward_tiles, summarize
+        from .tiles import forward_tiles, summarize
 
         per_image = forward_tiles(self.forward_tensors, [t.pixels for t in sets], self.batch_size)
         out, maps = np.zeros((len(sets), len(self.classes))), {}
@@ -327,28 +343,40 @@ class Detector:
         return out
 
     def iter_score(
-        self, inputs: Iterable[ImageInput], provenance: bool = False, stability: Any = None
+        self,
+        inputs: Iterable[ImageInput],
+        provenance: bool | None = None,
+        stability: Any = None,
     ) -> Iterator[Prediction]:
         """Score inputs lazily, batch by batch, through the scoring pipeline
         (:mod:`miragedet.inference.pipeline`): decoding runs ahead of the forward in threads
         (JPEGs on the GPU when one scores and a GPU decoder is installed).
 
-        With ``stability`` (a :class:`miragedet.inference.stability.Stability`), each readable
-        input is also scored as re-delivered (resized, re-compressed, cropped) in one batch of k +
-        1, and labelled "uncertain" when the verdicts disagree or the score is near the threshold.
+        ``provenance``: also read the metadata (C2PA, XMP, parameters, EXIF) for the verdict;
+        None: the detector's :attr:`config` (on, as on the command line).
+        ``stability`` (a :class:`miragedet.inference.stability.Stability`; None: the config's,
+        False: off): each readable input is also scored as re-delivered (resized, re-compressed,
+        cropped) in one batch of k + 1, and labelled "uncertain" when the verdicts disagree or
+        the score is near the threshold.
         """
         from .pipeline import score_stable, score_stream
+        from .rows import columns_for, with_columns
 
-        if stability is not None:
-            return score_stable(self, inputs, provenance, stability)
-        return score_stream(self, inputs, provenance)
+        if provenance is None:
+            provenance = self.config.provenance
+        if stability is None:
+            stability = self.config.stability_check()
+        names = columns_for(self, provenance, bool(stability))
+        if stability:
+            return with_columns(score_stable(self, inputs, provenance, stability), names)
+        return with_columns(score_stream(self, inputs, provenance), names)
 
     # -- public API -----------------------------------------------------------------------------
 
     def score(
         self,
         inputs: ImageInput | Sequence[ImageInput],
-        provenance: bool = False,
+        provenance: bool | None = None,
         stability: Any = None,
     ) -> list[Prediction]:
         """A :class:`Prediction` per input (a single input gives a list of one); see
@@ -357,7 +385,7 @@ class Detector:
 
     def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """(n, C) class probabilities; a row of NaN for an input that could not be read."""
-        predictions = self.score(inputs)
+        predictions = self.score(inputs, provenance=False, stability=False)  # the pixels' own
         failed = sum(not p.ok for p in predictions)
         if failed:
             warnings.warn(
@@ -379,7 +407,7 @@ class Detector:
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> list[str | None]:
         """ "fake" or "real" per input at the detector's threshold (None where unreadable)."""
-        return [p.label for p in self.score(inputs)]
+        return [p.label for p in self.score(inputs, provenance=False, stability=False)]
 
 
 def _as_list(inputs: Any) -> list[Any]:
@@ -388,3 +416,98 @@ def _as_list(inputs: Any) -> list[Any]:
     if isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3) and inputs.dtype != object:
         return [inputs]
     return list(inputs)
+
+
+def load_detector(
+    model: str | os.PathLike,
+    config: DetectorConfig | str | None = None,
+    *,
+    notify: Callable[[str], None] | None = None,
+    engine: EngineChoice | None = None,
+    images: float = 0,
+    detector_class: type[Detector] = Detector,
+    **overrides: Any,
+) -> Detector:
+    """The one way to get a Detector for a checkpoint (a folder, a training run's folder, a hub
+    id), exactly as the commands load it. ``config`` (a :class:`~miragedet.inference.
+    detector_config.DetectorConfig`; ``overrides``: its fields, e.g. ``device="cpu"``) says how
+    it scores; its ``backend`` picks the engine: PyTorch (``torch``), ONNX Runtime (``onnx``: the
+    checkpoint's model.onnx, see `miragedet export`), PyTorch through torch.compile
+    (``compile``), or the fastest of them that gives the same scores here (``auto``, the default,
+    or ``$MIRAGEDET_BACKEND``: :mod:`miragedet.inference.engine`; torch.compile only competes for
+    a job of ``images`` images large enough to earn its compile back, a server passing
+    ``math.inf``). ``notify`` hears of a first-time export and measurement (default: stderr);
+    ``engine``: a choice already made, e.g. by a driver for its workers;
+    ``detector_class``: the Detector subclass to build (``Sub.from_pretrained`` passes it). The
+    detector's ``engine`` says what was chosen and why."""
+    from ..model.checkpoint import resolve
+
+    if isinstance(config, str):  # before 0.2: load_detector(model, "torch")
+        overrides.setdefault("backend", config)
+        config = None
+    config = (config or DetectorConfig()).replace(**overrides)
+    backend = resolve_backend(config.backend)
+    if notify is None:  # a first-time export can take minutes: say so rather than stall
+        from .pipeline import to_stderr
+
+        notify = to_stderr
+    directory = resolve(model)
+    if backend == "auto":
+        from .engine import choose, graph_on_choice
+        from .pipeline import CPU_BATCH
+
+        choice = engine or choose(directory, view=config.view_request(),
+                                  batch_size=config.batch_size or CPU_BATCH,
+                                  precision=config.precision, device=config.device, notify=notify,
+                                  images=images)  # fmt: skip
+        graph = None
+        if choice.backend == "onnx":
+            graph, choice = graph_on_choice(directory, choice, notify, config.precision)
+        detector = (
+            _on_torch(model, directory, config, detector_class)
+            if graph is None
+            else detector_class(graph, config)
+        )
+        if choice.backend == "compile":
+            detector = _on_compile(detector, notify, choice.compile_s)
+        detector.engine = choice
+    elif backend == "onnx":
+        network = OnnxNetwork.from_pretrained(directory, config.precision)
+        detector = detector_class(network, config)
+    elif backend == "compile":
+        detector = _on_compile(_on_torch(model, directory, config, detector_class), notify)
+    else:
+        detector = _on_torch(model, directory, config, detector_class)
+    detector.notify = notify  # e.g. a GPU out-of-memory error that halves the batch
+    return detector
+
+
+def _on_torch(
+    name: str | os.PathLike, directory: Path, config: DetectorConfig, cls: type[Detector]
+) -> Detector:
+    """The checkpoint in ``directory`` on PyTorch, named ``name@<weights digest>``."""
+    from ..model.checkpoint import WEIGHTS_NAME
+    from ..model.device import resolve_device
+    from ..model.mirage import load_pretrained
+
+    device = resolve_device(config.device)  # auto: a CUDA GPU when present
+    model = load_pretrained(directory, device=device)
+    weights = directory / WEIGHTS_NAME
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else ""
+    model_id = f"{Path(str(name)).name}@{digest or model.config.method}"
+    return cls(model, config.replace(device=str(device)), model_id=model_id, _owns_model=True)
+
+
+def _on_compile(
+    detector: Detector, notify: Callable[[str], None], compile_s: float | None = None
+) -> Detector:
+    """``detector`` with its network run through torch.compile at its batch size
+    (:mod:`miragedet.inference.compiled`), ``notify`` told that its first batch compiles
+    (``compile_s``: what the auto choice measured)."""
+    from .compiled import CompiledForward
+
+    how_long = "tens of seconds on a CPU" if compile_s is None else (
+        f"{compile_s:.0f} s when measured here; less with inductor's cache warm")  # fmt: skip
+    notify(f"torch.compile compiles the network on its first batch ({how_long})")
+    detector.model = CompiledForward(detector.model, detector.batch_size)
+    return detector

@@ -225,6 +225,22 @@ def choose(
     return weigh_compile(choice, images)
 
 
+def graph_on_choice(
+    directory: Path, choice: EngineChoice, notify: Callable[[str], None] | None, precision: str
+) -> tuple[Any, EngineChoice]:
+    """For an ``auto`` choice of ONNX Runtime: the checkpoint's graph on it (the graph may live
+    in the user cache), or None and the choice turned to PyTorch with the reason when the graph
+    does not load now (e.g. damaged since it was measured)."""
+    from ..model.checkpoint import read_config
+    from .onnx import OnnxNetwork
+
+    try:
+        return OnnxNetwork(onnx_graph(directory, notify), read_config(directory), precision), choice
+    except Exception as exc:
+        reason = f"ONNX Runtime could not run the graph now ({type(exc).__name__}: {exc})"
+        return None, replace(choice, backend="torch", reason=reason[:300])
+
+
 def weigh_compile(choice: EngineChoice, images: float) -> EngineChoice:
     """``choice`` turned to torch.compile when its measured gain over ``images`` images exceeds
     its measured compile time, else as it is (with the comparison named when it was made)."""
@@ -263,8 +279,7 @@ def _measure(
     """Time the candidates (see the module); ``no_onnx``: why ONNX Runtime is out already."""
     import numpy as np
 
-    from .detector import Detector
-    from .onnx import OnnxDetector
+    from .onnx import OnnxNetwork
     from .precision import INT8_TOLERANCE, TOLERANCE
 
     graph = None
@@ -282,17 +297,17 @@ def _measure(
         also = " (torch.compile: for a job this size)" if with_compile else ""
         notify(f"measuring {' and '.join(names)} once on this machine{also} (--backend auto)")
     # the CPU engines race on the CPU (a GPU job never gets here: see choose)
-    reference = Detector.from_pretrained(directory, precision="fp32", view=view, device="cpu")
-    candidate = Detector.from_pretrained(directory, precision=precision, view=view, device="cpu")
+    reference, candidate = _torch_networks(directory, precision)
     onnx = None
     if graph is not None:
         config = json.loads((directory / "config.json").read_text())
         try:
-            onnx = OnnxDetector(graph, config, view=view,
-                                precision="int8" if precision == "int8" else "fp32")  # fmt: skip
+            network = OnnxNetwork(graph, config, "int8" if precision == "int8" else "fp32")
         except Exception as exc:  # e.g. the quantiser failing on this graph
             no_onnx = f"ONNX Runtime could not load the graph ({exc})"[:300]
-    size = reference.preprocess.image_size
+        else:
+            onnx = _Network(network, network.precision)
+    size = reference.model.backbone.preprocess.image_size
     check = _check_pixels(size, 8)
     start = time.perf_counter()
     expected = reference.forward_tensors(check)
@@ -351,6 +366,37 @@ def _measure(
         reason += f"; {no_onnx}"
     return EngineChoice(backend, reason, measured, parity, compile_s=compile_s,
                         compile_note=compile_note, onnx_note=no_onnx)  # fmt: skip
+
+
+class _Network:
+    """A network timed and compared like the others: ``forward_tensors`` -> (n, C) numpy."""
+
+    def __init__(self, model: Any, precision: str) -> None:
+        self.model, self.precision = model, precision
+
+    def forward_tensors(self, pixels: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(pixels).probs.float().numpy()
+
+
+def _torch_networks(directory: Path, precision: str) -> tuple[_Network, _Network]:
+    """The checkpoint on PyTorch on the CPU in fp32 (the reference) and in ``precision`` as
+    resolved here (the candidate; the same network when that is fp32)."""
+    import copy
+
+    from ..model.mirage import load_pretrained
+    from .precision import apply, resolve
+    from .threads import configure_torch
+
+    configure_torch()  # threads for the CPUs this process may use, as a Detector runs
+    model = load_pretrained(directory, device="cpu").eval()
+    reference = _Network(model, "fp32")
+    chosen = resolve(precision, "cpu").precision
+    if chosen == "fp32":
+        return reference, reference
+    return reference, _Network(apply(copy.deepcopy(model), chosen).eval(), chosen)
 
 
 class _Compiled:

@@ -22,14 +22,14 @@ class EngineOutput:
 
 class OnnxForward:
     """``model`` with ``model(pixels)`` answered by an ONNX Runtime graph of the same
-    checkpoint (an :class:`~miragedet.inference.onnx.OnnxDetector`)."""
+    checkpoint (an :class:`~miragedet.inference.onnx.OnnxNetwork`)."""
 
     def __init__(self, model: Any, onnx: Any) -> None:
         self._model = model
         self._onnx = onnx
 
     def __call__(self, pixels: torch.Tensor) -> EngineOutput:
-        return EngineOutput(torch.from_numpy(self._onnx.forward_tensors(pixels)))
+        return EngineOutput(self._onnx(pixels).probs)
 
     def __getattr__(self, name: str) -> Any:  # everything else: the PyTorch model's
         return getattr(self._model, name)
@@ -57,14 +57,14 @@ def place(
     images: float = 0,
 ) -> Placed:
     """``model`` (already cast to ``precision``) on ``backend`` (None: the default,
-    :func:`~miragedet.inference.loader.resolve_backend`): ``torch`` as it is, ``onnx`` on the
-    checkpoint's exported graph (fp32/int8), ``compile`` through torch.compile, ``auto`` as
-    :func:`miragedet.inference.engine.choose` decides for a job of ``images`` images (a model
-    without a checkpoint folder, e.g. zero-shot, stays on PyTorch)."""
+    :func:`~miragedet.inference.detector_config.resolve_backend`): ``torch`` as it is,
+    ``onnx`` on the checkpoint's exported graph (fp32/int8), ``compile`` through torch.compile,
+    ``auto`` as :func:`miragedet.inference.engine.choose` decides for a job of ``images``
+    images (a model without a checkpoint folder, e.g. zero-shot, stays on PyTorch)."""
     from .compiled import CompiledForward
-    from .engine import choose, onnx_graph
-    from .loader import onnx_on_choice, resolve_backend
-    from .onnx import OnnxDetector
+    from .detector_config import resolve_backend
+    from .engine import choose, graph_on_choice, onnx_graph
+    from .onnx import OnnxNetwork
 
     backend = resolve_backend(backend)
     if backend == "torch":
@@ -82,8 +82,7 @@ def place(
     if backend == "onnx":
         from ..model.checkpoint import read_config
 
-        onnx = OnnxDetector(onnx_graph(directory, notify), read_config(directory),
-                            precision=precision)  # fmt: skip
+        onnx = OnnxNetwork(onnx_graph(directory, notify), read_config(directory), precision)
         return Placed(OnnxForward(model, onnx), "onnx", "as requested", onnx.precision)
     choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
                     device=str(model.clip.logit_scale.device), notify=notify,
@@ -93,7 +92,7 @@ def place(
         return Placed(forward, "compile", choice.reason, precision, choice.measured)
     onnx = None
     if choice.backend == "onnx":
-        onnx, choice = onnx_on_choice(directory, choice, notify, precision=precision)
+        onnx, choice = graph_on_choice(directory, choice, notify, precision)
     if onnx is None:
         return Placed(model, "torch", choice.reason, precision, choice.measured)
     return Placed(OnnxForward(model, onnx), "onnx", choice.reason, onnx.precision, choice.measured)

@@ -9,7 +9,6 @@ beside `config.json` can then be served without PyTorch weights or the backbone 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -17,10 +16,10 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,8 +27,6 @@ from ..data.transforms import Preprocess
 from ..model.checkpoint import CONFIG_NAME, read_config
 from ..model.config import ModelConfig
 from ..model.mirage import MiraGe
-from .detector import Detector
-from .pipeline import CPU_BATCH
 
 ONNX_NAME = "model.onnx"
 #: The int8 graph ONNX Runtime's dynamic quantiser makes from ONNX_NAME (``--precision int8``).
@@ -133,33 +130,40 @@ def _export(model: MiraGe, path: Path, opset: int, dynamo: bool) -> Path:
     return path
 
 
-class OnnxDetector(Detector):
-    """A :class:`Detector` that runs the exported graph with ONNX Runtime.
+@dataclass
+class GraphBackbone:
+    """What a Detector reads of a backbone, from the checkpoint's config.json."""
 
-    Needs only the checkpoint's config.json (classes, preprocessing, threshold) and model.onnx.
-    """
+    preprocess: Preprocess
+    source: str
+    description: str
+
+    def describe(self) -> str:
+        return f"{self.description} (ONNX Runtime)"
+
+
+@dataclass
+class GraphOutput:
+    """The graph's class probabilities, as a MiraGe output gives them (``.probs``)."""
+
+    probs: torch.Tensor
+
+
+class OnnxNetwork:
+    """A checkpoint's exported graph on ONNX Runtime, as the network a
+    :class:`~miragedet.inference.detector.Detector` runs (``network(pixels).probs``). Needs only
+    the checkpoint's config.json (classes, preprocessing, threshold) and model.onnx."""
+
+    engine = "onnx"
 
     def __init__(
         self,
         onnx_path: str | os.PathLike,
-        config: dict[str, Any],
-        threshold: float | None = None,
-        batch_size: int | None = 32,
-        decode_threads: int | None = None,
-        providers: list[str] | None = None,
-        model_id: str | None = None,
-        draft: bool = True,
+        checkpoint: dict[str, Any],
         precision: str = "auto",
-        view: Any = None,
-        sampling: Any = None,
+        providers: list[str] | None = None,
     ) -> None:
         import onnxruntime as ort
-
-        from ..data.views import resolve
-
-        self.view = resolve(view, config.get("preprocess", {}).get("view", "resize"))
-        if sampling is not None:
-            self.sampling = sampling
 
         if precision not in ("auto", "fp32", "int8"):
             raise ValueError(
@@ -172,70 +176,49 @@ class OnnxDetector(Detector):
             self.precision_reason = (
                 "ONNX Runtime's dynamic int8 (int8 weights, activations quantised per batch)"
             )
-
         from .threads import available_cpus
-        from .threads import decode_threads as default_decode_threads
 
-        cpus = available_cpus()
         options = ort.SessionOptions()
         # ONNX Runtime's default is a thread per host core; a container's quota may be less
-        options.intra_op_num_threads = cpus.count
+        options.intra_op_num_threads = available_cpus().count
         options.log_severity_level = 4  # its errors reach the caller as exceptions, not logs
         self.session = ort.InferenceSession(
             str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
         )
-        self.config = config
-        self.model = None
-        self.device = torch.device("cpu")
-        self.threshold = float(config.get("threshold", 0.5) if threshold is None else threshold)
-        self.batch_size, self.batch_reason = (
-            batch_size or CPU_BATCH,
-            "as asked" if batch_size else "default",
+        self.checkpoint = checkpoint
+        self.config = ModelConfig.from_dict(_model_options(checkpoint))
+        self.classes = self.config.all_classes
+        self.threshold = float(checkpoint.get("threshold", 0.5))
+        b = checkpoint["backbone"]
+        self.backbone = GraphBackbone(
+            Preprocess.from_dict(checkpoint["preprocess"]), b["source"], b["description"]
         )
-        self.decode_threads = decode_threads or default_decode_threads(cpus)
-        self.tf32, self.gpu_decoder, self.decode_reason = None, None, "the CPU decodes"
-        self.draft = draft
-        self.preprocess = Preprocess.from_dict(config["preprocess"])
-        self.classes = ModelConfig.from_dict(_model_options(config)).all_classes
-        self.lineage = (config.get("metadata") or {}).get("lineage", [])
+        self.lineage = (checkpoint.get("metadata") or {}).get("lineage", [])
         digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
-        self.model_id = model_id or f"{Path(onnx_path).parent.name}@onnx-{digest}"
+        #: How its detector names it (``model_id``).
+        self.name = f"{Path(onnx_path).parent.name}@onnx-{digest}"
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> OnnxDetector:
-        directory = Path(path_or_id)
-        onnx_path = directory / ONNX_NAME
+    def from_pretrained(cls, directory: str | os.PathLike, precision: str = "auto") -> OnnxNetwork:
+        """The checkpoint folder's model.onnx (see `miragedet export`)."""
+        onnx_path = Path(directory) / ONNX_NAME
         if not onnx_path.is_file():
             raise FileNotFoundError(
                 f"{directory} has no {ONNX_NAME}; run `miragedet export --model {directory}` first"
             )
-        kwargs.pop("device", None)
-        return cls(onnx_path, read_config(directory), **kwargs)
+        return cls(onnx_path, read_config(Path(directory)), precision)
 
-    def forward_tensors(self, pixels: torch.Tensor) -> np.ndarray:
+    def __call__(self, pixels: torch.Tensor) -> GraphOutput:
         array = pixels.detach().to("cpu", torch.float32).numpy()
-        return self.session.run(["probs"], {"pixel_values": array})[0]
+        return GraphOutput(
+            torch.from_numpy(self.session.run(["probs"], {"pixel_values": array})[0])
+        )
 
-    def info(self) -> dict[str, Any]:
-        m, b = self.config["model"], self.config["backbone"]
-        return {
-            "id": self.model_id,
-            "method": m["method"],
-            "classes": self.classes,
-            "threshold": self.threshold,
-            "backbone": b["source"],
-            "backbone_description": b["description"] + " (ONNX Runtime)",
-            "preprocess": self.preprocess.to_dict(),
-            "precision": self.precision,
-            "precision_reason": self.precision_reason,
-            "view": dataclasses.asdict(self.view),
-            "lineage": self.lineage,
-            "video": {**dataclasses.asdict(self.sampling), "temporal_head": False},
-            "device": "cpu",
-            "batch_size": self.batch_size,
-            "decode": self.decode_backend,
-            "engine": self.engine_info(),
-        }
+    def eval(self) -> OnnxNetwork:  # what a Detector asks of a torch module, answered alike
+        return self
+
+    def to(self, device: Any) -> OnnxNetwork:
+        return self
 
 
 def int8_graph(onnx_path: Path) -> Path:

@@ -32,10 +32,10 @@ import torch
 
 from ..data.dataset import MAX_PIXELS
 from ..data.gpu_decode import JPEG_MAGIC, JpegJob, probe
-from ..data.video import clip_kind
+from ..data.video import video_kind
 from ..model.adapters import UNKNOWN
-from .clips import ClipInputs
 from .prediction import Prediction, describe, to_image
+from .videos import VideoInputs
 
 #: A :class:`miragedet.inference.detector.Detector` (not imported here: it imports this module).
 Detector = Any
@@ -132,7 +132,7 @@ def gpu_decode(
 
 def gpu_job(decoder: Any, item: Any, max_pixels: int = MAX_PIXELS) -> JpegJob | None:
     """The :class:`JpegJob` for ``item`` when ``decoder`` (a GPU decoder, or None) takes it."""
-    if decoder is None or clip_kind(item) is not None:
+    if decoder is None or video_kind(item) is not None:
         return None
     data = _encoded(item)
     return probe(data, max_pixels) if data is not None else None
@@ -222,10 +222,10 @@ def _assemble(detector: Detector, chunk: list[Any], done: list[Any]) -> list[Pre
     prepared = [p for p, _ in done]
     sources = [describe(item, i) for i, item in chunk]
     errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
-    clips = [i for i, r in enumerate(prepared) if isinstance(r, ClipInputs)]
+    clips = [i for i, r in enumerate(prepared) if isinstance(r, VideoInputs)]
     good = [i for i in range(len(prepared)) if i not in errors and i not in clips]
     probs = np.zeros((len(prepared), len(detector.classes)))
-    scored_clips = detector.score_clips([prepared[i] for i in clips])
+    scored_clips = detector.score_videos([prepared[i] for i in clips])
     for i, (clip_probs, _, _) in zip(clips, scored_clips, strict=True):
         probs[i] = clip_probs
     tiled: dict[int, Any] = {}
@@ -248,7 +248,7 @@ def _assemble(detector: Detector, chunk: list[Any], done: list[Any]) -> list[Pre
         predictions[i].regions = where.pop("regions")
         predictions[i].tiles = {**where, "count": len(predictions[i].regions)}
     for i, (_, info, regions) in zip(clips, scored_clips, strict=True):
-        predictions[i].clip, predictions[i].regions = info, regions
+        predictions[i].video, predictions[i].regions = info, regions
     for i, outcome in open_sets.items():
         predictions[i].open_set = outcome
         if outcome["unknown"]:
@@ -269,7 +269,7 @@ def score_stable(
 
     for i, item in enumerate(inputs):
         source = describe(item, i)
-        if clip_kind(item) is not None:  # as the server and evaluate's degradations say
+        if video_kind(item) is not None:  # as the server and evaluate's degradations say
             message = (
                 "stability applies to still images only (docs/video.md): score clips without it"
             )
@@ -325,7 +325,7 @@ def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner
             owner.batch_size = min(owner.batch_size, size)
             if not getattr(owner, "_oom_said", False):
                 owner._oom_said = True
-                note = getattr(owner, "notify", None) or _to_stderr
+                note = getattr(owner, "notify", None) or to_stderr
                 note(f"the GPU ran out of memory at {len(part)} inputs per forward: going on "
                      "with half as many (halved again if need be), nothing lost")  # fmt: skip
             continue
@@ -333,7 +333,8 @@ def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner
     return out
 
 
-def _to_stderr(message: str) -> None:
+def to_stderr(message: str) -> None:
+    """What the library says when its caller gave nothing to say it through."""
     import sys
 
     print(f"miragedet: {message}", file=sys.stderr)
@@ -354,7 +355,7 @@ def default_batch_size(detector: Detector, asked: int | None) -> tuple[int, str]
         if asked < 1:
             raise ValueError(f"batch size must be at least 1, not {asked}")
         return int(asked), "as asked"
-    if detector.device.type != "cuda" or detector.model is None:
+    if detector.device.type != "cuda":
         return CPU_BATCH, "default"
     device, size = detector.device, detector.preprocess.image_size
     free, _ = torch.cuda.mem_get_info(device)

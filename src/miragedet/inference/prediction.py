@@ -4,13 +4,15 @@ the inputs it takes (:data:`ImageInput`), how an input is named in its row and m
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..data.dataset import MAX_PIXELS, ImageDecodeError, load_image
+from .rows import row_of
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -36,15 +38,16 @@ class Prediction:
     verdict: str | None = None
     basis: str | None = None
     #: With the ``tiles``/``crop`` view: how the image was tiled (view, rule, size as tiled,
-    #: whether every pixel was covered, number of tiles; :func:`miragedet.data.views.where_map`).
+    #: whether every pixel was covered, number of tiles;
+    #: :func:`miragedet.inference.tiles.where_map`).
     tiles: dict[str, Any] | None = None
     #: Where and when the evidence is, one compact list for images and clips (docs/video.md):
     #: tiles ``{"box": [left, top, right, bottom], "p": p(fake)}``; a clip's frames ``{"t":
     #: seconds, "p": p(fake)}`` (plus the most suspicious tile's ``box`` with the tiles view).
     regions: list[dict[str, Any]] | None = None
     #: A video or animated image: frames scored, duration, size, decoder, the frames' own
-    #: aggregate and, with a temporal head, its p(fake) (:mod:`miragedet.inference.clips`).
-    clip: dict[str, Any] | None = None
+    #: aggregate and, with a temporal head, its p(fake) (:mod:`miragedet.inference.videos`).
+    video: dict[str, Any] | None = None
     #: Attribution models adapted with an open-set test (docs/adapt.md): the distance to the
     #: nearest known class, the threshold, and whether the image is an unknown generator (then
     #: ``top_class`` is "unknown generator"; ``label`` stays the pixels' real/fake verdict).
@@ -53,6 +56,16 @@ class Prediction:
     def __post_init__(self) -> None:
         if self.verdict is None and self.basis is None and self.label is not None:
             self.verdict, self.basis = self.label, "pixels"
+
+    @property
+    def clip(self) -> dict[str, Any] | None:
+        """:attr:`video` under its name before 0.2 (goes in the next release)."""
+        warnings.warn(
+            "Prediction.clip is now Prediction.video; .clip goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.video
 
     def set_provenance(self, provenance: dict[str, Any]) -> None:
         from ..provenance.verdict import combine
@@ -65,7 +78,10 @@ class Prediction:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row (:mod:`miragedet.inference.rows`, docs/rows.md): the same names and columns
+        as detect's JSON and score-dataset's Parquet for the options it was scored with (an
+        error row too). ``dataclasses.asdict`` gives the nested fields instead."""
+        return row_of(self, getattr(self, "columns", None))
 
 
 def describe(item: Any, index: int) -> str:

@@ -34,7 +34,6 @@ _SAME = (
     "basis",
     "tiles",
     "regions",
-    "clip",
     "open_set",
 )
 RETRY_STATUSES = (429, 503)
@@ -139,6 +138,11 @@ class Client:
     def engine(self) -> dict[str, Any] | None:
         return self.info().get("engine")
 
+    @property
+    def has_open_set(self) -> bool:
+        """Whether the server's model tells unknown generators apart."""
+        return bool(self.info().get("open_set"))
+
     def engine_info(self) -> dict[str, Any]:
         return self.engine or {"backend": "unknown", "reason": "not reported"}
 
@@ -147,18 +151,21 @@ class Client:
         return Preprocess.from_dict(self.info()["preprocess"])
 
     @property
-    def clip_sampling(self) -> Sampling:
+    def video_sampling(self) -> Sampling:
         video = self.info()["video"]
         return Sampling(**{f.name: video[f.name] for f in fields(Sampling) if f.name in video})
 
     # -- scoring --------------------------------------------------------------------------------
 
-    def detect(
+    def score(
         self, inputs: Any, provenance: bool = True, stability: Any = None
     ) -> list[Prediction]:
-        """Predictions for a path, bytes, a PIL image, or a list of them (in order)."""
+        """Predictions for a path, bytes, a PIL image, or a list of them (in order), as
+        :meth:`miragedet.Detector.score` gives them."""
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         return list(self.iter_score(items, provenance=provenance, stability=stability))
+
+    detect = score  # the name before 0.2
 
     def iter_score(
         self, inputs: Iterable[Any], provenance: bool = True, stability: Any = None
@@ -168,12 +175,25 @@ class Client:
         per_request = min(self.batch_size, int(limits.get("max_images", 64)))
         max_bytes = int(float(limits.get("max_body_mb", 32)) * 2**20 * 0.9)  # room for framing
         params = dict(self.params, provenance=str(bool(provenance)).lower())
-        if stability is not None:
+        if stability:  # a Stability (None or False: off)
             params.update(
                 stability="true",
                 stability_variants=",".join(stability.variants),
                 stability_margin=stability.margin,
             )
+        from .rows import columns, with_columns
+
+        info = self.info()
+        served = (info.get("view") or {}).get("kind", "resize")
+        tiles = self.params.get("view", served) != "resize"  # as asked, else the server's
+        names = columns(info.get("classes") or [], provenance, stability=bool(stability),
+                        open_set=bool(info.get("open_set")) and not tiles and not stability,
+                        tiles=tiles)  # fmt: skip
+        yield from with_columns(self._scored(inputs, params, per_request, max_bytes), names)
+
+    def _scored(
+        self, inputs: Iterable[Any], params: dict, per_request: int, max_bytes: int
+    ) -> Iterator[Prediction]:
         batch: list[tuple[str, bytes]] = []
         size = 0
         for index, item in enumerate(inputs):
@@ -219,6 +239,7 @@ class Client:
         for key in _SAME:
             setattr(out, key, result.get(key))
         out.probs = dict(result.get("probs") or {})
+        out.video = result.get("video") or result.get("clip")  # a server before 0.2: "clip"
         if result.get("status", 200) != 200:
             out.error = result.get("error") or f"HTTP {result.get('status')}"
         return out

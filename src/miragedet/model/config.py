@@ -157,15 +157,3 @@ class LossConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossConfig:
         return cls(**data)
-
-
-@dataclass
-class OptimConfig:
-    """Optimisation recipe (section 6.1, appendix G.2)."""
-
-    lr: float = 0.002  # SGD, section 6.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0  # not given; our choice
-    batch_size: int = 128
-    epochs: int = 10
-    warmup_steps: int = 0  # not given; our choice

@@ -51,7 +51,7 @@ class TemporalHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, embeds: torch.Tensor, frame_log_probs: torch.Tensor) -> torch.Tensor:
-        """Clip logits: the head's evidence plus ``frame_log_probs`` (B, C), the frames' own."""
+        """Video logits: the head's evidence plus ``frame_log_probs`` (B, C), the frames' own."""
         embeds = F.normalize(embeds.float(), dim=-1)
         change = torch.diff(embeds, dim=1, prepend=embeds[:, :1])
         x = torch.cat([embeds, change], dim=-1).transpose(1, 2)  # (B, 2D, T)

@@ -44,9 +44,9 @@ def read_provenance(
     watermarks of an input (path, bytes or Pillow image), with a one-line summary (never raw
     JSON)."""
     if is_video_file(item):
-        from .clip_metadata import read_clip_provenance
+        from .video_metadata import read_video_provenance
 
-        return read_clip_provenance(item, trust_anchors)
+        return read_video_provenance(item, trust_anchors)
     data = _read_bytes(item)
     image = item if isinstance(item, Image.Image) else None
     if image is None and data is not None:

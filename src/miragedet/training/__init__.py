@@ -11,11 +11,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..model.config import LossConfig, OptimConfig
+    from ..model.config import LossConfig
     from ..model.losses import MemoryBank, MiraGeLoss, discriminative_loss
     from .adapt import AdaptConfig, AdaptResult
     from .adapt import adapt as adapt_checkpoint
-    from .config import TrainConfig, TrainResult
+    from .config import OptimConfig, TrainConfig, TrainResult
     from .step import make_optimizer, train_step
     from .trainer import Trainer
 
@@ -26,7 +26,7 @@ _LAZY = {
     "train_step": ".step",
     "make_optimizer": ".step",
     "LossConfig": "..model.config",
-    "OptimConfig": "..model.config",
+    "OptimConfig": ".config",
     "MemoryBank": "..model.losses",
     "MiraGeLoss": "..model.losses",
     "discriminative_loss": "..model.losses",

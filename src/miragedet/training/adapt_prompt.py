@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.layouts import Sample
-from ..model.config import LossConfig, OptimConfig
+from ..model.config import LossConfig
 from ..model.losses import MiraGeLoss
 from ..model.mirage import MiraGe
+from .config import OptimConfig
 from .step import make_optimizer
 
 #: Weight of the distillation term. Our choice: 1.0 (LwF's lambda_o = 1).

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.config import OptimConfig
 from ..model.losses import MiraGeLoss
 from ..model.mirage import MiraGe
+from .config import OptimConfig
 
 
 @dataclass

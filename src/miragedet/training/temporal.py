@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.video import Sampling
-from ..data.views import aggregate
+from ..inference.tiles import aggregate
 from ..model.temporal import TemporalHead, TemporalSpec
 
 
@@ -37,18 +36,18 @@ class TemporalConfig:
     seed: int = 0
 
 
-def clip_features(
+def video_features(
     detector: Any, paths: list[str], on_clip: Callable[[int], None] | None = None
 ) -> tuple[list[np.ndarray], np.ndarray, list[tuple[str, str]]]:
     """Per readable clip its frame embeddings (T, D) and the frames' aggregate probabilities
     (C,); the clips that could not be read, with the reason (they are left out)."""
-    from ..inference.clips import prepare_clip
+    from ..inference.videos import prepare_video
 
     embeds, priors, failed = [], [], []
     for k, path in enumerate(paths):
         try:
-            prepared = prepare_clip(
-                path, detector.preprocess, detector.view, detector.clip_sampling
+            prepared = prepare_video(
+                path, detector.preprocess, detector.view, detector.video_sampling
             )
         except ValueError as exc:
             failed.append((path, str(exc)))
@@ -118,8 +117,8 @@ def train_temporal(
     labels = [s.label for s in found.samples]
     if len(found.classes) != len(model.classes):
         raise ValueError(f"the data has classes {found.classes}; the model {model.classes}")
-    detector = Detector(model, precision="fp32", sampling=Sampling(frames=config.frames))
-    embeds, priors, failed = clip_features(detector, paths)
+    detector = Detector(model, precision="fp32", frames=config.frames)
+    embeds, priors, failed = video_features(detector, paths)
     kept = [label for path, label in zip(paths, labels, strict=True)
             if path not in dict(failed)]  # fmt: skip
     if len(set(kept)) < 2:

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.config import OptimConfig
 from ..model.losses import MiraGeLoss
 from ..model.mirage import MiraGe
-from .config import TrainConfig, TrainResult
+from .config import OptimConfig, TrainConfig, TrainResult
 from .dry_run import dry_run
 from .input import TrainInput, Waited, draft_size, share, speed, usable_workers
 from .log import JsonlLog, NoLog
@@ -43,7 +42,7 @@ class Trainer:
 
         self.config = c = config
         self.dist, self.device = distributed.setup(resolve_device(c.device))
-        from ..inference.precision import training_precision
+        from .precision import training_precision
 
         amp = training_precision(c.amp, self.device)  # warns for an emulated bf16/fp16 on CPU
         #: The autocast precision resolved from ``--amp`` (none | bf16 | fp16) and why.
@@ -68,13 +67,13 @@ class Trainer:
         train_set = find_images(c.data, c.layout, split=c.train_split)
         if c.subsets:
             train_set = train_set.only(c.subsets)
-        from ..data.clip_samples import expand_clips
+        from ..data.video_samples import expand_videos
 
-        train_set = expand_clips(train_set, c.frames_per_clip)  # clips: their sampled frames
+        train_set = expand_videos(train_set, c.frames_per_video)  # clips: their sampled frames
         self.train_set = _cap_per_class(train_set, c.max_per_class, c.seed)
         self.val_set = self._find_val(find_images)
         if self.val_set is not None:
-            self.val_set = expand_clips(self.val_set, c.frames_per_clip)
+            self.val_set = expand_videos(self.val_set, c.frames_per_video)
         classes = c.classes or (
             ["Real", "Fake"]
             if self.train_set.classes == ["real", "fake"]

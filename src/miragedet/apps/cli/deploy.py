@@ -2,116 +2,77 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
 
-from .common import (
-    AGGREGATE_HELP,
-    BACKEND_HELP,
-    DEVICE_HELP,
-    FRAMES_HELP,
-    MAX_TILES_HELP,
-    PRECISION_HELP,
-    VIEW_HELP,
-    console,
-    csv_list,
-    fail,
-    trust,
-    view_options,
-)
+from ...inference.detector_config import SERVE, DetectorConfig
+from .common import console, csv_list, fail
+from .options import detector_options
 
 
+@detector_options(SERVE)
 def serve(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory or hub id."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    max_batch: int = typer.Option(16, help="Images per model forward."),
     max_wait_ms: float = typer.Option(10.0, help="How long a batch waits to fill."),
     max_queue: int = typer.Option(256, help="Images waiting before 503 + Retry-After."),
     max_body_mb: float = typer.Option(32.0),
     max_pixels: int = typer.Option(40_000_000),
     max_images: int = typer.Option(64, help="Images per request."),
     api_key: str = typer.Option(
-        None, envvar="MIRAGEDET_API_KEY", help="Require this key (X-API-Key or Bearer)."
+        None, envvar="MIRAGEDET_API_KEY", help="Require this key (one key, named default)."
     ),
     api_keys: Path = typer.Option(
         None,
-        help="Keys file: NAME KEY [RATE] [DAILY_IMAGES] per line (docs/api.md); "
-        "kill -HUP reloads it.",
+        help="File of keys, one per line: NAME KEY [RATE] [DAILY_IMAGES] (reloaded on SIGHUP; "
+        "docs/api.md).",
     ),
     rate_limit: str = typer.Option(
-        None, help="Requests per key, e.g. 60/minute (a key's line may set its own)."
+        None, help="Requests per key, e.g. 60/minute (429 + Retry-After beyond)."
     ),
     daily_images: int = typer.Option(None, help="Images per key per day (429 beyond)."),
     cors: str = typer.Option(None, help="Comma-separated allowed origins."),
-    threshold: float = typer.Option(None),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    provenance: bool = typer.Option(
-        True, help="Report C2PA, XMP, generator parameters and EXIF; weigh them in the verdict."
-    ),
-    trust_anchors: Path = typer.Option(
-        None, help="PEM file of trusted C2PA signers (see detect --help)."
-    ),
-    watermarks: bool = typer.Option(False, help="Also look for generators' invisible watermarks."),
-    backend: str = typer.Option(None, help=BACKEND_HELP),
-    precision: str = typer.Option("auto", help=PRECISION_HELP),
-    view: str = typer.Option(
-        None, help=VIEW_HELP + " A request may ask for another (?view=tiles&max_tiles=16)."
-    ),
-    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
-    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
     max_tiles_limit: int = typer.Option(64, help="The most tiles a request may ask for."),
     max_video_mb: float = typer.Option(64.0, help="One video upload at most (MB)."),
     max_video_seconds: float = typer.Option(600.0, help="Longer clips are refused (413)."),
-    frames: int = typer.Option(None, "--frames", help=FRAMES_HELP + " At most 64."),
     log_level: str = typer.Option("info"),
+    config: DetectorConfig = None,
 ) -> None:
     """Serve the detector over HTTP (POST /v1/detect) with a web page at /."""
     import time
 
     started = time.monotonic()  # readiness (log line, /metrics) is counted from here
-    from ...data.views import resolve
     from ..server import ServerSettings
     from ..server import serve as run_server
 
-    options = view_options(view, max_tiles, aggregate)
     try:  # checked here, before the model loads in the background
-        if options is not None:
-            resolve(options, "resize")
+        config.check()
         if api_keys is not None or rate_limit is not None:
             from ..server.keys import KeyRing
 
             KeyRing(api_keys, api_key, rate_limit, daily_images)
-    except ValueError as exc:
+        settings = ServerSettings(
+            **{f.name: getattr(config, f.name) for f in dataclasses.fields(DetectorConfig)},
+            model=model,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_body_mb=max_body_mb,
+            max_pixels=max_pixels,
+            max_images=max_images,
+            api_key=api_key,
+            api_keys_file=str(api_keys) if api_keys else None,
+            rate_limit=rate_limit,
+            daily_images=daily_images,
+            cors_origins=csv_list(cors) or [],
+            max_tiles_limit=max_tiles_limit,
+            max_video_mb=max_video_mb,
+            max_video_seconds=max_video_seconds,
+        )
+    except (ValueError, OSError) as exc:
         raise fail(exc) from exc
-
-    settings = ServerSettings(
-        model=model,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_queue=max_queue,
-        max_body_mb=max_body_mb,
-        max_pixels=max_pixels,
-        max_images=max_images,
-        api_key=api_key,
-        api_keys_file=str(api_keys) if api_keys else None,
-        rate_limit=rate_limit,
-        daily_images=daily_images,
-        cors_origins=csv_list(cors) or [],
-        threshold=threshold,
-        device=device,
-        provenance=provenance,
-        trust_anchors=trust(trust_anchors),
-        watermarks=watermarks,
-        backend=backend,
-        precision=precision,
-        view=options,
-        max_tiles_limit=max_tiles_limit,
-        max_video_mb=max_video_mb,
-        max_video_seconds=max_video_seconds,
-        frames=frames,
-    )
     console.print(f"serving {model} on http://{host}:{port} (web page /, API docs /docs)")
     run_server(settings, host=host, port=port, log_level=log_level, started=started)
 
@@ -130,7 +91,7 @@ def export(
     import numpy as np
     import torch
 
-    from ...inference.onnx import InferenceGraph, OnnxDetector, export_checkpoint
+    from ...inference.onnx import InferenceGraph, OnnxNetwork, export_checkpoint
     from ...model.checkpoint import read_config
     from ...model.mirage import load_pretrained
 
@@ -144,13 +105,13 @@ def export(
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
     if check:
         torch_model = load_pretrained(model)
-        onnx = OnnxDetector(path, read_config(model))  # the graph just written, whatever its name
+        onnx = OnnxNetwork(path, read_config(model))  # the graph just written, whatever its name
         size = torch_model.backbone.preprocess.image_size
         pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             expected = InferenceGraph(torch_model)(pixels).numpy()
         try:
-            diff = float(np.abs(onnx.forward_tensors(pixels) - expected).max())
+            diff = float(np.abs(onnx(pixels).probs.numpy() - expected).max())
         except Exception as exc:  # onnxruntime's own error types: a graph that does not run
             hint = "; try without --legacy" if legacy else ""
             reason = str(exc).strip()[:300]

@@ -88,71 +88,28 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a detector: per-subset metrics, tables, ROC/PR plots, per-image scores."""
-    import copy
-
     from ...data.degrade import Alignment, parse_degradations
     from ...data.layouts import find_images
     from ...evaluation.evaluate import evaluate_dataset
-    from ...evaluation.report import markdown_table
     from ...inference.attacks import parse_attacks, require_art
-    from ...inference.engine import engine_text
-    from ...inference.engine_model import place
-    from ...inference.precision import apply, resolve
-    from ...model.checkpoint import resolve as resolve_checkpoint
-    from ...model.device import describe, enable_tf32
 
     try:
         attacks = parse_attacks(attack or [])
         if attacks:
             require_art()
-        if not model.startswith("zero-shot:"):
-            model = run_or_checkpoint(model, lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
-        checkpoint = None if model.startswith("zero-shot:") else resolve_checkpoint(model)
-        detector = load_model(model if checkpoint is None else str(checkpoint), device)
-        scoring_device = detector.clip.logit_scale.device
-        choice = resolve(precision, scoring_device)
-        tf32 = enable_tf32(scoring_device) if choice.precision == "fp32" else None
-        # attacks take their gradients in fp32 (the strongest attacker), the scores come from
-        # the detector as it runs
-        attack_model = copy.deepcopy(detector) if attacks and choice.precision != "fp32" else None
-        detector = apply(detector, choice.precision)  # cast once, as the Detector does
         degradations = parse_degradations(degrade or [])
         passes = 1 + len(degradations) + bool(align)
         image_set = None if dry_run else find_images(data, layout, split=split)
         if image_set is not None and csv_list(subsets):
             image_set = image_set.only(csv_list(subsets))
-        placed = place(
-            detector,
-            checkpoint,
-            backend,
-            precision,
-            view=view_options(view, max_tiles, aggregate),
-            batch_size=batch_size,
-            notify=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
-            images=len(image_set.samples) * passes if image_set is not None else 0,
-        )
-        if placed.backend != "torch":  # gradients (attacks) still come from eager PyTorch
-            attack_model = attack_model or (detector if attacks else None)
-            detector = placed.model
-        why = "ONNX Runtime graph" if placed.backend == "onnx" else choice.reason
-        engine = engine_text(placed.backend, placed.reason, placed.measured)
-        where = describe(scoring_device) + (f", {tf32}" if tf32 else "")
-        console.print(
-            f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}; "
-            f"on {escape(where)}[/dim]"
-        )
+        images = len(image_set.samples) * passes if image_set is not None else 0
+        detector, attack_model = _placed(model, device, precision, backend, bool(attacks),
+                                         view_options(view, max_tiles, aggregate), batch_size,
+                                         images)  # fmt: skip
         if dry_run:
-            _evaluate_dry_run(
-                detector,
-                data,
-                passes=passes,
-                layout=layout,
-                split=split,
-                subsets=csv_list(subsets),
-                batch_size=batch_size,
-                workers=workers,
-                view=view_options(view, max_tiles, aggregate),
-            )
+            _evaluate_dry_run(detector, data, passes=passes, layout=layout, split=split,
+                              subsets=csv_list(subsets), batch_size=batch_size, workers=workers,
+                              view=view_options(view, max_tiles, aggregate))  # fmt: skip
             return
         metrics = evaluate_dataset(
             detector,
@@ -181,6 +138,13 @@ def evaluate(
         )
     except (ValueError, OSError, ImportError) as exc:
         raise fail(exc) from exc
+    _print_report(metrics, output)
+
+
+def _print_report(metrics: dict[str, Any], output: Path) -> None:
+    """The table, the skipped files' count and where the report went."""
+    from ...evaluation.report import markdown_table
+
     console.print(
         markdown_table(metrics["clean"], paper=metrics["paper"]), soft_wrap=True, markup=False
     )
@@ -190,6 +154,52 @@ def evaluate(
         f"report: {output / 'report.md'} (+ metrics.json, table.csv, scores.csv, roc_pr.png)"
         + (", adversarial.md" if metrics.get("adversarial") else "")
     )
+
+
+def _placed(model: str, device: str, precision: str, backend: str | None, attacked: bool,
+            view: Any, batch_size: int, images: int) -> tuple[Any, Any]:  # fmt: skip
+    """The model to score with, cast to its precision and placed on its engine (the header line
+    says which), and the fp32 PyTorch model attacks take their gradients from (or None)."""
+    import copy
+
+    from ...inference.engine import engine_text
+    from ...inference.engine_model import place
+    from ...inference.precision import apply, resolve
+    from ...model.checkpoint import resolve as resolve_checkpoint
+    from ...model.device import describe, enable_tf32
+
+    if not model.startswith("zero-shot:"):
+        model = run_or_checkpoint(model, lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+    checkpoint = None if model.startswith("zero-shot:") else resolve_checkpoint(model)
+    detector = load_model(model if checkpoint is None else str(checkpoint), device)
+    scoring_device = detector.clip.logit_scale.device
+    choice = resolve(precision, scoring_device)
+    tf32 = enable_tf32(scoring_device) if choice.precision == "fp32" else None
+    # attacks take their gradients in fp32 (the strongest attacker), the scores come from the
+    # detector as it runs
+    attack_model = copy.deepcopy(detector) if attacked and choice.precision != "fp32" else None
+    detector = apply(detector, choice.precision)  # cast once, as the Detector does
+    placed = place(
+        detector,
+        checkpoint,
+        backend,
+        precision,
+        view=view,
+        batch_size=batch_size,
+        notify=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
+        images=images,
+    )
+    if placed.backend != "torch":  # gradients (attacks) still come from eager PyTorch
+        attack_model = attack_model or (detector if attacked else None)
+        detector = placed.model
+    why = "ONNX Runtime graph" if placed.backend == "onnx" else choice.reason
+    engine = engine_text(placed.backend, placed.reason, placed.measured)
+    where = describe(scoring_device) + (f", {tf32}" if tf32 else "")
+    console.print(
+        f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}; "
+        f"on {escape(where)}[/dim]"
+    )
+    return detector, attack_model
 
 
 def _evaluate_dry_run(model: Any, data: str, passes: int, **kwargs: Any) -> None:

@@ -9,25 +9,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from ...data.formats import summarize_skipped
-from .common import (
-    AGGREGATE_HELP,
-    BACKEND_HELP,
-    BATCH_HELP,
-    DEVICE_HELP,
-    FPS_HELP,
-    FRAMES_HELP,
-    MAX_SECONDS_HELP,
-    MAX_TILES_HELP,
-    PRECISION_HELP,
-    VIEW_HELP,
-    console,
-    fail,
-    run_or_checkpoint,
-    sampling_options,
-    view_options,
-)
+from ...inference.detector_config import DETECT, SCORE_DATASET, DetectorConfig
+from .common import console, fail, run_or_checkpoint
+from .options import detector_options
 
 
+@detector_options(DETECT)
 def detect(
     inputs: list[str] = typer.Argument(
         ...,
@@ -48,57 +35,18 @@ def detect(
     fmt: str = typer.Option("table", "--format", "-f", help="table|json|jsonl|csv"),
     output: Path = typer.Option(None, "--output", "-o", help="Write rows here (streamed)."),
     resume: bool = typer.Option(False, help="Skip inputs already in --output; append the rest."),
-    provenance: bool = typer.Option(
-        True,
-        help="Also read C2PA, XMP, generator parameters and EXIF; a declaration of generative "
-        "AI decides the verdict (basis column).",
-    ),
-    trust_anchors: Path = typer.Option(
-        None,
-        help="PEM file of C2PA signers you trust: their valid camera-capture claims may "
-        "overrule a 'fake' pixel label.",
-    ),
-    watermarks: bool = typer.Option(
-        False, help="Also look for generators' invisible watermarks (SDXL, SD 1.x; slower)."
-    ),
-    stability: bool = typer.Option(
-        False,
-        help="Also score re-deliveries (thumbnails, JPEG "
-        "re-save, crop); label 'uncertain' when they disagree or "
-        "the score is near the threshold.",
-    ),
-    stability_variants: str = typer.Option(
-        None, help="Comma-separated, default downscale:512,downscale:256,jpeg:75,crop:0.8"
-    ),
-    stability_margin: float = typer.Option(None, help="Default 0.05."),
-    backend: str = typer.Option(None, help=BACKEND_HELP),
-    threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
-    batch_size: int = typer.Option(None, "--batch-size", help=BATCH_HELP),
-    threads: int = typer.Option(
-        None, help="Decode threads (default: the CPUs this process may use, 2 to 8)."
-    ),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    precision: str = typer.Option("auto", help=PRECISION_HELP),
-    exact_decode: bool = typer.Option(
-        False, help="Decode JPEGs at full size (default: reduced scale when far larger)."
-    ),
     list_skipped: bool = typer.Option(
         False, help="Name each file of the folders not scored (not an image, video, hidden)."
     ),
-    view: str = typer.Option(None, help=VIEW_HELP),
-    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
-    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
     where: Path = typer.Option(
         None, help="With --view tiles/crop: draw each image's where-map (a PNG per image) here."
     ),
-    frames: int = typer.Option(None, "--frames", help=FRAMES_HELP),
-    fps: float = typer.Option(None, "--fps", help=FPS_HELP),
-    max_seconds: float = typer.Option(None, "--max-seconds", help=MAX_SECONDS_HELP),
     timeline: Path = typer.Option(
         None,
         help="Draw each clip's timeline here (a PNG per clip: p(fake) over time with a strip "
         "of its frames).",
     ),
+    config: DetectorConfig = None,
 ) -> None:
     """Score images and videos. Exit status: 0 all scored, 1 some inputs could not be read, 2
     usage error.
@@ -108,71 +56,33 @@ def detect(
     image is scored by its frames (docs/video.md): one row per clip, with its timeline."""
     import sys
 
-    from ...inference.engine import engine_text
-    from ...inference.loader import load_detector
-    from ...inference.stability import Stability
     from ..detect import discover, run_detect
 
+    err = Console(stderr=True)
     try:
-        err = Console(stderr=True)
         if (model is None) == (server is None):
             raise ValueError("give a model (-m/--model) or a server (--server URL), one of them")
+        config.check()
         found = discover(inputs, sys.stdin)
         model = run_or_checkpoint(model, lambda m: err.print(f"[dim]{escape(m)}[/dim]"))
-        if server is not None:
-            detector = _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate,
-                               frames, fps, max_seconds, trust_anchors, watermarks)  # fmt: skip
-        else:
-            detector = load_detector(
-                model,
-                backend,
-                notify=lambda message: err.print(f"[dim]{escape(message)}[/dim]", highlight=False),
-                threshold=threshold,
-                batch_size=batch_size,
-                decode_threads=threads,
-                device=device,
-                precision=precision,
-                draft=not exact_decode,
-                view=view_options(view, max_tiles, aggregate),
-                sampling=sampling_options(frames, fps, max_seconds),
-                images=len(found.paths),  # torch.compile competes only for a job that earns it
-            )
-            if trust_anchors is not None:
-                from ...provenance.c2pa_manifest import load_trust_anchors
-
-                detector.trust_anchors = load_trust_anchors(trust_anchors)
-            detector.watermarks = watermarks
+        detector = _detector(model, server, api_key, config, images=len(found.paths), err=err)
         if where is not None and detector.view.kind == "resize":
             raise ValueError("--where draws tiles: use it with --view tiles (or crop)")
-        engine = detector.engine_info()
-        figures = engine.get("ms_per_image")
-        chosen = (
-            f"; engine {engine_text(engine['backend'], engine['reason'], figures)}"
-            if detector.engine
-            else ""
-        )
-        err.print(
-            f"[dim]{escape(model or server)}: {detector.precision} "
-            f"({escape(detector.precision_reason)}){escape(chosen)}{escape(_placement(detector))}"
-            "[/dim]",
-            highlight=False,
-        )
         counts = run_detect(
             detector,
             found.paths,
             output=output,
             fmt=fmt,
             resume=resume,
-            provenance=provenance,
+            provenance=config.provenance,
             console=console,
-            stability=Stability.parse(stability_variants, stability_margin) if stability else None,
-            progress_console=Console(stderr=True),
+            stability=config.stability_check(),
+            progress_console=err,
             where=where,
             timeline=timeline,
         )
     except (ValueError, OSError) as exc:
         raise fail(exc) from exc
-    err = Console(stderr=True)
     err.print(
         f"{counts['scored']} scored, {counts['failed']} failed"
         + (f", {counts['skipped']} already in {output}" if counts["skipped"] else "")
@@ -184,20 +94,50 @@ def detect(
         raise typer.Exit(1)
 
 
-def _remote(server, api_key, threshold, batch_size, view, max_tiles, aggregate, frames, fps,
-            max_seconds, trust_anchors, watermarks):  # fmt: skip
+def _detector(model, server, api_key, config: DetectorConfig, images: int, err: Console):
+    """The local detector (or a server's Client) for ``detect``, its engine said on stderr."""
+    from ...inference.detector import load_detector
+    from ...inference.engine import engine_text
+
+    if server is not None:
+        detector = _remote(server, api_key, config)
+    else:
+        detector = load_detector(
+            model,
+            config,
+            notify=lambda message: err.print(f"[dim]{escape(message)}[/dim]", highlight=False),
+            images=images,  # torch.compile competes only for a job that earns it
+        )
+    engine = detector.engine_info()
+    figures = engine.get("ms_per_image")
+    chosen = (
+        f"; engine {engine_text(engine['backend'], engine['reason'], figures)}"
+        if detector.engine
+        else ""
+    )
+    err.print(
+        f"[dim]{escape(model or server)}: {detector.precision} "
+        f"({escape(detector.precision_reason)}){escape(chosen)}{escape(_placement(detector))}"
+        "[/dim]",
+        highlight=False,
+    )
+    return detector
+
+
+def _remote(server: str, api_key: str | None, config: DetectorConfig):
     """A Client for ``detect --server``: the options the server takes per request are sent; the
-    ones that belong to the server (its trust anchors, watermark search) are refused here."""
+    ones that belong to the server (its trust anchors, watermark search, engine) are refused."""
     from ...inference.remote import Client, RemoteError
 
-    if trust_anchors is not None or watermarks:
+    if config.trust_anchors is not None or config.watermarks:
         raise ValueError(
             "--trust-anchors and --watermarks are the server's settings "
             "(miragedet serve --trust-anchors/--watermarks), not per request"
         )
-    client = Client(server, api_key, batch_size=batch_size or 32, view=view, max_tiles=max_tiles,
-                    aggregate=aggregate, threshold=threshold, frames=frames, fps=fps,
-                    max_seconds=max_seconds)  # fmt: skip
+    client = Client(server, api_key, batch_size=config.batch_size or 32, view=config.view,
+                    max_tiles=config.max_tiles, aggregate=config.aggregate,
+                    threshold=config.threshold, frames=config.frames, fps=config.fps,
+                    max_seconds=config.max_seconds)  # fmt: skip
     try:
         client.info()
     except RemoteError as exc:
@@ -231,6 +171,7 @@ def _list_skipped(err: Console, skipped: list[tuple[str, str]], requested: bool)
         err.print("[dim](--list-skipped names them)[/dim]")
 
 
+@detector_options(SCORE_DATASET)
 def score_dataset(
     source: str = typer.Argument(
         ...,
@@ -251,24 +192,11 @@ def score_dataset(
     address: str = typer.Option(
         None, help="Ray cluster to join (auto, ray://host:10001); default: a local Ray."
     ),
-    batch_size: int = typer.Option(None, "--batch-size", help=BATCH_HELP),
     shard_size: int = typer.Option(1000, help="Inputs per Parquet shard (the unit of resume)."),
-    backend: str = typer.Option(None, help=BACKEND_HELP),
-    threshold: float = typer.Option(None, help="Default: the checkpoint's threshold."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    precision: str = typer.Option("auto", help=PRECISION_HELP),
     list_skipped: bool = typer.Option(
         False, help="Name each file of the input not scored (not an image, video, hidden)."
     ),
-    provenance: bool = typer.Option(
-        True, help="Read C2PA, XMP, generator parameters, EXIF: verdict/basis/provenance columns."
-    ),
-    view: str = typer.Option(None, help=VIEW_HELP),
-    max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
-    aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
-    frames: int = typer.Option(None, "--frames", help=FRAMES_HELP),
-    fps: float = typer.Option(None, "--fps", help=FPS_HELP),
-    max_seconds: float = typer.Option(None, "--max-seconds", help=MAX_SECONDS_HELP),
+    config: DetectorConfig = None,
 ) -> None:
     """Score a large collection into Parquet shards; rerun the same command to resume.
 
@@ -285,7 +213,7 @@ def score_dataset(
         TimeRemainingColumn,
     )
 
-    from ..score_dataset import score_dataset as run
+    from ...inference.score_dataset import score_dataset as run
 
     err = Console(stderr=True)
     progress = Progress(
@@ -314,17 +242,10 @@ def score_dataset(
                 source,
                 output,
                 model,
+                config,
                 engine=engine,
                 workers=workers,
-                batch_size=batch_size,
                 shard_size=shard_size,
-                backend=backend,
-                threshold=threshold,
-                device=device,
-                precision=precision,
-                provenance=provenance,
-                view=view_options(view, max_tiles, aggregate),
-                sampling=sampling_options(frames, fps, max_seconds),
                 cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker,
                 address=address,

@@ -11,93 +11,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from ...data.formats import summarize_skipped
-from .common import (
-    console,
-    csv_list,
-    duration,
-    fail,
-)
+from ...training.config import TRAIN, TrainConfig
+from .common import console, duration, fail
+from .options import config_options
 
 
+@config_options(TrainConfig, TRAIN, argument="given", given_only=True)
 def train(
     data: str = typer.Argument(None, help="Training data root (any layout) or manifest."),
     config: Path = typer.Option(
         None, "--config", "-c", help="YAML file of training options; flags given here override it."
     ),
-    layout: str = typer.Option(None, help="auto|genimage|ufd|chameleon|generic|manifest"),
-    subsets: str = typer.Option(
-        None, help="Comma-separated subsets to train on (e.g. stable_diffusion_v_1_4)."
-    ),
-    val_data: str = typer.Option(None, help="Validation root (default: the val split, if any)."),
-    max_per_class: int = typer.Option(None, help="Cap on training images per class."),
-    frames_per_clip: int = typer.Option(
-        None, help="Video clips in the data: evenly spread frames each contributes (8)."
-    ),
-    classes: str = typer.Option(None, help="Comma-separated prompt class names."),
-    method: str = typer.Option(
-        None,
-        help="zero-shot|linear-probe|text-prompts|multimodal|"
-        "discriminative|mirage|finetune (default mirage)",
-    ),
-    backbone: str = typer.Option(
-        None, help="Hub id, local dir or random:PRESET (default openai/clip-vit-large-patch14)."
-    ),
-    n_ctx: int = typer.Option(None),
-    depth: int = typer.Option(None),
-    finetune_blocks: int = typer.Option(None),
-    template: str = typer.Option(None),
-    lambda_dis: float = typer.Option(None),
-    tau: float = typer.Option(None),
-    bank_size: int = typer.Option(None),
-    lr: float = typer.Option(None, help="Default 0.002 (paper)."),
-    momentum: float = typer.Option(None),
-    weight_decay: float = typer.Option(None),
-    batch_size: int = typer.Option(None, help="Default 128 (paper)."),
-    grad_accum: int = typer.Option(None),
-    epochs: int = typer.Option(None),
-    warmup_steps: int = typer.Option(None),
-    max_steps: int = typer.Option(None),
-    amp: str = typer.Option(
-        None,
-        help="none (fp32, default) | auto (bf16 where the hardware computes it natively, fp16 "
-        "on GPUs without bf16, else none) | bf16 | fp16. bf16 on a CPU without native bf16 "
-        "is emulated and several times slower: it warns.",
-    ),
-    augment: str = typer.Option(None, help="none|robust"),
-    view: str = typer.Option(
-        None,
-        help="resize (CLIP's resize + centre crop, the paper's) or crop (random crops at "
-        "native resolution: keeps pixel-level traces; the checkpoint then scores with tiles).",
-    ),
-    align: str = typer.Option(None, help="Re-encode every training image alike: jpeg:96 or png."),
-    workers: int = typer.Option(None),
-    seed: int = typer.Option(None),
-    device: str = typer.Option(
-        None, help="auto (a CUDA GPU when present, else the CPU; the default), cpu, cuda, cuda:N."
-    ),
-    output: str = typer.Option(None, "--output", "-o"),
-    log_every: int = typer.Option(None),
-    save_every: int = typer.Option(None),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last."),
     nproc: int = typer.Option(
         1,
         help="Train on N processes of this machine (one per GPU, or CPU processes with "
         "gloo) through torchrun; the same as `torchrun --nproc-per-node N -m miragedet train`.",
-    ),
-    cache_features: bool = typer.Option(
-        None,
-        "--cache-features/--no-cache-features",
-        help="Compute frozen image features once (linear-probe, zero-shot, text-prompts without "
-        "augmentation); default on.",
-    ),
-    adv_train: str = typer.Option(
-        None,
-        help="Adversarial training of the prompts (backbone frozen): an attack spec such as "
-        "pgd:eps=2,steps=5 (eps in grey levels of the model's input crops). Needs "
-        "miragedet[attacks].",
-    ),
-    adv_fraction: float = typer.Option(
-        None, help="With --adv-train: share of each batch replaced by attacks (default 0.5)."
     ),
     temporal: bool = typer.Option(
         False,
@@ -116,63 +44,22 @@ def train(
         help="Check the data and the model, time a few real steps here, print the estimated "
         "time per epoch and in all, and peak memory; write nothing.",
     ),
+    given: dict | None = None,
 ) -> None:
-    """Train a detector (MiraGe or a baseline) on a data set; checkpoints go to OUTPUT."""
+    """Train a detector (MiraGe or a baseline) on a data set; checkpoints go to OUTPUT.
+
+    Every option below --dry-run is a TrainConfig field and a key of the --config file."""
     from ...model import distributed
-    from ...training.config import TrainConfig
     from ...training.trainer import Trainer
 
     if temporal:
-        _train_temporal(data, model, output, frames, seed, layout)
+        _train_temporal(data, model, given.get("output"), frames, given.get("seed"),
+                        given.get("layout"))  # fmt: skip
         return
     if nproc > 1 and not distributed.env_from_launcher().enabled:
         raise typer.Exit(_launch_torchrun(nproc))
-
-    given = {
-        k: v
-        for k, v in dict(
-            data=data,
-            layout=layout,
-            subsets=csv_list(subsets),
-            val_data=val_data,
-            max_per_class=max_per_class,
-            frames_per_clip=frames_per_clip,
-            classes=csv_list(classes),
-            method=method,
-            backbone=backbone,
-            n_ctx=n_ctx,
-            depth=depth,
-            finetune_blocks=finetune_blocks,
-            template=template,
-            lambda_dis=lambda_dis,
-            tau=tau,
-            bank_size=bank_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            epochs=epochs,
-            warmup_steps=warmup_steps,
-            max_steps=max_steps,
-            amp=amp,
-            augment=augment,
-            view=view,
-            align=align,
-            workers=workers,
-            seed=seed,
-            device=device,
-            output=output,
-            log_every=log_every,
-            save_every=save_every,
-            cache_features=cache_features,
-            adv_train=adv_train,
-            adv_fraction=adv_fraction,
-        ).items()
-        if v is not None
-    }
-    if resume:
-        given["resume"] = True
+    if data is not None:
+        given["data"] = data
     try:
         cfg = TrainConfig.from_yaml(config, **given) if config else TrainConfig.from_dict(given)
         if not cfg.data:

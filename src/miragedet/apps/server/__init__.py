@@ -1,8 +1,11 @@
 """`miragedet serve`: an HTTP service (FastAPI + uvicorn) and a web page over a Detector.
 
-app.py: routes, readiness, access log; contract.py: the OpenAPI models and error codes;
-uploads.py: request bytes to model inputs; results.py: outputs to result rows; keys.py: API
-keys, rate limits and quotas; batching.py: the model queue and metrics; settings.py.
+app.py: the application assembled; state.py: what the routes share, and the model's loading;
+routes_info.py (health, readiness, metrics, the model), routes_score.py (/v1/detect, its access
+log) and routes_page.py (the web page): the routers; auth.py: the API key check; contract.py:
+the OpenAPI models and error codes; uploads.py: request bytes to model inputs; results.py:
+outputs to result rows; keys.py: API keys, rate limits and quotas; batching.py: the model queue
+and metrics; settings.py.
 """
 
 from .app import create_app, serve

@@ -1,6 +1,6 @@
 """The server's model queue: images of concurrent requests grouped into batches (one forward at
-a time, ``max_batch`` images, waiting at most ``max_wait_ms``, ``max_queue`` images bounded),
-and the Prometheus metrics it and the server keep."""
+a time, up to the detector's batch size, waiting at most ``max_wait_ms``, ``max_queue`` images
+bounded), and the Prometheus metrics it and the server keep."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class Batcher:
         while True:
             batch = [await self.queue.get()]
             deadline = loop.time() + wait
-            while len(batch) < self.settings.max_batch:
+            while len(batch) < self.detector.batch_size:  # --batch-size, or the detector's
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

@@ -77,10 +77,15 @@ class ImageResult(BaseModel):
         'bottom], "p": p(fake)}; per scored frame of a clip {"t": seconds, "p": p(fake)} '
         "(docs/video.md)",
     )
-    clip: dict[str, Any] | None = Field(
+    video: dict[str, Any] | None = Field(
         None,
         description="Videos and animated images: frames scored, duration, size, decoder, the "
         "frames' aggregate and (temporal head) the temporal p(fake)",
+    )
+    clip: dict[str, Any] | None = Field(
+        None,
+        description="The same as video, under its name before 0.2; goes in the next release",
+        deprecated=True,
     )
     open_set: dict[str, Any] | None = Field(
         None,

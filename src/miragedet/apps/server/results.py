@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from ...data.views import Tiles, View, summarize
-from ...inference.clips import ClipInputs, summarize_clip
+from ...data.views import Tiles, View
 from ...inference.detector import Detector
 from ...inference.stability import Stability
+from ...inference.tiles import summarize
+from ...inference.videos import VideoInputs, summarize_video
 from ...model.adapters import UNKNOWN
 from .contract import ImageResult
 from .uploads import Prepared
@@ -31,8 +32,8 @@ class Options:
 def _probability(prepared: Prepared, scores: np.ndarray, view: View, result: ImageResult):
     """The upload's class probabilities, filling its regions/tiles/clip on the way."""
     extra = prepared.extra
-    if isinstance(extra, ClipInputs):
-        p, result.clip, result.regions = summarize_clip(extra, scores, view)
+    if isinstance(extra, VideoInputs):
+        p, result.video, result.regions = summarize_video(extra, scores, view)
         return p
     if isinstance(extra, list):  # re-deliveries under the tiles/crop view: one Tiles each
         extra = extra[0]
@@ -84,7 +85,7 @@ async def build(
         )
         if i in scores or i in temporal:
             if i in temporal:
-                p, result.clip, result.regions = temporal[i]
+                p, result.video, result.regions = temporal[i]
             else:
                 p = _probability(item, scores[i][0], options.view, result)
             fake = float(1.0 - p[0])
@@ -113,5 +114,6 @@ async def build(
                     read_provenance, data, anchors, watermarks
                 )
                 result.verdict, result.basis = combine(result.label, result.provenance)
+        result.clip = result.video  # the name before 0.2, for one release
         results.append(result)
     return results

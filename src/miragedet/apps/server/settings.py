@@ -1,15 +1,20 @@
-"""What a server is started with: the model, the engine, batching, limits, keys and quotas."""
+"""What a server is started with: how its detector scores (the DetectorConfig fields, the same as
+detect's options) and what belongs to the server alone (the model, batching, limits, keys)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from ...inference.detector_config import DetectorConfig
 
 
 @dataclass
-class ServerSettings:
+class ServerSettings(DetectorConfig):
+    """The detector's settings (:class:`~miragedet.inference.detector_config.DetectorConfig`:
+    threshold, batch size, device, precision, backend, view, frames, provenance, trust anchors,
+    watermarks, threads, exact decode; stability is asked per request) and the server's own."""
+
     model: str = ""
-    max_batch: int = 16
     max_wait_ms: float = 10.0
     max_queue: int = 256  # images waiting or being scored
     max_body_mb: float = 32.0
@@ -21,20 +26,17 @@ class ServerSettings:
     rate_limit: str | None = None
     daily_images: int | None = None  # images per key per day; None: unlimited
     cors_origins: list[str] = field(default_factory=list)
-    threshold: float | None = None
-    device: str | None = "auto"  # a CUDA GPU when present (model/device.py)
-    provenance: bool = True
-    trust_anchors: str | None = None  # PEM text of trusted C2PA signers (--trust-anchors)
-    watermarks: bool = False  # look for generators' invisible watermarks (--watermarks)
     retry_after_s: int = 1
-    #: auto | torch | onnx | compile (inference/engine.py); None: $MIRAGEDET_BACKEND, else auto
-    backend: str | None = None
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (network cast once; torch backend)
-    #: A View, a kind, or options with an optional kind (views.resolve); None: the checkpoint's
-    #: (tiles for one trained on native crops).
-    view: Any = None
     max_tiles_limit: int = 64  # the most tiles a request may ask for per image (?max_tiles=)
     max_video_mb: float = 64.0  # one video upload at most (images: max_body_mb)
     max_video_seconds: float = 600.0  # longer clips are refused (413)
-    #: Frames scored per clip (None: the detector's, 16 by default); at most 64 per clip.
-    frames: int | None = None
+
+    def __post_init__(self) -> None:
+        # the trusted signers are read once, at start-up: a missing file fails here
+        self.trust_anchors = self.trust_anchor_pem()
+
+    def detector_config(self) -> DetectorConfig:
+        """The detector's part of these settings."""
+        from dataclasses import fields
+
+        return DetectorConfig(**{f.name: getattr(self, f.name) for f in fields(DetectorConfig)})

@@ -18,12 +18,12 @@ from PIL import Image
 
 from ...data import formats
 from ...data.dataset import ImageDecodeError, load_image
-from ...data.video import Sampling, clip_kind
+from ...data.video import Sampling, video_kind
 from ...data.views import View, inputs
-from ...inference.clips import prepare_clip
 from ...inference.detector import Detector
 from ...inference.pipeline import gpu_job
 from ...inference.stability import Stability
+from ...inference.videos import prepare_video
 from .contract import DetectJSON
 from .settings import ServerSettings
 
@@ -94,7 +94,7 @@ class BodyLimit:
 
 class Prepared(NamedTuple):
     """One upload made ready: its input tensors (None when it cannot be scored), the status and
-    error code, the error, and what scoring needs back (Tiles, ClipInputs, or per re-delivery a
+    error code, the error, and what scoring needs back (Tiles, VideoInputs, or per re-delivery a
     list of Tiles)."""
 
     tensors: list[torch.Tensor] | None
@@ -109,15 +109,15 @@ def refused(status: int, code: str, detail: str) -> Prepared:
     return Prepared(None, status, detail, None, code)
 
 
-def _prepare_clip(
+def _prepare_video(
     data: bytes, detector: Detector, view: View, limits: ServerSettings, sampling: Sampling
 ) -> Prepared:
     """A video or animated image: its frames' inputs, or the status of why not."""
     if len(data) > limits.max_video_mb * 2**20:
         return refused(413, "video_too_large", f"video over the {limits.max_video_mb:g} MB limit")
     sampling = dataclasses.replace(sampling, max_pixels=min(sampling.max_pixels, limits.max_pixels))
-    prepared = prepare_clip(data, detector.preprocess, view, sampling)
-    duration = prepared.clip.duration or 0.0
+    prepared = prepare_video(data, detector.preprocess, view, sampling)
+    duration = prepared.video.duration or 0.0
     if duration > limits.max_video_seconds:
         return refused(
             413,
@@ -141,16 +141,16 @@ def prepare(
 
     The tensors are the image's one input (resize view), its tiles (tiles/crop view: ``extra``
     holds their :class:`~miragedet.data.views.Tiles`), a clip's frames (``extra``: its
-    ClipInputs), or, with ``stability``, the image as given and then each re-delivery, each
+    VideoInputs), or, with ``stability``, the image as given and then each re-delivery, each
     prepared by the view (``extra``: the Tiles of each, or None with the resize view)."""
     view = view or detector.view
     limits = limits or ServerSettings(max_pixels=max_pixels)
     try:
         fmt = formats.sniff(formats.read_head(data))
-        if fmt == "VIDEO" or (fmt in ("GIF", "WEBP", "PNG") and clip_kind(data)):
+        if fmt == "VIDEO" or (fmt in ("GIF", "WEBP", "PNG") and video_kind(data)):
             if stability is not None:
                 return refused(422, "unsupported_option", "stability works with still images")
-            return _prepare_clip(data, detector, view, limits, sampling or detector.clip_sampling)
+            return _prepare_video(data, detector, view, limits, sampling or detector.video_sampling)
         if len(data) > limits.max_body_mb * 2**20:
             return refused(
                 413,

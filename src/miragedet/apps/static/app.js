@@ -60,7 +60,7 @@ function whereLegend(tiles, regions) {
 // dot per frame, the threshold dashed); clicking a dot seeks the video there.
 function timeline(result, video) {
   const W = 240, H = 60, regions = result.regions || [];
-  const end = Math.max(result.clip.duration || 0, ...regions.map((r) => r.t), 1e-3);
+  const end = Math.max(result.video.duration || 0, ...regions.map((r) => r.t), 1e-3);
   const x = (t) => (W * t) / end, y = (p) => H - 4 - (H - 8) * p;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
@@ -90,7 +90,7 @@ function timeline(result, video) {
   const top = regions.reduce((a, r) => (r.p > a.p ? r : a), { p: -1, t: 0 });
   const legend = document.createElement("div");
   legend.className = "where-legend";
-  legend.textContent = `Timeline: ${result.clip.frames_scored} frames over ${(result.clip.duration || 0).toFixed(1)} s; most suspicious ${(100 * top.p).toFixed(1)}% at ${top.t.toFixed(2)} s`;
+  legend.textContent = `Timeline: ${result.video.frames_scored} frames over ${(result.video.duration || 0).toFixed(1)} s; most suspicious ${(100 * top.p).toFixed(1)}% at ${top.t.toFixed(2)} s`;
   box.appendChild(legend);
   return box;
 }
@@ -102,14 +102,14 @@ function card(file, result) {
   frame.className = "frame";
   const pic = document.createElement("div");
   pic.className = "pic";
-  const isVideo = file.type.startsWith("video/") || (result.clip && !file.type.startsWith("image/"));
+  const isVideo = file.type.startsWith("video/") || (result.video && !file.type.startsWith("image/"));
   const img = document.createElement(isVideo ? "video" : "img");
   img.src = URL.createObjectURL(file);
   if (isVideo) { img.controls = true; img.muted = true; img.preload = "metadata"; } else { img.alt = file.name; }
   pic.appendChild(img);
   frame.appendChild(pic);
   el.appendChild(frame);
-  if (result.clip) el.appendChild(timeline(result, isVideo ? img : null));
+  if (result.video) el.appendChild(timeline(result, isVideo ? img : null));
   if (result.tiles && result.regions && $("where").checked) {
     const layer = whereLayer(result.tiles, result.regions);
     pic.appendChild(layer);

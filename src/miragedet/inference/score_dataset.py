@@ -1,4 +1,4 @@
-"""`miragedet score-dataset`: score a large image collection into Parquet shards, resumably.
+"""Score a large image collection into Parquet shards, resumably (`miragedet score-dataset`).
 
 The input (a folder, a manifest, a list of paths, or a storage URI such as ``s3://bucket/prefix``
 that pyarrow can list) is listed once and cut into shards of ``shard_size`` paths, in a fixed
@@ -32,25 +32,14 @@ from typing import Any
 import numpy as np
 
 from ..data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, VIDEO_EXTENSIONS, Found, walk
-from ..inference.pipeline import CPU_BATCH, GPU_BATCH_MAX
+from .detector_config import DetectorConfig, resolve_backend
+from .pipeline import CPU_BATCH, GPU_BATCH_MAX
+from .rows import kind_of, row_of
 
 PLAN_NAME = "_plan.json"
-COLUMNS = (
-    "path",
-    "fake_prob",
-    "label",
-    "top_class",
-    "threshold",
-    "verdict",
-    "basis",
-    "provenance",
-    "error",
-    "tiles",  # with the tiles/crop view: how many tiles and the most suspicious one
-    "tile_max_fake_prob",
-    "frames",  # clips: frames scored and duration (null for still images)
-    "duration",
-    "regions",  # where/when as JSON: tiles' boxes or a clip's frames with p(fake)
-)
+#: What the engines send back per input: its shard, its place, and its row as JSON (the columns
+#: of :mod:`miragedet.inference.rows` for the job's options).
+WIRE = ("shard", "index", "row")
 ENGINES = ("ray", "local")
 
 
@@ -144,35 +133,13 @@ class Scorer:
     """The detector as a callable over batches of ``{"shard", "index", "path"}`` columns: what
     Ray Data runs in each actor (and the local engine runs in-process)."""
 
-    def __init__(
-        self,
-        model: str,
-        backend: str | None = None,
-        threshold: float | None = None,
-        batch_size: int | None = None,
-        device: str | None = "auto",
-        threads: int | None = None,
-        precision: str = "auto",
-        provenance: bool = True,
-        view: Any = None,
-        sampling: Any = None,
-        choice: Any = None,
-    ) -> None:
-        from ..inference.loader import load_detector
+    def __init__(self, model: str, config: DetectorConfig, choice: Any = None) -> None:
+        from .detector import load_detector
+        from .rows import columns_for
 
-        self.provenance = provenance
-        self.detector = load_detector(
-            model,
-            backend,
-            engine=choice,  # the driver's --backend auto choice: workers do not measure again
-            threshold=threshold,
-            batch_size=batch_size,
-            decode_threads=threads,
-            device=device,
-            precision=precision,
-            view=view,
-            sampling=sampling,
-        )
+        # the driver's --backend auto choice: workers do not measure again
+        self.detector = load_detector(model, config, engine=choice)
+        self.names = columns_for(self.detector, config.provenance, config.stability)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return next(self.stream([batch]))
@@ -198,7 +165,7 @@ class Scorer:
                 pending.append((batch, paths, errors, good, []))
                 yield from (items[i] for i in good)
 
-        for prediction in self.detector.iter_score(readable(), provenance=self.provenance):
+        for prediction in self.detector.iter_score(readable()):
             next(e for e in pending if len(e[4]) < len(e[3]))[4].append(prediction)
             while pending and len(pending[0][4]) == len(pending[0][3]):
                 yield self._rows(*pending.popleft())
@@ -209,45 +176,19 @@ class Scorer:
         self, batch: dict[str, np.ndarray], paths: list[str], errors: dict[int, str],
         good: list[int], scored: list[Any],
     ) -> dict[str, np.ndarray]:  # fmt: skip
-        from ..data.views import tile_columns
+        from .prediction import Prediction
 
         predictions = dict(zip(good, scored, strict=True))
-        fake_prob, label, top_class, error = [], [], [], []
-        verdict, basis, summary = [], [], []
-        tiles, tile_max, frames, duration, regions = [], [], [], [], []
-        for i in range(len(paths)):
-            p = predictions.get(i)
-            columns = tile_columns(None, None) if p is None else tile_columns(p.tiles, p.regions)
-            tiles.append(columns.get("tiles", -1))
-            tile_max.append(columns.get("tile_max_fake_prob", np.nan))
-            clip = None if p is None else p.clip
-            frames.append(clip["frames_scored"] if clip else -1)
-            duration.append(clip["duration"] if clip and clip["duration"] is not None else np.nan)
-            regions.append(json.dumps(p.regions) if p is not None and p.regions else None)
-            fake_prob.append(np.nan if p is None or p.fake_prob is None else p.fake_prob)
-            label.append(None if p is None else p.label)
-            top_class.append(None if p is None else p.top_class)
-            verdict.append(None if p is None else p.verdict)
-            basis.append(None if p is None else p.basis)
-            summary.append(None if p is None or not p.provenance else p.provenance["summary"])
-            error.append(errors.get(i) if p is None else p.error)
+        threshold = self.detector.threshold
+        rows = []
+        for i, path in enumerate(paths):
+            p = predictions.get(i) or Prediction(path, None, None, threshold, error=errors[i])
+            p.source = path  # a URI's bytes are named by the URI
+            rows.append(json.dumps(row_of(p, self.names)))
         return {
             "shard": np.asarray(batch["shard"], dtype=np.int64),
             "index": np.asarray(batch["index"], dtype=np.int64),
-            "path": np.array(paths, dtype=object),
-            "fake_prob": np.array(fake_prob, dtype=np.float64),
-            "label": np.array(label, dtype=object),
-            "top_class": np.array(top_class, dtype=object),
-            "threshold": np.full(len(paths), self.detector.threshold, dtype=np.float64),
-            "verdict": np.array(verdict, dtype=object),
-            "basis": np.array(basis, dtype=object),
-            "provenance": np.array(summary, dtype=object),
-            "error": np.array(error, dtype=object),
-            "tiles": np.array(tiles, dtype=np.int64),  # -1: none (resize view, or an error)
-            "tile_max_fake_prob": np.array(tile_max, dtype=np.float64),
-            "frames": np.array(frames, dtype=np.int64),  # -1: a still image (or an error)
-            "duration": np.array(duration, dtype=np.float64),
-            "regions": np.array(regions, dtype=object),
+            "row": np.array(rows, dtype=object),
         }
 
 
@@ -301,23 +242,6 @@ def _plan(
     return plan
 
 
-def _text(value: Any) -> str | None:
-    """A string cell as sent back by an engine (Ray may turn an all-empty column into NaNs)."""
-    if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
-        return None
-    return str(value)
-
-
-def _number(value: Any) -> float | None:
-    return None if value is None or np.isnan(value) else float(value)
-
-
-def _count(value: Any) -> int | None:
-    if value is None or np.isnan(value) or int(value) < 0:
-        return None
-    return int(value)
-
-
 def _check_model(model: str, backend: str) -> None:
     """Refuse a checkpoint that cannot load before any worker starts (the workers would retry
     the failure on every actor, burying the reason under their logs)."""
@@ -338,35 +262,27 @@ def shard_path(output: Path, shard: int) -> Path:
     return output / f"part-{shard:05d}.parquet"
 
 
-def write_shard(output: Path, shard: int, rows: dict[str, list[Any]]) -> Path:
-    """Write one shard's rows (sorted by input order) atomically: temp file, fsync, rename."""
+#: Arrow types of the row's kinds (a "json" column is stored as JSON text).
+ARROW_TYPES = {"string": "string", "float": "float64", "int": "int64", "bool": "bool_",
+               "json": "string"}  # fmt: skip
+
+
+def write_shard(output: Path, shard: int, rows: list[tuple[int, dict[str, Any]]]) -> Path:
+    """Write one shard's rows (``(index, row)``, sorted here by input order) atomically: temp
+    file, fsync, rename. The columns are the rows' own (:mod:`miragedet.inference.rows`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    order = np.argsort(rows["index"], kind="stable")
-    table = pa.table(
-        {
-            "path": pa.array([rows["path"][i] for i in order], pa.string()),
-            "fake_prob": pa.array(
-                [None if np.isnan(rows["fake_prob"][i]) else rows["fake_prob"][i] for i in order],
-                pa.float64(),
-            ),
-            "label": pa.array([_text(rows["label"][i]) for i in order], pa.string()),
-            "top_class": pa.array([_text(rows["top_class"][i]) for i in order], pa.string()),
-            "threshold": pa.array([rows["threshold"][i] for i in order], pa.float64()),
-            **{
-                name: pa.array([_text(rows[name][i]) for i in order], pa.string())
-                for name in ("verdict", "basis", "provenance", "error")
-            },
-            "tiles": pa.array([_count(rows["tiles"][i]) for i in order], pa.int64()),
-            "tile_max_fake_prob": pa.array(
-                [_number(rows["tile_max_fake_prob"][i]) for i in order], pa.float64()
-            ),
-            "frames": pa.array([_count(rows["frames"][i]) for i in order], pa.int64()),
-            "duration": pa.array([_number(rows["duration"][i]) for i in order], pa.float64()),
-            "regions": pa.array([_text(rows["regions"][i]) for i in order], pa.string()),
-        }
-    )
+    ordered = [row for _, row in sorted(rows, key=lambda pair: pair[0])]
+    names = list(ordered[0]) if ordered else ["path"]
+    arrays = {}
+    for name in names:
+        kind = kind_of(name)
+        values = [row.get(name) for row in ordered]
+        if kind == "json":
+            values = [None if v is None else json.dumps(v) for v in values]
+        arrays[name] = pa.array(values, getattr(pa, ARROW_TYPES[kind])())
+    table = pa.table(arrays)
     final = shard_path(output, shard)
     tmp = output / f".{final.name}.{os.getpid()}.tmp"
     with tmp.open("wb") as handle:
@@ -384,8 +300,8 @@ def read_scores(output: str | Path) -> Any:
 
     parts = sorted(Path(output).glob("part-*.parquet"))
     if not parts:
-        return pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
-    # shards written before the tile columns existed lack them: filled with nulls
+        return pa.table({"path": pa.array([], pa.string())})
+    # shards written by an older release may lack columns: filled with nulls
     return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
 
 
@@ -393,43 +309,39 @@ def score_dataset(
     source: str | os.PathLike,
     output: str | Path,
     model: str,
+    config: DetectorConfig | None = None,
     engine: str = "ray",
     workers: int = 2,
-    batch_size: int | None = None,
     shard_size: int = 1000,
-    backend: str | None = None,
-    threshold: float | None = None,
-    device: str | None = "auto",
-    precision: str = "auto",
-    provenance: bool = True,
-    view: Any = None,
-    sampling: Any = None,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float | None = None,
     address: str | None = None,
     on_start: Callable[[ScoreReport, int], None] | None = None,
     on_rows: Callable[[int], None] | None = None,
     notify: Callable[[str], None] | None = None,
+    **overrides: Any,
 ) -> ScoreReport:
-    """Score every image of ``source`` into Parquet shards under ``output`` (see the module)."""
+    """Score every image of ``source`` into Parquet shards under ``output`` (see the module);
+    ``config``/``overrides`` say how (:class:`~miragedet.inference.detector_config.
+    DetectorConfig`), as for :func:`~miragedet.inference.detector.load_detector`."""
+    config = (config or DetectorConfig()).replace(**overrides)
     if engine not in ENGINES:
         raise ScoringError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if shard_size < 1 or (batch_size is not None and batch_size < 1) or workers < 1:
-        raise ScoringError("shard_size, batch_size and workers must be at least 1")
+    if shard_size < 1 or workers < 1:
+        raise ScoringError("shard_size and workers must be at least 1")
     output = Path(output)
-    from ..inference.loader import resolve_backend
-
-    try:
-        backend = resolve_backend(backend)  # refused here, not in every worker
+    try:  # refused here, not in every worker; the signers travel as text, not as a path
+        config.check()
+        config = config.replace(trust_anchors=config.trust_anchor_pem())
     except ValueError as exc:
         raise ScoringError(str(exc)) from exc
+    backend = config.backend = resolve_backend(config.backend)
     _check_model(model, backend)
     found = discover_inputs(os.fspath(source))
     paths = list(dict.fromkeys(found.paths))
-    if view is not None:
-        from ..data.views import resolve
-
-        resolve(view, "resize")  # refuse bad options here, not in every worker
+    view = config.view_request()
+    asked = (config.frames, config.fps, config.max_seconds) != (None, None, None)
+    sampling = config.sampling() if asked else None  # the plan records clips' sampling if asked
     _plan(paths, shard_size, output, model, view, sampling)
     for stale in output.glob(".part-*.tmp"):  # a kill between write and rename
         stale.unlink()
@@ -438,13 +350,14 @@ def score_dataset(
     expected = {s: min((s + 1) * shard_size, len(paths)) - s * shard_size for s in pending}
     choice = None
     if backend == "auto":  # chosen once here, not by every worker
-        from ..inference.engine import choose, onnx_graph
         from ..model.checkpoint import resolve as resolve_checkpoint
+        from .engine import choose, onnx_graph
 
         directory = resolve_checkpoint(model)
         left = sum(expected.values())  # what this run scores, shared by the workers
-        choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
-                        device=device, notify=notify, images=left / workers)  # fmt: skip
+        choice = choose(directory, view=view, batch_size=config.batch_size,
+                        precision=config.precision, device=config.device, notify=notify,
+                        images=left / workers)  # fmt: skip
         if choice.backend == "onnx":
             onnx_graph(directory, notify)  # exported here (if ever), not by every worker
     report = ScoreReport(output, len(paths), n_shards, n_shards - len(pending))
@@ -455,51 +368,33 @@ def score_dataset(
     if on_start is not None:
         on_start(report, work.num_rows)
     start = time.perf_counter()
-    kwargs = dict(
-        model=model,
-        backend=backend,
-        threshold=threshold,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        provenance=provenance,
-        view=view,
-        sampling=sampling,
-        choice=choice,
-    )
     if gpus_per_worker is None:  # Ray actors share the GPUs the driver's device asks for
         from ..model.device import gpu_share
 
-        gpus_per_worker = gpu_share(device, workers)
-    batches = (
-        _ray_batches(
-            work,
-            {**kwargs, "threads": max(2, math.ceil(cpus_per_worker))},  # an actor's own CPUs
-            workers,
-            batch_size or (GPU_BATCH_MAX if gpus_per_worker else CPU_BATCH),
-            cpus_per_worker,
-            gpus_per_worker,
-            address,
-        )
-        if engine == "ray"
-        else _local_batches(work, kwargs, batch_size)
-    )
-    buffers: dict[int, dict[str, list[Any]]] = {}
+        gpus_per_worker = gpu_share(config.device, workers)
+    if engine == "ray":
+        actor = config.replace(threads=config.threads or max(2, math.ceil(cpus_per_worker)))
+        batch = config.batch_size or (GPU_BATCH_MAX if gpus_per_worker else CPU_BATCH)
+        scorer = {"model": model, "config": actor, "choice": choice}
+        batches = _ray_batches(work, scorer, workers, batch, cpus_per_worker, gpus_per_worker,
+                               address)  # fmt: skip
+    else:
+        batches = _local_batches(work, Scorer(model, config, choice) if work.num_rows else None)
+    buffers: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     try:
         for batch in batches:
-            for j in range(len(batch["path"])):
-                shard = int(batch["shard"][j])
-                buffer = buffers.setdefault(shard, {c: [] for c in (*COLUMNS, "index")})
-                for column in buffer:
-                    buffer[column].append(batch[column][j])
-                if _text(batch["error"][j]) is None:
+            for j in range(len(batch["row"])):
+                shard, row = int(batch["shard"][j]), json.loads(batch["row"][j])
+                buffer = buffers.setdefault(shard, [])
+                buffer.append((int(batch["index"][j]), row))
+                if row["error"] is None:
                     report.scored += 1
                 else:
                     report.failed += 1
-                if len(buffer["path"]) == expected[shard]:
+                if len(buffer) == expected[shard]:
                     report.written.append(str(write_shard(output, shard, buffers.pop(shard))))
             if on_rows is not None:
-                on_rows(len(batch["path"]))
+                on_rows(len(batch["row"]))
     finally:
         batches.close()  # stops the engine (and a Ray runtime started here) now, not at exit
     report.seconds = time.perf_counter() - start
@@ -527,13 +422,10 @@ def _columns(table: Any) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
-def _local_batches(
-    work: Any, kwargs: dict[str, Any], batch_size: int
-) -> Iterator[dict[str, np.ndarray]]:
-    if not work.num_rows:
+def _local_batches(work: Any, scorer: Scorer | None) -> Iterator[dict[str, np.ndarray]]:
+    if scorer is None:
         return
-    scorer = Scorer(**kwargs)
-    size = batch_size or scorer.detector.batch_size
+    size = scorer.detector.batch_size
     yield from scorer.stream(_columns(work.slice(i, size)) for i in range(0, work.num_rows, size))
 
 

@@ -95,7 +95,7 @@ def _comfy(tags: dict[str, str]) -> list[dict[str, Any]]:
     return [{"source": "parameters", "field": field, **found}] if found else []
 
 
-def read_clip_provenance(source: Any, trust_anchors: str | None = None) -> dict[str, Any]:
+def read_video_provenance(source: Any, trust_anchors: str | None = None) -> dict[str, Any]:
     """C2PA, container tags, XMP and generator parameters of a video (path or bytes), in the
     shape :func:`~.verdict.read_provenance` gives for images (same verdict rules)."""
     tags, fmt = container_tags(source)

@@ -19,32 +19,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.video import Clip, Sampling, read_clip
-from ..data.views import Tiles, View, aggregate, inputs
+from ..data.video import Sampling, Video, read_video
+from ..data.views import Tiles, View, inputs
+from .tiles import aggregate
 
 
 @dataclass
-class ClipInputs:
+class VideoInputs:
     """The model inputs of one clip: every frame's inputs stacked, and how many each has."""
 
-    clip: Clip
+    video: Video
     pixels: torch.Tensor  # (sum of units, 3, S, S)
     units: list[int]  # inputs per frame (1 with the resize view)
     tiles: list[Tiles] | None = None  # per frame, with the crop and tiles views
 
 
-def prepare_clip(source: Any, preprocess: Any, view: View, sampling: Sampling) -> ClipInputs:
+def prepare_video(source: Any, preprocess: Any, view: View, sampling: Sampling) -> VideoInputs:
     """Decode the sampled frames of ``source`` and make each frame's inputs under ``view``."""
-    clip = read_clip(source, sampling)
+    clip = read_video(source, sampling)
     if view.kind == "resize":
         pixels = torch.stack([preprocess(frame) for frame in clip.frames])
-        return ClipInputs(clip, pixels, [1] * len(clip.frames))
+        return VideoInputs(clip, pixels, [1] * len(clip.frames))
     tiles = [inputs(frame, preprocess, view) for frame in clip.frames]
     pixels = torch.cat([t.pixels for t in tiles])
-    return ClipInputs(clip, pixels, [len(t.pixels) for t in tiles], tiles)
+    return VideoInputs(clip, pixels, [len(t.pixels) for t in tiles], tiles)
 
 
-def frame_probs(prepared: ClipInputs, rows: np.ndarray, view: View) -> np.ndarray:
+def frame_probs(prepared: VideoInputs, rows: np.ndarray, view: View) -> np.ndarray:
     """Each frame's probabilities (F, C) from its inputs' rows (its tiles aggregated)."""
     if view.kind == "resize":
         return rows
@@ -52,8 +53,8 @@ def frame_probs(prepared: ClipInputs, rows: np.ndarray, view: View) -> np.ndarra
     return np.stack([aggregate(part, view.aggregate) for part in split])
 
 
-def summarize_clip(
-    prepared: ClipInputs,
+def summarize_video(
+    prepared: VideoInputs,
     rows: np.ndarray,
     view: View,
     temporal_probs: np.ndarray | None = None,
@@ -65,12 +66,12 @@ def summarize_clip(
     frame_fake = 1.0 - per_frame[:, 0]
     regions: list[dict[str, Any]] = []
     boxes = _top_boxes(prepared, rows) if prepared.tiles is not None else None
-    for k, (t, p) in enumerate(zip(prepared.clip.times, frame_fake, strict=True)):
+    for k, (t, p) in enumerate(zip(prepared.video.times, frame_fake, strict=True)):
         region: dict[str, Any] = {"t": round(float(t), 4), "p": float(p)}
         if boxes is not None:
             region["box"] = boxes[k]
         regions.append(region)
-    info = prepared.clip.info()
+    info = prepared.video.info()
     info["aggregate"] = view.aggregate
     info["frames_fake_prob"] = float(1.0 - probs[0])
     if temporal_probs is not None:
@@ -79,23 +80,9 @@ def summarize_clip(
     return probs, info, regions
 
 
-def _top_boxes(prepared: ClipInputs, rows: np.ndarray) -> list[list[int]]:
+def _top_boxes(prepared: VideoInputs, rows: np.ndarray) -> list[list[int]]:
     split = np.split(1.0 - rows[:, 0], np.cumsum(prepared.units)[:-1])
     return [
         list(tiles.boxes[int(np.argmax(part))])
         for tiles, part in zip(prepared.tiles or [], split, strict=True)
     ]
-
-
-def clip_columns(
-    clip: dict[str, Any] | None, regions: list[dict[str, Any]] | None
-) -> dict[str, Any]:
-    """A clip's description as table columns (nothing for a still image)."""
-    if clip is None:
-        return {}
-    return {
-        "frames": clip["frames_scored"],
-        "duration": clip["duration"],
-        "frame_max_fake_prob": max((r["p"] for r in regions or []), default=None),
-        "temporal_fake_prob": clip.get("temporal_fake_prob"),
-    }
