@@ -79,7 +79,7 @@ def start_server(args: argparse.Namespace, work: Path) -> tuple[subprocess.Popen
     port = _free_port()
     command = [sys.executable, "-m", "miragedet", "serve", "-m", str(checkpoint)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--max-queue", str(args.max_queue)]
-    command += ["--max-batch", str(args.max_batch), "--log-level", "warning"]
+    command += ["--batch-size", str(args.max_batch), "--log-level", "warning"]
     env = dict(os.environ, MIRAGEDET_API_KEY=KEY)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
