@@ -20,7 +20,7 @@ from miragedet.inference.detector_config import (
     SCORE_DATASET,
     SERVE,
     DetectorConfig,
-    _option,
+    option,
 )
 from miragedet.model.backbone import load_backbone
 
@@ -52,7 +52,7 @@ def test_serve_keeps_its_old_flag_for_the_batch_size():
 def test_a_new_field_reaches_a_command_without_editing_it():
     @dataclasses.dataclass
     class Wider(DetectorConfig):
-        sharpen: int | None = _option(None, "A field added later.", EVERYWHERE)
+        sharpen: int | None = option(None, "A field added later.", EVERYWHERE)
 
     seen: list[DetectorConfig] = []
 

@@ -42,10 +42,16 @@ EVERYWHERE = frozenset({DETECT, SCORE_DATASET, SERVE})
 NOT_SERVED = frozenset({DETECT, SCORE_DATASET})
 
 
-def _option(default: Any, help: str, surfaces: frozenset[str] = EVERYWHERE, **extra: Any) -> Any:
-    """A field with its command-line help and the surfaces it applies to (``extra``: ``cli_type``
-    when the Python type is wider than what a command line gives, ``aliases`` per surface)."""
+def option(default: Any, help: str, surfaces: frozenset[str] = EVERYWHERE, **extra: Any) -> Any:
+    """A config field with its command-line help and the surfaces it applies to (``extra``:
+    ``cli_type`` when the Python type is wider than what a command line gives, ``aliases`` per
+    surface): what :mod:`miragedet.apps.cli.options` reads, for this config and TrainConfig."""
     return field(default=default, metadata={"help": help, "surfaces": surfaces, **extra})
+
+
+def fields_for(config_type: type, surface: str) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that apply to ``surface``, in order."""
+    return [f for f in fields(config_type) if surface in f.metadata.get("surfaces", ())]
 
 
 @dataclass
@@ -53,91 +59,91 @@ class DetectorConfig:
     """How a detector scores. ``None`` means "the checkpoint's or the machine's default", as
     each field says; every default is the command line's default."""
 
-    threshold: float | None = _option(
+    threshold: float | None = option(
         None, "p(fake) at which an image is labelled fake. Default: the checkpoint's threshold."
     )
-    batch_size: int | None = _option(
+    batch_size: int | None = option(
         None,
         "Images per forward. Default: 32 on a CPU; on a GPU the largest that fits half its "
         "free memory (up to 256). A GPU out-of-memory error halves it and goes on.",
         aliases={SERVE: ("--max-batch",)},  # serve's name before 0.2
     )
-    device: str = _option(
+    device: str = option(
         "auto",
         "auto (a CUDA GPU when one is present, else the CPU), cpu, cuda or cuda:N. On a GPU, "
         "fp32 matmuls use TF32 ($MIRAGEDET_TF32=0 turns that off).",
     )
-    precision: str = _option(
+    precision: str = option(
         "auto",
         "auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16, "
         "int8 (CPU).",
     )
-    backend: str | None = _option(
+    backend: str | None = option(
         None,
         "auto (default, or $MIRAGEDET_BACKEND): the fastest engine that gives the same scores "
         "on this machine, measured once and cached (docs/performance.md); torch; onnx (the "
         "checkpoint's model.onnx on ONNX Runtime, see `miragedet export`); or compile (PyTorch "
         "through torch.compile: the first batch compiles, for tens of seconds).",
     )
-    view: Any = _option(  # noqa: RUF009 (a field(): _option returns dataclasses.field)
+    view: Any = option(  # noqa: RUF009 (a field(): option returns dataclasses.field)
         None,
         "resize (CLIP's, the paper's), crop (native-resolution centre crop) or tiles "
         "(native-resolution tiles covering the image; a where-map per image). Default: the "
         "checkpoint's (tiles for one trained with --view crop). See docs/views.md.",
         cli_type=str | None,  # Python also takes a View or a dict of its options
     )
-    max_tiles: int | None = _option(
+    max_tiles: int | None = option(
         None, "With --view tiles: at most this many per image (thinned evenly). Default 16."
     )
-    aggregate: str | None = _option(
+    aggregate: str | None = option(
         None,
         "With --view tiles: top-k (default: the most suspicious quarter of the tiles), "
         "mean-logit (every tile) or max (the most suspicious tile). See docs/views.md.",
     )
-    frames: int | None = _option(
+    frames: int | None = option(
         None, "Videos and animated images: frames scored per clip, evenly spread. Default 16."
     )
-    fps: float | None = _option(
+    fps: float | None = option(
         None, "Videos: sample this many frames per second of the clip instead (at most 256)."
     )
-    max_seconds: float | None = _option(
+    max_seconds: float | None = option(
         None, "Videos: only the first this many seconds are sampled."
     )
-    provenance: bool = _option(
+    provenance: bool = option(
         True,
         "Also read C2PA, XMP, generator parameters and EXIF; a declaration of generative AI "
         "decides the verdict (basis column).",
     )
-    trust_anchors: str | os.PathLike | None = _option(  # noqa: RUF009 (as above)
+    trust_anchors: str | os.PathLike | None = option(  # noqa: RUF009 (as above)
         None,
         "PEM file of C2PA signers you trust: their valid camera-capture claims may overrule a "
         "'fake' pixel label.",
         cli_type=Path | None,
     )
-    watermarks: bool = _option(
+    watermarks: bool = option(
         False, "Also look for generators' invisible watermarks (SDXL, SD 1.x; slower)."
     )
-    stability: bool = _option(
+    stability: bool = option(
         False,
         "Also score re-deliveries (thumbnails, JPEG re-save, crop); label 'uncertain' when they "
         "disagree or the score is near the threshold.",
         surfaces=NOT_SERVED,
     )
-    stability_variants: str | None = _option(
+    stability_variants: str | None = option(
         None,
         "With --stability: comma-separated re-deliveries. Default "
         "downscale:512,downscale:256,jpeg:75,crop:0.8.",
         surfaces=NOT_SERVED,
     )
-    stability_margin: float | None = _option(
+    stability_margin: float | None = option(
         None, "With --stability: 'uncertain' this close to the threshold. Default 0.05.",
         surfaces=NOT_SERVED,
     )  # fmt: skip
-    threads: int | None = _option(
+    threads: int | None = option(
         None,
         "Decode threads. Default: the CPUs this process may use, 2 to 8 (up to 32 beside a GPU).",
     )
-    exact_decode: bool = _option(
+    exact_decode: bool = option(
         False, "Decode JPEGs at full size (default: reduced scale when far larger)."
     )
 
@@ -218,7 +224,7 @@ class DetectorConfig:
     @classmethod
     def fields_for(cls, surface: str) -> list[dataclasses.Field]:
         """The fields that apply to ``surface`` (detect, score-dataset or serve), in order."""
-        return [f for f in fields(cls) if surface in f.metadata["surfaces"]]
+        return fields_for(cls, surface)
 
 
 #: Pre-0.2 keyword names: (new name, how the old value becomes the new one).

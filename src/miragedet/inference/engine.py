@@ -343,7 +343,9 @@ def _measure(
             if figures.parity > tolerance:
                 compile_note = f"torch.compile differs from PyTorch fp32 by {figures.parity:.1e}"
             else:
-                engines[f"{COMPILED} {candidate.precision}"] = _Compiled(figures.forward)
+                engines[f"{COMPILED} {candidate.precision}"] = _Network(
+                    figures.forward, candidate.precision
+                )
     if len(engines) == 1:  # nothing to race
         reason = "; ".join(r for r in (no_onnx, compile_note) if r)
         return EngineChoice("torch", reason, parity=parity, compile_s=compile_s,
@@ -369,7 +371,8 @@ def _measure(
 
 
 class _Network:
-    """A network timed and compared like the others: ``forward_tensors`` -> (n, C) numpy."""
+    """A network (or a compiled forward) timed and compared like the others:
+    ``forward_tensors`` -> (n, C) numpy."""
 
     def __init__(self, model: Any, precision: str) -> None:
         self.model, self.precision = model, precision
@@ -397,16 +400,3 @@ def _torch_networks(directory: Path, precision: str) -> tuple[_Network, _Network
     if chosen == "fp32":
         return reference, reference
     return reference, _Network(apply(copy.deepcopy(model), chosen).eval(), chosen)
-
-
-class _Compiled:
-    """A compiled forward timed like the other engines (``forward_tensors``)."""
-
-    def __init__(self, forward: Any) -> None:
-        self.forward = forward
-
-    def forward_tensors(self, pixels: Any) -> Any:
-        import torch
-
-        with torch.inference_mode():
-            return self.forward(pixels).probs.float().numpy()

@@ -122,7 +122,7 @@ class Client:
 
     @property
     def view(self) -> View:
-        served = View(**self.info()["view"])
+        served = View(**self.info().get("view", {}))  # a server that does not say: the default
         asked = {k: self.params[k] for k in ("max_tiles", "aggregate") if k in self.params}
         return View(**{**asdict(served), **asked, "kind": self.params.get("view", served.kind)})
 
@@ -181,14 +181,9 @@ class Client:
                 stability_variants=",".join(stability.variants),
                 stability_margin=stability.margin,
             )
-        from .rows import columns, with_columns
+        from .rows import columns_for, with_columns
 
-        info = self.info()
-        served = (info.get("view") or {}).get("kind", "resize")
-        tiles = self.params.get("view", served) != "resize"  # as asked, else the server's
-        names = columns(info.get("classes") or [], provenance, stability=bool(stability),
-                        open_set=bool(info.get("open_set")) and not tiles and not stability,
-                        tiles=tiles)  # fmt: skip
+        names = columns_for(self, provenance, bool(stability))
         yield from with_columns(self._scored(inputs, params, per_request, max_bytes), names)
 
     def _scored(

@@ -37,9 +37,6 @@ from .pipeline import CPU_BATCH, GPU_BATCH_MAX
 from .rows import kind_of, row_of
 
 PLAN_NAME = "_plan.json"
-#: What the engines send back per input: its shard, its place, and its row as JSON (the columns
-#: of :mod:`miragedet.inference.rows` for the job's options).
-WIRE = ("shard", "index", "row")
 ENGINES = ("ray", "local")
 
 
@@ -176,6 +173,8 @@ class Scorer:
         self, batch: dict[str, np.ndarray], paths: list[str], errors: dict[int, str],
         good: list[int], scored: list[Any],
     ) -> dict[str, np.ndarray]:  # fmt: skip
+        """What an engine sends back per input: its shard, its place, and its row as JSON (the
+        columns of :mod:`miragedet.inference.rows` for the job's options)."""
         from .prediction import Prediction
 
         predictions = dict(zip(good, scored, strict=True))

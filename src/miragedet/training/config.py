@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..inference.detector_config import option
 from ..model.config import LossConfig, ModelConfig, canonical_method
 
 
@@ -29,8 +30,7 @@ TRAIN = "train"
 def _flag(default: Any, help: str, *aliases: str) -> Any:
     """A TrainConfig field: a YAML key and a ``train`` option with this help (and ``aliases``,
     e.g. ``-o``)."""
-    metadata = {"help": help, "surfaces": frozenset({TRAIN}), "aliases": {TRAIN: aliases}}
-    return field(default=default, metadata=metadata)
+    return option(default, help, frozenset({TRAIN}), aliases={TRAIN: aliases})
 
 
 @dataclass

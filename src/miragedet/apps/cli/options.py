@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import typer
 
-from ...inference.detector_config import DetectorConfig
+from ...inference.detector_config import DetectorConfig, fields_for
 
 
 def cli_type(f: dataclasses.Field, hints: dict[str, Any]) -> Any:
@@ -51,7 +51,7 @@ def config_options(
     a dict of the options given (to lay over a config file); list fields take comma-separated
     text."""
     hints = typing.get_type_hints(config_type)
-    chosen = [f for f in dataclasses.fields(config_type) if surface in f.metadata["surfaces"]]
+    chosen = fields_for(config_type, surface)
     lists = {f.name for f in chosen if _is_list(f, hints)}
 
     def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
