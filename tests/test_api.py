@@ -82,13 +82,22 @@ def test_schemathesis_finds_nothing_over_the_whole_api(server, tmp_path):
     assert after - before >= 25  # the fuzzer's images reached the model
 
 
+def _test_tool(name: str) -> Path:
+    """A test-only tool from its own environment (scripts/setup-tests.sh makes .test-tools/)."""
+    path = ROOT / ".test-tools" / "bin" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `bash scripts/setup-tests.sh` (README's test command)")
+    return path
+
+
 def test_a_client_generated_from_the_document_uploads_an_image(server, tmp_path):
+    """openapi-python-client generates a client from the served document; the client runs in the
+    tool's own environment (httpx and attrs from there, not ours) and scores an upload."""
     spec = tmp_path / "openapi.json"
     spec.write_text(httpx.get(f"{server}/openapi.json").text)
-    generator = shutil.which("openapi-python-client") or "openapi-python-client"
     subprocess.run(
         [
-            generator,
+            _test_tool("openapi-python-client"),
             "generate",
             "--path",
             str(spec),
@@ -101,16 +110,18 @@ def test_a_client_generated_from_the_document_uploads_an_image(server, tmp_path)
         capture_output=True,
         timeout=300,
     )
+    image = tmp_path / "n.png"
+    Image.effect_noise((40, 30), 30).convert("RGB").save(image)
     code = """
 import io, sys
-from PIL import Image
 from mdclient import AuthenticatedClient
 from mdclient.api.default import detect, model_info
 from mdclient.models import DetectFilesBody, DetectJSON, Base64Image, DetectResponse, Error
 from mdclient.types import File
-buf = io.BytesIO(); Image.effect_noise((40, 30), 30).convert("RGB").save(buf, "PNG")
+with open(sys.argv[3], "rb") as f:
+    png = f.read()
 client = AuthenticatedClient(base_url=sys.argv[1], token=sys.argv[2])
-part = File(payload=io.BytesIO(buf.getvalue()), file_name="n.png", mime_type="image/png")
+part = File(payload=io.BytesIO(png), file_name="n.png", mime_type="image/png")
 r = detect.sync_detailed(client=client, body=DetectFilesBody(files=[part]), threshold=0.3)
 assert r.status_code == 200 and isinstance(r.parsed, DetectResponse), r.content
 assert r.parsed.results[0].threshold == 0.3
@@ -119,7 +130,7 @@ assert bad.status_code == 415 and isinstance(bad.parsed, Error), bad.content
 print(bad.parsed.code, r.parsed.results[0].fake_prob)
 """
     out = subprocess.run(
-        [sys.executable, "-c", code, server, SERVER_KEY],
+        [_test_tool("python"), "-c", code, server, SERVER_KEY, str(image)],
         cwd=tmp_path,
         capture_output=True,
         text=True,

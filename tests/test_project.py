@@ -74,3 +74,22 @@ def test_constraints_pin_every_direct_dependency_at_the_version_installed():
         assert name in pins, f"{name} is not pinned in constraints.txt"
         installed = importlib.metadata.version(name).split("+")[0]
         assert installed == pins[name], f"{name}: installed {installed}, pinned {pins[name]}"
+
+
+def test_test_only_tools_live_in_their_own_environment():
+    """A test tool whose pins would hold back a runtime dependency (openapi-python-client requires
+    typer < 0.28) goes by scripts/setup-tests.sh into .test-tools/, never into a test extra."""
+    tools = [
+        line.split("==")[0].strip().lower()
+        for line in (REPO / "scripts" / "test-tools.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert "openapi-python-client" in tools
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    named = {
+        re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for ds in extras.values() for d in ds
+    }
+    assert not named & set(tools)
+    assert "bash scripts/setup-tests.sh" in _readme_commands()[1]

@@ -13,7 +13,44 @@ from ..._version import __version__
 from . import adapt, data, deploy, evaluate, score, start, train
 from .common import console
 
-app = typer.Typer(
+
+class _QuietFlags:
+    """A flag takes no value, so --help shows none beside it (typer 0.29 prints the option's
+    type, `<bool>`, for every option without a metavar; an empty metavar is shown as nothing)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._quiet(self.params)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        self._quiet([option] if option is not None else [])
+        return option
+
+    @staticmethod
+    def _quiet(params: list) -> None:
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+
+
+class _Command(_QuietFlags, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_QuietFlags, typer.core.TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """Every command of ours is a `_Command`."""
+
+    def command(self, *args, cls=_Command, **kwargs):
+        return super().command(*args, cls=cls, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help="Detect AI-generated images with MiraGe on a frozen CLIP.",
