@@ -76,14 +76,17 @@ def test_real_tokenizer_gives_the_published_ids(shared_tokenizer):
     assert backbone.model.config.text_config.vocab_size == 49408
 
 
-def test_local_directory_loads_like_a_hub_model(tmp_path, shared_tokenizer):
+def test_local_directory_loads_like_a_hub_model(tmp_path, shared_tokenizer, capfd):
     original = load_backbone("random:tiny-asym", tokenizer=shared_tokenizer)
     original.model.save_pretrained(tmp_path)
     original.tokenizer.save_pretrained(tmp_path)
     CLIPImageProcessorPil(
         size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}
     ).save_pretrained(tmp_path)
+    capfd.readouterr()
     loaded = load_backbone(tmp_path)
+    said = capfd.readouterr()
+    assert "Loading weights" not in said.err + said.out  # transformers' bar stays off the terminal
     assert loaded.fingerprint == original.fingerprint
     assert loaded.preprocess.image_size == 48
     assert all(not p.requires_grad for p in loaded.model.parameters())

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -291,6 +293,25 @@ def _random_backbone(name: str, seed: int, tokenizer: str | os.PathLike | None) 
     return Backbone(_freeze(model), tok, preprocess, source)
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' own progress bars off for a while ("Loading weights", shown on every load of
+    a local or cached CLIP: what a command prints is ours). huggingface_hub's download bars are
+    not transformers' and stay (a first download is long). Through ``set_tqdm_hook``, which
+    returns the hook it replaces (transformers.utils.logging)."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is None:  # an older transformers: its bar shows
+        yield
+        return
+    previous = set_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
 def _hint_for(source: str) -> str:
     return (
         f"could not load CLIP backbone {source!r}.\n"
@@ -337,7 +358,8 @@ def load_backbone(
         if not is_dir and (Path(source).exists() or source.startswith((".", "/", "~"))):
             raise BackboneError(f"{source!r} is not a directory.\n" + _hint_for(source))
         try:
-            model = CLIPModel.from_pretrained(source, **kwargs)
+            with _quiet_loading():
+                model = CLIPModel.from_pretrained(source, **kwargs)
             tok = CLIPTokenizer.from_pretrained(source, **kwargs)
             processor = CLIPImageProcessorPil.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
