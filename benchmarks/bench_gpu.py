@@ -7,15 +7,18 @@ Writes benchmarks/results/bench_gpu.json (keys: gpu, forward_peak_share, detect_
 detect_png_img_s, score_dataset_img_s, evaluate_img_s, train_img_s, train_data_wait_share,
 decode_backend, ...) and prints the table "On a GPU" of docs/performance.md.
 
-Steps: (1) the GPU's bf16 peak, an 8192-cube matmul (10 timed after 3 warm-ups); (2) the
-forward at --batch, bf16 weights, ms/image and share of that peak (FLOPs counted by
-torch.utils.flop_counter on one image); (3) the scoring pipeline as detect runs it
-(load_detector with the commands' defaults: device auto, GPU decoding where installed,
-provenance on), on JPEGs of 1-4 MP and on 512-px PNGs, timed after a warm-up pass; (4)
-score-dataset's local engine; (5) evaluate's scoring path (evaluation.scores.score_samples);
+Steps: (1) the GPU's bf16 peak, an 8192-cube matmul (10 timed after 3 warm-ups); (2) the forward
+at --batch, bf16 weights, ms/image and share of that peak (FLOPs counted by
+torch.utils.flop_counter on one image), then compiled by torch.compile (default and reduce-
+overhead, i.e. CUDA graphs: compile s, ms/image, change of scores); (3) the scoring pipeline as
+detect runs it (load_detector with the commands' defaults: device auto, GPU decoding where
+installed, provenance on), on JPEGs of 1-4 MP and on 512-px PNGs, timed after a warm-up pass;
+(4) score-dataset's local engine; (5) evaluate's scoring path (evaluation.scores.score_samples);
 (6) one epoch of training at --train-batch with --amp auto: images/s and the data-wait share the
-trainer reports; (7) start-up: one image through `miragedet detect` against the import +
-CUDA-initialisation floor.
+trainer reports; (7) start-up: one image through `miragedet detect` against the import + CUDA-
+initialisation floor, with the random backbone (built at load) and with the same weights saved
+as a local backbone folder (what a downloaded CLIP is). The breakdown step times each GPU JPEG
+decoder installed ($MIRAGEDET_GPU_DECODER) alone and in detect.
 """
 
 from __future__ import annotations
@@ -86,6 +89,45 @@ def forward_figures(checkpoint: Path, device: torch.device, batch: int) -> dict:
             "attention": attention, "batch": batch}  # fmt: skip
 
 
+def compiled_figures(checkpoint: Path, device: torch.device, batch: int, modes: list[str]) -> dict:
+    """The forward compiled by torch.compile in each mode (default: inductor's fused kernels;
+    reduce-overhead: the same replayed as a CUDA graph, one launch per batch): compile seconds,
+    ms/image at ``batch`` and the largest change of p(class) against the eager forward. What
+    decides whether `--backend auto` should weigh them on a GPU (docs/performance.md)."""
+    from miragedet.inference.detector import load_detector
+
+    detector = load_detector(str(checkpoint), "torch", device=str(device), batch_size=batch)
+    size = detector.preprocess.image_size
+    pixels = torch.randn(batch, 3, size, size, device=device,
+                         generator=torch.Generator(device).manual_seed(0))  # fmt: skip
+    out: dict = {}
+    with torch.inference_mode():
+        eager = detector.model(pixels).probs.float().cpu()
+        for mode in modes:
+            try:
+                forward = torch.compile(detector.model, mode=None if mode == "default" else mode)
+                mark = getattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
+                start = time.perf_counter()
+                for _ in range(3):  # the compile, then the CUDA graph's recording
+                    mark()
+                    probs = forward(pixels).probs.float().cpu()
+                sync()
+                compile_s = time.perf_counter() - start
+                repeats = 10
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    mark()
+                    forward(pixels)
+                sync()
+                ms = (time.perf_counter() - start) / (repeats * batch) * 1e3
+                out[mode] = {"compile_s": round(compile_s, 1), "ms_per_image": round(ms, 4),
+                             "parity": float((probs - eager).abs().max())}  # fmt: skip
+            except Exception as exc:  # a mode inductor cannot run here: said, the rest goes on
+                out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            torch._dynamo.reset()
+    return out
+
+
 def _write_photo(job: tuple) -> None:
     path, width, height, seed, fmt = job
     image = photo(width, height, seed)
@@ -138,7 +180,7 @@ def breakdown(checkpoint: Path, files: list[str]) -> dict:
     """What holds the detect pipeline back: its rate with GPU decoding on/off and provenance
     on/off, stage 1 alone (the decode pool's work without the forward) and the GPU decoder alone
     (images/s each, after a warm-up pass)."""
-    from miragedet.data.gpu_decode import GPU_DECODE_ENV, probe
+    from miragedet.data.gpu_decode import GPU_DECODE_ENV
     from miragedet.inference.detector import load_detector
     from miragedet.inference.pipeline import prepare, staged_batches
     from miragedet.provenance.verdict import read_provenance
@@ -170,17 +212,59 @@ def breakdown(checkpoint: Path, files: list[str]) -> dict:
             out[f"stage 1 alone {name}, provenance {'on' if provenance else 'off'}"] = round(
                 rate, 1
             )
-        if detector.gpu_decoder is not None:
-            jobs = [probe(Path(f).read_bytes(), 10**9) for f in files[:512]]
-            detector.gpu_decoder(jobs[:64])
-            sync()
+        if detector.gpu_decoder is None:  # is the forward's thread starved of the GIL by the
+            interval = sys.getswitchinterval()  # decode pool (a convoy)? 5 ms -> 0.5 ms
+            sys.setswitchinterval(0.0005)
             start = time.perf_counter()
-            for k in range(0, len(jobs), 256):
-                detector.gpu_decoder(jobs[k : k + 256])
+            detector.score(files, provenance=False)
             sync()
-            out["GPU decoder alone"] = round(len(jobs) / (time.perf_counter() - start), 1)
+            out[f"detect {name}, provenance off, GIL switch interval 0.5 ms"] = round(
+                len(files) / (time.perf_counter() - start), 1
+            )
+            sys.setswitchinterval(interval)
         del detector
     os.environ.pop(GPU_DECODE_ENV, None)
+    out.update(decoders_alone(checkpoint, files))
+    return out
+
+
+def decoders_alone(checkpoint: Path, files: list[str]) -> dict:
+    """images/s of each GPU JPEG decoder alone (decode, orient, resize, crop, normalise) and of
+    `detect` with it ($MIRAGEDET_GPU_DECODER), provenance off; why not where one is missing."""
+    from miragedet.data.gpu_decode import DECODERS, GPU_DECODER_ENV, GpuJpegDecoder, probe
+    from miragedet.data.transforms import Preprocess
+    from miragedet.inference.detector import load_detector
+
+    if not torch.cuda.is_available():
+        return {}
+    out: dict = {}
+    jobs = [probe(Path(f).read_bytes(), 10**9) for f in files[:512]]
+    jobs = [j for j in jobs if j is not None]
+    for backend in DECODERS:
+        try:
+            decoder = GpuJpegDecoder(torch.device("cuda"), Preprocess(), backend=backend)
+        except Exception as exc:
+            out[f"GPU decoder {backend}"] = f"not available: {type(exc).__name__}: {exc}"[:200]
+            continue
+        decoder(jobs[:64])
+        sync()
+        start = time.perf_counter()
+        for k in range(0, len(jobs), 256):
+            decoder(jobs[k : k + 256])
+        sync()
+        out[f"GPU decoder {backend} alone"] = round(len(jobs) / (time.perf_counter() - start), 1)
+        os.environ[GPU_DECODER_ENV] = backend
+        detector = load_detector(str(checkpoint), "torch", notify=lambda m: None)
+        detector.score(files[:512], provenance=False)
+        sync()
+        start = time.perf_counter()
+        detector.score(files, provenance=False)
+        sync()
+        out[f"detect with {backend}, provenance off"] = round(
+            len(files) / (time.perf_counter() - start), 1
+        )
+        del detector
+    os.environ.pop(GPU_DECODER_ENV, None)
     return out
 
 
@@ -233,9 +317,37 @@ def train_figures(backbone: str, folder: Path, out: Path, batch: int, epochs: in
     }
 
 
+def saved_backbone(checkpoint: Path) -> Path:
+    """A checkpoint on the same backbone weights saved as a local folder (config.json,
+    model.safetensors, tokenizer and preprocessor files: what `huggingface-cli download` gives),
+    so that loading it reads weights instead of drawing a random CLIP."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    target = checkpoint.with_name(checkpoint.name + "-saved")
+    if (target / "config.json").is_file():
+        return target
+    backbone = load_backbone(
+        json.loads((checkpoint / "config.json").read_text())["backbone"]["source"]
+    )
+    folder = checkpoint.with_name(checkpoint.name + "-clip")
+    size = backbone.preprocess.image_size
+    backbone.model.save_pretrained(str(folder))
+    backbone.tokenizer.save_pretrained(str(folder))
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    processor.save_pretrained(str(folder))
+    MiraGe(load_backbone(str(folder)), ModelConfig.for_method("mirage")).save_pretrained(
+        str(target)
+    )
+    return target
+
+
 def start_up(checkpoint: Path, image: Path) -> dict:
-    """Seconds for one image through `miragedet detect`, and the floor: python importing torch
-    and miragedet and initialising CUDA (when there is a GPU)."""
+    """Seconds for one image through `miragedet detect` (the second of two runs), on the
+    checkpoint as it is (a random backbone, drawn at load) and on its backbone saved as a folder
+    (weights read, as a downloaded CLIP's are), and the floor: python importing torch and
+    miragedet and initialising CUDA (when there is a GPU)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}")
     floor_code = (
         "import torch, miragedet.inference.detector\n"
@@ -244,21 +356,28 @@ def start_up(checkpoint: Path, image: Path) -> dict:
     times = {}
     for name, command in (
         ("floor_s", [sys.executable, "-c", floor_code]),
-        (
-            "one_image_s",
-            [
-                sys.executable,
-                "-m",
-                "miragedet",
-                "detect",
-                str(image),
-                "-m",
-                str(checkpoint),
-                "-f",
-                "json",
-            ],
-        ),
-    ):
+        *[
+            (
+                name,
+                [
+                    sys.executable,
+                    "-m",
+                    "miragedet",
+                    "detect",
+                    str(image),
+                    "-m",
+                    str(ckpt),
+                    "-f",
+                    "json",
+                ],
+            )
+            for name, ckpt in (
+                ("one_image_s", checkpoint),
+                ("one_image_saved_backbone_s", saved_backbone(checkpoint)),
+            )
+        ],
+    ):  # each run once untimed first: files in the page cache, the engine choice cached
+        subprocess.run(command, capture_output=True, env=env, timeout=600)
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         times[name] = time.perf_counter() - start
@@ -267,6 +386,7 @@ def start_up(checkpoint: Path, image: Path) -> dict:
         if name == "one_image_s":
             times["header"] = done.stderr.strip().splitlines()[0][:300]
     times["ratio"] = times["one_image_s"] / times["floor_s"]
+    times["ratio_saved_backbone"] = times["one_image_saved_backbone_s"] / times["floor_s"]
     return times
 
 
@@ -282,6 +402,11 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--train-epochs", type=int, default=2)
     parser.add_argument("--skip", default="", help="Comma-separated steps to leave out.")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="Time torch.compile's forward on a CPU too (on a GPU it always is).",
+    )
     args = parser.parse_args()
     if args.small:
         args.backbone = args.backbone or "tiny"
@@ -314,6 +439,9 @@ def main() -> None:
     log("forward", forward)
     share = forward["gflop_per_image"] / forward["ms_per_image"] / peak  # GFLOP/ms = TFLOP/s
     log("forward_peak_share", round(share, 3))
+    if (device.type == "cuda" or args.compile) and "compile" not in skip:
+        log("forward_compiled", compiled_figures(checkpoint, device, args.batch,
+                                                 ["default", "reduce-overhead"]))  # fmt: skip
 
     big = [(1280, 960), (1600, 1200), (2048, 1536), (2304, 1728)]  # 1.2-4.0 MP
     sizes = [(320, 240), (400, 300)] if args.small else big
@@ -389,7 +517,9 @@ def print_table(f: dict) -> None:
     if "start_up" in f and "one_image_s" in f["start_up"]:
         s = f["start_up"]
         rows.append(("detect one image", f"{s['one_image_s']:.1f} s (floor {s['floor_s']:.1f} s, "
-                                          f"{s['ratio']:.2f}x)"))  # fmt: skip
+                                          f"{s['ratio']:.2f}x); backbone from a folder: "
+                                          f"{s['one_image_saved_backbone_s']:.1f} s "
+                                          f"({s['ratio_saved_backbone']:.2f}x)"))  # fmt: skip
     for name, value in rows:
         print(f"| {name} | {value} |")
 

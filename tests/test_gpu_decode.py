@@ -20,7 +20,7 @@ from PIL import Image
 
 from hostile import write_corpus
 from miragedet import MiraGe, ModelConfig
-from miragedet.data.gpu_decode import GpuJpegDecoder, probe, reference_pixels
+from miragedet.data.gpu_decode import DECODERS, GpuJpegDecoder, probe, reference_pixels
 from miragedet.data.transforms import Preprocess
 from miragedet.inference.detector import Detector
 from miragedet.model.backbone import load_backbone
@@ -72,8 +72,12 @@ def _variants(count: int) -> list[bytes]:
     return out
 
 
-def test_gpu_pixels_match_the_cpu_over_a_thousand_decodes():
-    decoder = GpuJpegDecoder(torch.device("cuda"), PRE)
+@pytest.mark.parametrize("backend", list(DECODERS))
+def test_gpu_pixels_match_the_cpu_over_a_thousand_decodes(backend):
+    try:
+        decoder = GpuJpegDecoder(torch.device("cuda"), PRE, backend=backend)
+    except ImportError as exc:
+        pytest.skip(f"{backend} is not installed here: {exc}")
     encoded = _variants(50)
     jobs = [probe(data, 10**9) for data in encoded]
     grey = [i for i in range(len(encoded)) if i % 7 == 2]  # left to Pillow (see probe)
@@ -92,7 +96,8 @@ def test_gpu_pixels_match_the_cpu_over_a_thousand_decodes():
             means.append(float(levels.mean()))
             maxima.append(float(levels.max()))
             corrupted += means[-1] > MEAN_LEVELS
-    _report("gpu_decode", {"decodes": len(means), "mean_levels_max": max(means),
+    key = "gpu_decode" if backend == "torchvision" else f"gpu_decode_{backend}"
+    _report(key, {"decodes": len(means), "mean_levels_max": max(means),
                            "mean_levels_median": float(np.median(means)),
                            "max_levels": max(maxima), "corrupted": corrupted})  # fmt: skip
     assert len(means) >= 1000

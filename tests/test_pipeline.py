@@ -4,6 +4,7 @@ resize, fallback per file), bounded read-ahead, the out-of-memory back-off, devi
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -15,16 +16,22 @@ from miragedet import MiraGe, ModelConfig
 from miragedet.data.gpu_decode import GpuJpegDecoder, probe, reference_pixels
 from miragedet.data.transforms import Preprocess
 from miragedet.inference.detector import Detector
-from miragedet.inference.pipeline import default_batch_size, in_parts, staged_batches
+from miragedet.inference.pipeline import (
+    Batch,
+    default_batch_size,
+    in_parts,
+    overlap,
+    staged_batches,
+)
 from miragedet.model.backbone import load_backbone
 from miragedet.model.device import enable_tf32, gpu_share, resolve_device
 
 
-def pillow_decode(encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+def pillow_decode(encoded: list[bytes]) -> list[torch.Tensor]:
     """What nvJPEG hands back: the stored pixels as (3, H, W) uint8, no EXIF orientation."""
     out = []
     for data in encoded:
-        image = Image.open(io.BytesIO(data.numpy().tobytes()))
+        image = Image.open(io.BytesIO(data))
         image.load()
         out.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
     return out
@@ -101,8 +108,11 @@ def test_a_file_the_gpu_decoder_fails_on_gets_the_cpu_row(tmp_path):
     gpu = Detector(model, batch_size=3, threads=2, exact_decode=True)
     calls = []
 
+    threads = set()
+
     def counting(encoded):
         calls.append(len(encoded))
+        threads.add(threading.current_thread().name)
         return pillow_decode(encoded)
 
     gpu.gpu_decoder = GpuJpegDecoder("cpu", model.backbone.preprocess, decode=counting)
@@ -116,6 +126,77 @@ def test_a_file_the_gpu_decoder_fails_on_gets_the_cpu_row(tmp_path):
             assert g.error == e.error  # the CPU's own words, from the fallback
     assert sum(calls) >= 5  # the JPEGs went through the stand-in GPU decoder, in batches
     assert max(calls) > 1
+    # beside the forward, in the device stage's own thread (on a GPU: its own CUDA stream)
+    assert threads and all(name.startswith("miragedet-device") for name in threads), threads
+
+
+def test_the_device_stage_runs_one_batch_ahead_of_the_forward():
+    """With a GPU decoder, batch n + 1's decode starts while the caller still holds batch n, and
+    never more than one batch ahead; without one, stage 2 runs in the caller's thread."""
+    holding = threading.Event()
+    started = []
+
+    def stage(entry):
+        started.append(entry)
+        if entry == 1:  # waits for the caller to hold batch 0: a serial stage would stop here
+            assert holding.wait(timeout=120), "stage 2 of batch 1 did not run beside batch 0"
+        return Batch([entry])
+
+    seen = []
+    for entry, batch in overlap(iter(range(5)), stage, torch.device("cpu"), side=True):
+        assert batch.prepared == [entry]
+        assert set(started) <= set(range(entry + 2))  # at most one batch ahead
+        seen.append(entry)
+        holding.set()
+    assert seen == list(range(5))
+
+    caller = threading.current_thread().name
+    names = []
+    list(overlap(range(3), lambda e: names.append(threading.current_thread().name) or Batch([e]),
+                 torch.device("cpu"), side=False))  # fmt: skip
+    assert names == [caller] * 3
+
+
+def test_evaluate_decodes_through_the_device_stage_with_the_cpu_scores(tmp_path, monkeypatch):
+    """evaluate's resize path with a (stand-in) GPU decoder: JPEGs go to it beside the forward,
+    a file it fails on gets the CPU path's score or error, the scores equal the CPU path's."""
+    from miragedet.data import gpu_decode
+    from miragedet.data.dataset import Sample
+    from miragedet.evaluation.scores import score_samples
+
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    samples = []
+    for i in range(7):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(jpeg(photo(64 + 16 * i, 48, i), comment=b"gpu fails" if i == 3 else b""))
+        samples.append(Sample(str(path), i % 2, "s"))
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg, ends like one \xff\xd9")
+    samples.append(Sample(str(tmp_path / "bad.jpg"), 0, "s"))
+    pre = model.backbone.preprocess
+    options = dict(batch_size=3, workers=2, preprocess=pre, device=torch.device("cpu"))
+    expected = score_samples(model, samples, **options)
+    threads = set()
+
+    refused = []
+
+    def flaky(encoded):
+        threads.add(threading.current_thread().name)
+        if any(b"gpu fails" in data for data in encoded):
+            refused.append(len(encoded))
+            raise RuntimeError("nvJPEG: bad data (stand-in)")
+        return pillow_decode(encoded)
+
+    def stand_in(device, pre):
+        return GpuJpegDecoder("cpu", pre, decode=flaky), "stand-in"
+
+    monkeypatch.setattr(gpu_decode, "gpu_decoder", stand_in)
+    got = score_samples(model, samples, **options)
+    assert threads and all(name.startswith("miragedet-device") for name in threads)
+    assert 1 in refused  # sample 3 failed on the GPU alone, then was decoded on the CPU
+    assert got.errors.keys() == expected.errors.keys() == {7}
+    assert got.errors[7] == expected.errors[7]
+    good = np.arange(7)
+    assert np.abs(got.probs[good] - expected.probs[good]).max() < 0.02
 
 
 def test_read_ahead_is_bounded_however_slow_the_consumer():
@@ -263,3 +344,34 @@ def test_the_gpu_decoder_is_refused_where_it_would_differ_or_is_turned_off(monke
     monkeypatch.setenv(GPU_DECODE_ENV, "0")
     decoder, why = gpu_decoder("cuda", PRE)
     assert decoder is None and GPU_DECODE_ENV in why
+
+
+def test_the_gpu_decoder_is_the_one_asked_for_or_the_first_that_works(monkeypatch):
+    """$MIRAGEDET_GPU_DECODER: auto tries torchvision then nvImageCodec; a named one only that
+    one; an unknown name, or none that builds here, leaves decoding to the CPU with the reason."""
+    from miragedet.data import gpu_decode
+
+    built = []
+
+    def maker(name, works):
+        def make(device):
+            built.append(name)
+            if not works:
+                raise ImportError(f"no {name} here (stand-in)")
+            return pillow_decode
+
+        return make
+
+    monkeypatch.setattr(gpu_decode, "DECODERS", {
+        "torchvision": ("nvjpeg (torchvision)", maker("torchvision", False)),
+        "nvimgcodec": ("nvImageCodec", maker("nvimgcodec", True)),
+    })  # fmt: skip
+    decoder, why = gpu_decode.gpu_decoder("cuda", PRE)
+    assert built == ["torchvision", "nvimgcodec"] and decoder.backend == "nvimgcodec"
+    assert "nvImageCodec" in why
+    monkeypatch.setenv(gpu_decode.GPU_DECODER_ENV, "torchvision")
+    decoder, why = gpu_decode.gpu_decoder("cuda", PRE)
+    assert decoder is None and "no torchvision here" in why and "miragedet[gpu]" in why
+    monkeypatch.setenv(gpu_decode.GPU_DECODER_ENV, "dali")
+    decoder, why = gpu_decode.gpu_decoder("cuda", PRE)
+    assert decoder is None and "dali" in why and "nvimgcodec" in why

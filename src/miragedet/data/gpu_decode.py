@@ -2,11 +2,21 @@
 what the GPU decoder cannot take (other formats, CMYK, colour profiles other than sRGB, absurd
 sizes, a file it fails on) goes back to the CPU decoder, which gives the same row as ever.
 
-The decoder is torchvision's ``decode_jpeg(device="cuda")``, which hands a list of encoded JPEGs
-to NVIDIA's nvJPEG in one batched call (torchvision.io docs, "decode_jpeg"; pytorch/vision
-#8496). A corruption of batched GPU decodes was reported on H100s (pytorch/vision #9606), so the
-GPU's pixels are checked against the CPU's by ``tests/test_gpu_decode.py`` (marked ``gpu``, run
-by ``benchmarks/bench_gpu.py``). On an H200 (docs/performance.md, "On a GPU") colour JPEGs
+Two decoders, chosen by ``$MIRAGEDET_GPU_DECODER`` (``auto``, the default: the first installed
+of the two, in this order):
+
+- ``torchvision``: ``decode_jpeg(device="cuda")`` hands a list of encoded JPEGs to NVIDIA's nvJPEG
+  in one batched call (torchvision.io docs, "decode_jpeg"; pytorch/vision #8496); the one whose
+  pixels were checked on an H200 (docs/performance.md, "On a GPU").
+- ``nvimgcodec``: NVIDIA's nvImageCodec (``pip install nvidia-nvimgcodec-cu12`` or ``-cu13``, with
+  ``nvidia-nvjpeg``), whose batched ``Decoder.decode`` runs the A100/H100-class hardware JPEG
+  engines where the GPU has them and nvJPEG's CUDA decoder elsewhere; a file it cannot decode
+  comes back as None (nvImageCodec Python API, ``Decoder.decode`` and ``DecodeParams``).
+  ``benchmarks/bench_gpu.py`` measures both and checks both against the CPU's pixels.
+
+A corruption of batched GPU decodes was reported on H100s (pytorch/vision #9606), so the GPU's
+pixels are checked against the CPU's by ``tests/test_gpu_decode.py`` (marked ``gpu``, run by
+``benchmarks/bench_gpu.py``). On an H200 (docs/performance.md, "On a GPU") colour JPEGs
 stayed within 2 levels of the CPU's on average, single or batched; some greyscale ones did not,
 so :func:`probe` leaves greyscale to Pillow. ``MIRAGEDET_GPU_DECODE=0`` turns the GPU path off.
 
@@ -131,33 +141,75 @@ def resize_crop_normalize(pixels: Any, preprocess: Preprocess) -> Any:
     return (image / 255.0 - mean) / std
 
 
-def _torchvision_decode(device: Any) -> Callable[[list[Any]], list[Any]]:
+def _torchvision_decode(device: Any) -> Callable[[list[bytes]], list[Any]]:
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    def decode(encoded: list[Any]) -> list[Any]:
-        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    def decode(encoded: list[bytes]) -> list[Any]:
+        tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
     return decode
+
+
+def _nvimgcodec_decode(device: Any) -> Callable[[list[bytes]], list[Any]]:
+    import torch
+    from nvidia import nvimgcodec
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    # fancy upsampling of the chroma planes, as libjpeg-turbo (Pillow) does by default
+    decoder = nvimgcodec.Decoder(device_id=index, options=":fancy_upsampling=1")
+    params = nvimgcodec.DecodeParams(
+        apply_exif_orientation=False,  # orient() turns the pixels, as for the other decoder
+        color_spec=nvimgcodec.ColorSpec.SRGB,
+        allow_any_depth=False,
+        sample_format=nvimgcodec.SampleFormat.I_RGB,
+    )
+
+    def decode(encoded: list[bytes]) -> list[Any]:
+        stream = torch.cuda.current_stream(device)  # the caller's (the side stream's) stream
+        images = decoder.decode([nvimgcodec.CodeStream(data) for data in encoded],
+                                params=params, cuda_stream=stream.cuda_stream)  # fmt: skip
+        return [
+            torch.from_dlpack(image).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W), no copy
+            if image is not None
+            else "nvImageCodec could not decode this file"
+            for image in images
+        ]
+
+    return decode
+
+
+#: The GPU JPEG decoders by ``$MIRAGEDET_GPU_DECODER`` name: what they are called in messages
+#: and the function that builds one for a device (``auto`` tries them in this order).
+DECODERS: dict[str, tuple[str, Callable[[Any], Callable[[list[bytes]], list[Any]]]]] = {
+    "torchvision": ("nvjpeg (torchvision)", _torchvision_decode),
+    "nvimgcodec": ("nvImageCodec", _nvimgcodec_decode),
+}
+#: Which GPU JPEG decoder: ``auto`` (default), ``torchvision`` or ``nvimgcodec``.
+GPU_DECODER_ENV = "MIRAGEDET_GPU_DECODER"
 
 
 class GpuJpegDecoder:
     """Decode :class:`JpegJob` batches on ``device`` into model inputs; per file, an error
     message where the GPU decoder fails (the caller then decodes that file on the CPU)."""
 
-    name = "nvjpeg (torchvision)"
-
     def __init__(
         self,
         device: Any,
         preprocess: Preprocess,
-        decode: Callable[[list[Any]], list[Any]] | None = None,
+        decode: Callable[[list[bytes]], list[Any]] | None = None,
+        backend: str = "torchvision",
     ) -> None:
         self.device = device
         self.preprocess = preprocess
-        #: encoded uint8 CPU tensors -> decoded (3, H, W) uint8 tensors (tests pass a stand-in).
-        self._decode = decode or _torchvision_decode(device)
+        self.backend = backend
+        self.name = DECODERS[backend][0] if decode is None else f"{backend} (stand-in)"
+        #: encoded JPEGs -> decoded (3, H, W) uint8 tensors, or a file's error text (tests pass
+        #: a stand-in).
+        self._decode = decode or DECODERS[backend][1](device)
 
-    def _decode_safely(self, encoded: list[Any]) -> list[Any]:
+    def _decode_safely(self, encoded: list[bytes]) -> list[Any]:
         """Decode a chunk in one call; when that call fails, file by file, so that one bad
         file costs only itself (its entry is then the error text)."""
         try:
@@ -173,13 +225,12 @@ class GpuJpegDecoder:
 
     def __call__(self, jobs: Sequence[JpegJob]) -> list[Any]:
         """A (3, S, S) float32 tensor on the device per job, or the GPU decoder's error text."""
-        import torch
-
         out: list[Any] = []
         for start in range(0, len(jobs), CHUNK):
             chunk = jobs[start : start + CHUNK]
-            encoded = [torch.frombuffer(bytearray(job.data), dtype=torch.uint8) for job in chunk]
-            for job, pixels in zip(chunk, self._decode_safely(encoded), strict=True):
+            for job, pixels in zip(
+                chunk, self._decode_safely([j.data for j in chunk]), strict=True
+            ):
                 out.append(self._finish(job, pixels))
         return out
 
@@ -204,7 +255,8 @@ GPU_DECODE_ENV = "MIRAGEDET_GPU_DECODE"
 def gpu_decoder(device: Any, preprocess: Preprocess) -> tuple[GpuJpegDecoder | None, str]:
     """The GPU JPEG decoder for ``device`` and why, or None and why not: a CPU device,
     ``$MIRAGEDET_GPU_DECODE=0``, a resize with no antialiased twin on the GPU (nearest,
-    lanczos), torchvision missing or without GPU decoding (``pip install miragedet[gpu]``)."""
+    lanczos), no GPU decoder installed (``pip install miragedet[gpu]``) or the one
+    ``$MIRAGEDET_GPU_DECODER`` names not working here."""
     import os
 
     import torch
@@ -217,14 +269,21 @@ def gpu_decoder(device: Any, preprocess: Preprocess) -> tuple[GpuJpegDecoder | N
     if preprocess.resample not in ("bicubic", "bilinear"):
         return None, (f"the CPU decodes: the checkpoint resizes with {preprocess.resample}, "
                       "which has no antialiased twin on the GPU")  # fmt: skip
-    try:
-        decoder = GpuJpegDecoder(device, preprocess)
-    except Exception as exc:  # ImportError, or a torchvision built without nvJPEG
-        return None, (
-            f"the CPU decodes: no GPU JPEG decoder ({type(exc).__name__}: {exc}); "
-            "pip install 'miragedet[gpu]'"
-        )[:300]
-    return decoder, f"JPEGs decoded on {device} by {GpuJpegDecoder.name}, others on the CPU"
+    asked = os.environ.get(GPU_DECODER_ENV, "auto").strip().lower() or "auto"
+    if asked != "auto" and asked not in DECODERS:
+        return None, (f"the CPU decodes: ${GPU_DECODER_ENV}={asked} is not one of auto, "
+                      f"{', '.join(DECODERS)}")  # fmt: skip
+    failed = []
+    for backend in DECODERS if asked == "auto" else [asked]:
+        try:
+            decoder = GpuJpegDecoder(device, preprocess, backend=backend)
+        except Exception as exc:  # ImportError, or a torchvision built without nvJPEG
+            failed.append(f"{backend}: {type(exc).__name__}: {exc}"[:200])
+            continue
+        return decoder, f"JPEGs decoded on {device} by {decoder.name}, others on the CPU"
+    return None, (
+        f"the CPU decodes: no GPU JPEG decoder ({'; '.join(failed)}); pip install 'miragedet[gpu]'"
+    )[:400]
 
 
 def reference_pixels(data: bytes, preprocess: Preprocess) -> np.ndarray:

@@ -107,7 +107,7 @@ def _score_stream(
     (:mod:`miragedet.inference.pipeline`): ``workers`` decode threads run batches ahead of the
     forward; on a GPU, JPEGs are decoded there unless a degradation needs the decoded image."""
     from ..data.gpu_decode import gpu_decoder
-    from ..inference.pipeline import gpu_decode, gpu_job, stack_on, staged_batches
+    from ..inference.pipeline import device_batch, gpu_job, overlap, staged_batches
 
     decoder = None
     if degradation is None:  # a degradation needs the decoded image
@@ -133,13 +133,16 @@ def _score_stream(
     errors: dict[int, str] = {}
     distance = np.full(len(samples), np.nan) if getattr(model, "open_set", None) else None
     model.eval()
-    for chunk, prepared in staged_batches(enumerate(samples), work, batch_size, max(1, workers)):
-        gpu_decode(decoder, chunk, prepared, on_cpu)
-        errors.update({chunk[k][0]: r for k, r in enumerate(prepared) if isinstance(r, str)})
-        good = [k for k, r in enumerate(prepared) if not isinstance(r, str)]
-        if good:
-            indices = np.array([chunk[k][0] for k in good])
-            out = model(stack_on([prepared[k] for k in good], device))
+    batches = staged_batches(enumerate(samples), work, batch_size, max(1, workers))
+
+    def stage(entry: tuple[list[Any], list[Any]]) -> Any:
+        return device_batch(decoder, device, entry[0], entry[1], on_cpu)
+
+    for (chunk, _), batch in overlap(batches, stage, device, side=decoder is not None):
+        errors.update({chunk[k][0]: r for k, r in batch.errors.items()})
+        if batch.good:
+            indices = np.array([chunk[k][0] for k in batch.good])
+            out = model(batch.ready())
             probs[indices] = out.probs.float().cpu().numpy()
             if distance is not None:
                 distance[indices] = out.distance.float().cpu().numpy()

@@ -7,10 +7,12 @@ Stages and where they run:
 1. read + decode + view (+ provenance), per input, in the decode pool: a (3, S, S) tensor, the
    tiles of the crop/tiles views, a video's frames, or, when a GPU decodes, the JPEG's bytes and
    header (:mod:`miragedet.data.gpu_decode`); an unreadable input becomes its error text here.
-2. batch, in the caller's thread, while the pool already works on the next ``ahead`` batches:
+2. batch (:func:`device_batch`), while the pool already works on the next ``ahead`` batches:
    the GPU decodes the batch's JPEGs (a file it fails on is decoded on the CPU instead: the same
    row as the CPU path gives), the CPU-decoded inputs are stacked in pinned memory and copied
-   without blocking.
+   without blocking. When a GPU decodes, this stage runs for batch n + 1 in a side thread on a
+   CUDA stream of its own while the caller's stream runs batch n's forward (:func:`overlap`):
+   the decoder and the model no longer take turns on one stream.
 3. forward on the engine (:meth:`Detector.forward_tensors` and friends; a CUDA out-of-memory
    error halves the batch and goes on, said once), then the rows (:class:`Prediction`).
 
@@ -25,7 +27,8 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -138,6 +141,65 @@ def gpu_job(decoder: Any, item: Any, max_pixels: int = MAX_PIXELS) -> JpegJob | 
     return probe(data, max_pixels) if data is not None else None
 
 
+@dataclass
+class Batch:
+    """Stage 2's output for one batch: what each input became (a tensor, a video's frames, tiles,
+    or its error text), the positions stacked into ``pixels`` (on the model's device, resize
+    view), and, when a side stream made them, the CUDA event the forward must wait for."""
+
+    prepared: list[Any]
+    good: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    pixels: torch.Tensor | None = None
+    event: Any = None
+
+    def ready(self) -> torch.Tensor | None:
+        """``pixels`` for the caller's CUDA stream: it waits for the side stream's work, and the
+        memory is marked as used there so the allocator does not hand it back to the side
+        stream while the forward still reads it (PyTorch's CUDA semantics notes, "Stream
+        semantics of backward passes" and ``Tensor.record_stream``)."""
+        if self.event is not None and self.pixels is not None:
+            stream = torch.cuda.current_stream(self.pixels.device)
+            stream.wait_event(self.event)
+            self.pixels.record_stream(stream)
+        return self.pixels
+
+
+def device_batch(
+    decoder: Any,
+    device: torch.device,
+    items: list[Any],
+    prepared: list[Any],
+    on_cpu: Callable[[Any], Any],
+    stackable: Callable[[Any], bool] = lambda r: True,
+) -> Batch:
+    """Stage 2 for a batch: the JPEG jobs among ``prepared`` decoded by the GPU ``decoder`` (a
+    file it fails on prepared from ``items`` by ``on_cpu``), then the inputs ``stackable``
+    accepts stacked on ``device``."""
+    prepared = list(prepared)
+    gpu_decode(decoder, items, prepared, on_cpu)
+    errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
+    good = [i for i, r in enumerate(prepared) if i not in errors and stackable(r)]
+    pixels = stack_on([prepared[i] for i in good], device) if good else None
+    return Batch(prepared, good, errors, pixels)
+
+
+def forward_batch(detector: Detector, batch: Batch) -> tuple[list[Any], list[Any]]:
+    """Stage 3 for a batch: the probabilities and open-set outcomes (None without the test) of
+    each input (None where nothing was stacked)."""
+    probs: list[Any] = [None] * len(batch.prepared)
+    outcomes: list[Any] = [None] * len(batch.prepared)
+    pixels = batch.ready()
+    if pixels is not None:
+        if detector.has_open_set:
+            rows, found = detector.forward_open_set(pixels)
+        else:
+            rows, found = detector.forward_tensors(pixels), [None] * len(batch.good)
+        for k, i in enumerate(batch.good):
+            probs[i], outcomes[i] = rows[k], found[k]
+    return probs, outcomes
+
+
 def decode_and_forward(
     detector: Detector, items: list[Any], on_cpu: Callable[[Any], Any]
 ) -> tuple[list[Any], list[Any], dict[int, str]]:
@@ -145,21 +207,46 @@ def decode_and_forward(
     detector's GPU decoder, decoded by ``on_cpu`` where the GPU decoder fails): the probabilities
     and open-set outcomes (None without the test) of each input, and the error text of those
     that could not be decoded at all (their entries are None). The server's batches run here."""
-    prepared = list(items)
-    gpu_decode(detector.gpu_decoder, items, prepared, on_cpu)
-    errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
-    good = [i for i in range(len(prepared)) if i not in errors]
-    probs: list[Any] = [None] * len(prepared)
-    outcomes: list[Any] = [None] * len(prepared)
-    if good:
-        pixels = stack_on([prepared[i] for i in good], detector.device)
-        if detector.has_open_set:
-            rows, found = detector.forward_open_set(pixels)
-        else:
-            rows, found = detector.forward_tensors(pixels), [None] * len(good)
-        for k, i in enumerate(good):
-            probs[i], outcomes[i] = rows[k], found[k]
-    return probs, outcomes, errors
+    batch = device_batch(detector.gpu_decoder, detector.device, items, items, on_cpu)
+    probs, outcomes = forward_batch(detector, batch)
+    return probs, outcomes, batch.errors
+
+
+Entry = TypeVar("Entry")
+
+
+def overlap(
+    entries: Iterable[Entry], stage: Callable[[Entry], Batch], device: torch.device, side: bool
+) -> Iterator[tuple[Entry, Batch]]:
+    """``(entry, stage(entry))`` in order. With ``side``, ``stage`` runs one entry ahead in a
+    side thread, on a CUDA stream of its own when ``device`` is a GPU, while the caller works on
+    the entry before (the batch's :meth:`Batch.ready` makes the caller's stream wait for it).
+    One batch more is held on the device than without."""
+    if not side:
+        for entry in entries:
+            yield entry, stage(entry)
+        return
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def run(entry: Entry) -> Batch:
+        if stream is None:
+            return stage(entry)
+        with torch.cuda.stream(stream):
+            batch = stage(entry)
+            batch.event = torch.cuda.Event()
+            batch.event.record(stream)
+        return batch
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="miragedet-device") as pool:
+        for entry in entries:
+            pending.append((entry, pool.submit(run, entry)))
+            if len(pending) > 1:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def staged_batches(
@@ -209,40 +296,53 @@ def score_stream(
         prepared = staged(pair[1])
         if not provenance or isinstance(prepared, str):
             return prepared, None
-        return prepared, read_provenance(pair[1], detector.trust_anchors, detector.watermarks)
+        source = prepared.data if isinstance(prepared, JpegJob) else pair[1]  # read once
+        return prepared, read_provenance(source, detector.trust_anchors, detector.watermarks)
 
-    for chunk, done in staged_batches(
+    resize = detector.view.kind == "resize"
+
+    def stage(entry: tuple[list[Any], list[Any]]) -> Batch:
+        prepared = [p for p, _ in entry[1]]
+        if not resize:  # tiles and crops are stacked per forward by the tile path
+            return Batch(
+                prepared, errors={i: r for i, r in enumerate(prepared) if isinstance(r, str)}
+            )
+        return device_batch(detector.gpu_decoder, detector.device, prepared, prepared,
+                            lambda job: detector._prepare(job.data),
+                            lambda r: not isinstance(r, VideoInputs))  # fmt: skip
+
+    batches = staged_batches(
         enumerate(inputs), work, detector.batch_size, detector.decode_threads, ahead
-    ):
-        yield from _assemble(detector, chunk, done)
+    )
+    side = detector.gpu_decoder is not None  # only a GPU decode is worth a side thread
+    for (chunk, done), batch in overlap(batches, stage, detector.device, side):
+        yield from _assemble(detector, chunk, done, batch)
 
 
-def _assemble(detector: Detector, chunk: list[Any], done: list[Any]) -> list[Prediction]:
-    """Stages 2-3 for one batch: GPU decodes, forward, rows."""
-    prepared = [p for p, _ in done]
+def _assemble(
+    detector: Detector, chunk: list[Any], done: list[Any], batch: Batch
+) -> list[Prediction]:
+    """Stage 3 for one batch: forward, videos, tiles, rows."""
+    prepared = batch.prepared
     sources = [describe(item, i) for i, item in chunk]
-    errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
+    errors = dict(batch.errors)
     clips = [i for i, r in enumerate(prepared) if isinstance(r, VideoInputs)]
-    good = [i for i in range(len(prepared)) if i not in errors and i not in clips]
     probs = np.zeros((len(prepared), len(detector.classes)))
     scored_clips = detector.score_videos([prepared[i] for i in clips])
     for i, (clip_probs, _, _) in zip(clips, scored_clips, strict=True):
         probs[i] = clip_probs
     tiled: dict[int, Any] = {}
     open_sets: dict[int, dict[str, Any]] = {}
-    if good and detector.view.kind == "resize":
-        rows, outcomes, failed = decode_and_forward(
-            detector, [prepared[i] for i in good], lambda job: detector._prepare(job.data)
-        )
-        for k, i in enumerate(good):
-            if k in failed:
-                errors[i] = failed[k]
-            else:
-                probs[i] = rows[k]
-                if outcomes[k] is not None:
-                    open_sets[i] = outcomes[k]
-    elif good:  # the tiles of all the batch's images share forward batches
-        probs[good], tiled = detector._forward_tiles([prepared[i] for i in good], good)
+    if detector.view.kind == "resize":
+        rows, outcomes = forward_batch(detector, batch)
+        for i in batch.good:
+            probs[i] = rows[i]
+            if outcomes[i] is not None:
+                open_sets[i] = outcomes[i]
+    else:  # the tiles of all the batch's images share forward batches
+        good = [i for i in range(len(prepared)) if i not in errors and i not in clips]
+        if good:
+            probs[good], tiled = detector._forward_tiles([prepared[i] for i in good], good)
     predictions = detector._predictions(sources, probs, errors)
     for i, where in tiled.items():
         predictions[i].regions = where.pop("regions")
