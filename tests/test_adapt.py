@@ -245,6 +245,13 @@ def test_bad_input_is_refused_with_nothing_written(world, adapted, tmp_path):
                                 "-o", str(out), "--split", ""])  # fmt: skip
     assert wrong.exit_code == 2 and "another backbone" in wrong.output
     assert not out.exists()
+    # --device as on train: a GPU asked for where there is none is a clear error, nothing written
+    sequence = [str(world / "grid-2"), str(world / "stripes-3"), "-m", str(world / "base")]
+    for command in (["adapt", str(world / "stripes-3"), *base],
+                    ["continual", *sequence, "-o", str(out)]):  # fmt: skip
+        gpu = runner.invoke(app, [*command, "--device", "cuda:7"])
+        assert gpu.exit_code == 2 and "no CUDA GPU is usable here" in gpu.output, gpu.output
+        assert "Traceback" not in gpu.output and not out.exists()
 
 
 def test_prompt_mode_is_guarded_against_forgetting(world, tmp_path):

@@ -28,6 +28,7 @@ from ..evaluation.scores import score_samples
 from ..model.adapters import OpenSet, whitener
 from ..model.checkpoint import read_config, resolve, save_pretrained
 from ..model.config import ModelConfig
+from ..model.device import resolve_device
 from ..model.mirage import MiraGe, load_pretrained
 from . import adapt_prototype
 
@@ -59,6 +60,7 @@ class AdaptConfig:
     steps: int = 100  # prompt mode
     lr: float = 0.02  # prompt mode
     batch_size: int = 64
+    device: str = "auto"  # a CUDA GPU when present, else the CPU (model.device.resolve_device)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -235,8 +237,8 @@ def accuracy_on(model: MiraGe, samples: list[Sample], batch_size: int) -> dict[s
 def memory_accuracy(model: MiraGe, memory: Memory) -> dict[str, float]:
     """Real/fake accuracy of ``model`` on the feature memory's images (real is source 0)."""
     model.eval()
-    out = model.forward_from_features(memory.features)
-    fake_prob = 1.0 - out.probs[:, 0].float().numpy()
+    out = model.forward_from_features(memory.features.to(model.clip.logit_scale.device))
+    fake_prob = 1.0 - out.probs[:, 0].float().cpu().numpy()
     labels = (memory.labels != 0).long().numpy()
     result = binary_metrics(labels, fake_prob, model.threshold)
     return {k: result[v] for k, v in (("accuracy", "accuracy"), ("real", "real_accuracy"),
@@ -258,7 +260,8 @@ def adapt(
     base_config = read_config(base_dir)
     base_meta = base_config.get("metadata") or {}
     fingerprint = base_config["backbone"]["fingerprint"]["weights"]
-    model = load_pretrained(base_dir)
+    device = resolve_device(config.device)
+    model = load_pretrained(base_dir, device=device)
     # the base as it was: prototype mode builds a new model on the same frozen backbone and
     # leaves this one untouched; prompt mode (below) tunes in place, so it loads its own copy
     before = model
@@ -324,7 +327,7 @@ def adapt(
         if not pool:
             raise AdaptError("--mode prompt replays old images: pass --old-data")
         say(f"tuning the prompts ({config.steps} steps)")
-        before = load_pretrained(base_dir)
+        before = load_pretrained(base_dir, device=device)
         adapt_prompt.tune(model, before, shot_list, pool, config)
     known = known.add(shot_feats, shot_sources)
     if len(model.classes) > 2:
@@ -413,16 +416,16 @@ def _prototype(
         weights.append(weight)
         biases.append(torch.tensor(bias))
     new = rebuild(model, adapters=specs)
-    with torch.no_grad():
-        new.adapters.weight.copy_(torch.stack(weights))
-        new.adapters.bias.copy_(torch.stack(biases))
+    with torch.no_grad():  # the model's rows may sit on its GPU, the new ones on the CPU
+        new.adapters.weight.copy_(torch.stack([w.cpu() for w in weights]))
+        new.adapters.bias.copy_(torch.stack([b.cpu() for b in biases]))
     return new
 
 
 def rebuild(model: MiraGe, **changes: Any) -> MiraGe:
     """The same model with a changed config (adapters, open set), trained tensors carried over."""
     config = ModelConfig.from_dict({**model.config.to_dict(), **changes})
-    new = MiraGe(model.backbone, config)
+    new = MiraGe(model.backbone, config).to(model.clip.logit_scale.device)
     targets = {**dict(new.named_parameters()), **dict(new.named_buffers())}
     with torch.no_grad():
         for key, value in model.trainable_state_dict().items():

@@ -38,8 +38,9 @@ def tune(
     model: MiraGe, base: MiraGe, shots: list[Sample], replay: list[Sample], config: Any
 ) -> None:
     """Tune ``model``'s prompts in place (``config``: an AdaptConfig)."""
-    new_x, new_y = _pixels(model, shots)
-    old_x, old_y = _pixels(model, replay)
+    device = model.clip.logit_scale.device
+    new_x, new_y = (t.to(device) for t in _pixels(model, shots))
+    old_x, old_y = (t.to(device) for t in _pixels(model, replay))
     base.eval()
     with torch.no_grad():
         teacher = F.softmax(base(old_x).logits, dim=-1)

@@ -39,6 +39,7 @@ def continual(
     """Adapt ``base`` (trained on ``tasks[0]``) to ``tasks[1:]`` in turn, writing each step's
     checkpoint under ``output/step-N``; returns (and writes as continual.json / .md) the
     accuracy matrix and CDDB's metrics after each step."""
+    from ..model.device import resolve_device
     from ..model.mirage import load_pretrained
 
     if len(tasks) < 2:
@@ -47,7 +48,7 @@ def continual(
     output = Path(output)
     evals = [held_out(t, config, first=(i == 0)) for i, t in enumerate(tasks)]
     matrix: list[list[float]] = []  # matrix[step][task]: accuracy on task after step
-    model = load_pretrained(base)
+    model = load_pretrained(base, device=resolve_device(config.device))
     matrix.append([accuracy_on(model, evals[0], config.batch_size)["accuracy"]])
     current = Path(base)
     steps = []

@@ -11,6 +11,9 @@ from rich.table import Table
 
 from .common import console, fail
 
+#: As train's --device (training.config.TrainConfig.device).
+DEVICE_HELP = "auto (a CUDA GPU when present, else the CPU), cpu, cuda, cuda:N."
+
 
 def adapt(
     data: str = typer.Argument(..., help="Images of the new generator and reals (any layout)."),
@@ -48,6 +51,7 @@ def adapt(
     steps: int = typer.Option(100, help="Prompt mode: optimisation steps."),
     lr: float = typer.Option(0.02, help="Prompt mode: learning rate."),
     batch_size: int = typer.Option(64),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Teach a detector a new generator from a few images, without forgetting (docs/adapt.md)."""
     from ...training.adapt import AdaptConfig
@@ -58,7 +62,7 @@ def adapt(
             shots=shots, mode=mode, seed=seed, name=name, layout=layout, split=split or None,
             old_data=old_data, old_split=old_split or None, memory=memory, held_out=held_out,
             max_forgetting=max_forgetting, force=force, fpr_budget=fpr_budget,
-            unknown_rate=unknown_rate, steps=steps, lr=lr, batch_size=batch_size,
+            unknown_rate=unknown_rate, steps=steps, lr=lr, batch_size=batch_size, device=device,
         )  # fmt: skip
         result = run(model, data, output, config, on_stage=lambda text: console.print(text))
     except (ValueError, OSError) as exc:
@@ -107,6 +111,7 @@ def continual(
     split: str = typer.Option("train", help="New tasks' split, where the layout has one."),
     old_split: str = typer.Option("val", help="The base task's split, where it has one."),
     held_out: int = typer.Option(200, help="Images per source each task is scored on."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Learn generators one after another; CDDB's average accuracy and forgetting per step."""
     from ...training.adapt import AdaptConfig
@@ -115,7 +120,7 @@ def continual(
     try:
         config = AdaptConfig(
             shots=shots, mode=mode, seed=seed, layout=layout, split=split or None,
-            old_split=old_split or None, held_out=held_out,
+            old_split=old_split or None, held_out=held_out, device=device,
         )  # fmt: skip
         report = run(model, tasks, output, config, on_stage=lambda text: console.print(text))
     except (ValueError, OSError) as exc:
