@@ -13,7 +13,8 @@ torch.utils.flop_counter on one image), then compiled by torch.compile (default 
 overhead, i.e. CUDA graphs: compile s, ms/image, change of scores); (3) the scoring pipeline as
 detect runs it (load_detector with the commands' defaults: device auto, GPU decoding where
 installed, provenance on), on JPEGs of 1-4 MP and on 512-px PNGs, timed after a warm-up pass;
-(4) score-dataset's local engine; (5) evaluate's scoring path (evaluation.scores.score_samples);
+(4) score-dataset's local engine; (5) evaluate's scoring path (evaluation.scores.score_samples),
+then `miragedet serve` under --clients concurrent clients posting 1 MP JPEGs for 30 s;
 (6) one epoch of training at --train-batch with --amp auto: images/s and the data-wait share the
 trainer reports; (7) start-up: one image through `miragedet detect` against the import + CUDA-
 initialisation floor, with the random backbone (built at load) and with the same weights saved
@@ -297,6 +298,90 @@ def evaluate_rate(checkpoint: Path, folder: Path, device: torch.device, batch: i
     return len(samples) / (time.perf_counter() - start)
 
 
+def serve_figures(checkpoint: Path, clients: int, seconds: float, size: tuple[int, int]) -> dict:
+    """`miragedet serve` with its defaults (device auto, batch from free memory) under
+    ``clients`` concurrent clients, each posting one photo-like JPEG of ``size`` per request for
+    ``seconds``: images/s, p50/p99 latency, status counts (the issue's 64 clients of 1 MP)."""
+    import asyncio
+    import io
+
+    import httpx
+    import numpy as np
+    from bench_load import KEY, _free_port
+
+    bodies = []
+    for seed in range(8):
+        buffer = io.BytesIO()
+        photo(*size, seed).save(buffer, "JPEG", quality=90)
+        bodies.append(buffer.getvalue())
+    port = _free_port()
+    command = [sys.executable, "-m", "miragedet", "serve", "-m", str(checkpoint), "--host",
+               "127.0.0.1", "--port", str(port), "--log-level", "warning",
+               "--max-queue", str(4 * clients)]  # fmt: skip
+    env = dict(os.environ, MIRAGEDET_API_KEY=KEY,
+               PYTHONPATH=f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}")  # fmt: skip
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start: {server.stderr.read()[-1500:]!r}")
+            time.sleep(0.5)
+        log: list = []
+
+        async def client(index: int, until: float) -> None:
+            async with httpx.AsyncClient(headers={"X-API-Key": KEY}, timeout=120) as http:
+                k = index
+                while time.perf_counter() < until:
+                    k += 1
+                    start = time.perf_counter()
+                    try:
+                        files = [("files", (f"{k}.jpg", bodies[k % len(bodies)], "image/jpeg"))]
+                        r = await http.post(f"{base}/v1/detect", files=files)
+                        status = r.status_code
+                    except httpx.HTTPError as exc:
+                        status = f"error:{type(exc).__name__}"
+                    log.append((status, time.perf_counter() - start))
+                    if status == 503:
+                        await asyncio.sleep(0.05)
+
+        async def run() -> float:
+            warm_until = time.perf_counter() + min(5.0, seconds / 3)  # first batches, CUDA warm
+            await asyncio.gather(*[client(i, warm_until) for i in range(clients)])
+            log.clear()
+            begin = time.perf_counter()
+            await asyncio.gather(*[client(i, begin + seconds) for i in range(clients)])
+            return time.perf_counter() - begin
+
+        elapsed = asyncio.run(run())
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    ok = [t for status, t in log if status == 200]
+    counts: dict = {}
+    for status, _ in log:
+        counts[str(status)] = counts.get(str(status), 0) + 1
+    return {
+        "clients": clients,
+        "image_size": list(size),
+        "seconds": round(elapsed, 1),
+        "images_per_s": round(len(ok) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ok, 50)) * 1000, 1) if ok else None,
+        "p99_ms": round(float(np.percentile(ok, 99)) * 1000, 1) if ok else None,
+        "status_counts": counts,
+        "errors": sum(1 for status, _ in log if status != 200 and status != 503),
+    }
+
+
 def train_figures(backbone: str, folder: Path, out: Path, batch: int, epochs: int) -> dict:
     """The trainer's own figures for its last epoch (the first one warms the GPU up)."""
     from miragedet.inference.threads import available_cpus
@@ -399,6 +484,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--jpegs", type=int, default=3072)
     parser.add_argument("--pngs", type=int, default=2048)
+    parser.add_argument("--clients", type=int, default=64, help="serve step: concurrent clients")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--train-epochs", type=int, default=2)
     parser.add_argument("--skip", default="", help="Comma-separated steps to leave out.")
@@ -464,6 +550,15 @@ def main() -> None:
         log("score_dataset_img_s", round(score_dataset_rate(checkpoint, jpegs, work / "sd"), 1))
     if "evaluate" not in skip:
         log("evaluate_img_s", round(evaluate_rate(checkpoint, jpegs, device, args.batch), 1))
+    if "serve" not in skip:
+        try:  # a failing step is recorded; the steps after it still run
+            serve = serve_figures(checkpoint, 4 if args.small else args.clients,
+                                  5.0 if args.small else 30.0,
+                                  (320, 240) if args.small else (1152, 864))  # fmt: skip
+        except Exception as exc:
+            serve = {"images_per_s": None, "error": repr(exc)[:800]}
+        log("serve", serve)
+        log("serve_img_s", serve["images_per_s"])
     if "train" not in skip:
         fakes = make_data(work / "png/1_fake", args.pngs, 8 if args.small else 128, png_size,
                           "PNG", cpus)  # fmt: skip
@@ -511,6 +606,9 @@ def print_table(f: dict) -> None:
         ("detect pipeline, 512-px PNG", f"{f['detect_png_img_s']} img/s"),
         ("score-dataset (local)", f"{f.get('score_dataset_img_s', '-')} img/s"),
         ("evaluate scoring", f"{f.get('evaluate_img_s', '-')} img/s"),
+        ("serve, concurrent clients posting 1 MP JPEGs", f"{f.get('serve_img_s', '-')} img/s "
+         f"(p99 {(f.get('serve') or {}).get('p99_ms', '-')} ms, errors "
+         f"{(f.get('serve') or {}).get('errors', '-')})"),
         ("train (amp auto)", f"{f.get('train_img_s', '-')} img/s, data wait "
          f"{f.get('train_data_wait_share', '-')}"),
     ]  # fmt: skip
