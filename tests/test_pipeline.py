@@ -133,21 +133,23 @@ def test_a_file_the_gpu_decoder_fails_on_gets_the_cpu_row(tmp_path):
 def test_the_device_stage_runs_one_batch_ahead_of_the_forward():
     """With a GPU decoder, batch n + 1's decode starts while the caller still holds batch n, and
     never more than one batch ahead; without one, stage 2 runs in the caller's thread."""
-    holding = threading.Event()
+    staging_next = threading.Event()
     started = []
 
     def stage(entry):
         started.append(entry)
-        if entry == 1:  # waits for the caller to hold batch 0: a serial stage would stop here
-            assert holding.wait(timeout=120), "stage 2 of batch 1 did not run beside batch 0"
+        if entry == 1:
+            staging_next.set()
         return Batch([entry])
 
     seen = []
     for entry, batch in overlap(iter(range(5)), stage, torch.device("cpu"), side=True):
         assert batch.prepared == [entry]
+        if entry == 0:  # batch 1 is staged while the caller holds batch 0 (a serial run would
+            # stage it only after the caller asked for the next one: this wait would fail)
+            assert staging_next.wait(timeout=120), "stage 2 of batch 1 did not run beside batch 0"
         assert set(started) <= set(range(entry + 2))  # at most one batch ahead
         seen.append(entry)
-        holding.set()
     assert seen == list(range(5))
 
     caller = threading.current_thread().name
@@ -351,6 +353,8 @@ def test_the_gpu_decoder_is_the_one_asked_for_or_the_first_that_works(monkeypatc
     one; an unknown name, or none that builds here, leaves decoding to the CPU with the reason."""
     from miragedet.data import gpu_decode
 
+    monkeypatch.delenv(gpu_decode.GPU_DECODER_ENV, raising=False)
+    monkeypatch.delenv(gpu_decode.GPU_DECODE_ENV, raising=False)
     built = []
 
     def maker(name, works):

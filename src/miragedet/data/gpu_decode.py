@@ -141,12 +141,25 @@ def resize_crop_normalize(pixels: Any, preprocess: Preprocess) -> Any:
     return (image / 255.0 - mean) / std
 
 
+def _drain(device: Any) -> None:
+    """Wait for the work queued on the caller's CUDA stream (the pipeline's side stream: the
+    resizes of the chunk and batch before). The decoders allocate their outputs on that stream
+    but write them from streams of their own (nvJPEG's hardware engine ignores stream order), so
+    memory freed there, still being read, could be handed out and overwritten; pytorch/vision
+    #9606 reports such corrupted rows going away when the caller's stream is drained first.
+    It waits for the decode pipeline's own work only, not for the forward's stream."""
+    import torch
+
+    torch.cuda.current_stream(device).synchronize()
+
+
 def _torchvision_decode(device: Any) -> Callable[[list[bytes]], list[Any]]:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     def decode(encoded: list[bytes]) -> list[Any]:
         tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
+        _drain(device)
         return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
     return decode
@@ -168,6 +181,7 @@ def _nvimgcodec_decode(device: Any) -> Callable[[list[bytes]], list[Any]]:
 
     def decode(encoded: list[bytes]) -> list[Any]:
         stream = torch.cuda.current_stream(device)  # the caller's (the side stream's) stream
+        _drain(device)
         images = decoder.decode([nvimgcodec.CodeStream(data) for data in encoded],
                                 params=params, cuda_stream=stream.cuda_stream)  # fmt: skip
         return [

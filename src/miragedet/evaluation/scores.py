@@ -146,6 +146,7 @@ def _score_stream(
             probs[indices] = out.probs.float().cpu().numpy()
             if distance is not None:
                 distance[indices] = out.distance.float().cpu().numpy()
+        batch = out = None  # its pixels go while the next batch is staged
         if on_batch is not None:
             on_batch(len(chunk))
     return Scores(samples, probs, errors, distance)

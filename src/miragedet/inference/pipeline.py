@@ -143,9 +143,10 @@ def gpu_job(decoder: Any, item: Any, max_pixels: int = MAX_PIXELS) -> JpegJob | 
 
 @dataclass
 class Batch:
-    """Stage 2's output for one batch: what each input became (a tensor, a video's frames, tiles,
-    or its error text), the positions stacked into ``pixels`` (on the model's device, resize
-    view), and, when a side stream made them, the CUDA event the forward must wait for."""
+    """Stage 2's output for one batch: what each input became (a video's frames, tiles, its
+    error text; None once stacked), the positions stacked into ``pixels`` (on the model's
+    device, resize view), and, when a side stream made them, the CUDA event the forward must
+    wait for."""
 
     prepared: list[Any]
     good: list[int] = field(default_factory=list)
@@ -181,6 +182,8 @@ def device_batch(
     errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
     good = [i for i, r in enumerate(prepared) if i not in errors and stackable(r)]
     pixels = stack_on([prepared[i] for i in good], device) if good else None
+    for i in good:  # their pixels live on in the stack only: memory of one copy, not two
+        prepared[i] = None
     return Batch(prepared, good, errors, pixels)
 
 
@@ -238,7 +241,8 @@ def overlap(
         return batch
 
     pending: deque = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="miragedet-device") as pool:
+    pool = ThreadPoolExecutor(1, thread_name_prefix="miragedet-device")
+    try:
         for entry in entries:
             pending.append((entry, pool.submit(run, entry)))
             if len(pending) > 1:
@@ -247,6 +251,9 @@ def overlap(
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+    finally:  # closed early or failed: the batch queued behind is not staged for nothing
+        pending.clear()
+        pool.shutdown(cancel_futures=True)
 
 
 def staged_batches(
@@ -317,6 +324,7 @@ def score_stream(
     side = detector.gpu_decoder is not None  # only a GPU decode is worth a side thread
     for (chunk, done), batch in overlap(batches, stage, detector.device, side):
         yield from _assemble(detector, chunk, done, batch)
+        batch = None  # its pixels go while the next batch is staged
 
 
 def _assemble(
