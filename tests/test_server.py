@@ -276,3 +276,51 @@ def test_requests_that_wait_together_share_a_forward(served_checkpoint):
             assert _metric(metrics, "miragedet_batch_size_count") == 2
 
     asyncio.run(scenario())
+
+
+def test_the_next_batch_is_staged_while_one_is_in_the_model():
+    """The model queue's two stages: batch 2 is collected and staged (decoded, stacked) while
+    batch 1 is in the model; a serial queue would stage it only after batch 1's forward, and
+    this test's forward, which waits for that staging, would time out."""
+    from types import SimpleNamespace
+
+    from miragedet import MiraGe, ModelConfig
+    from miragedet.apps.server.batching import Batcher, Metrics
+    from miragedet.model.backbone import load_backbone
+
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    detector = Detector(model, batch_size=2, precision="fp32")
+    settings = SimpleNamespace(max_queue=64, max_wait_ms=1, max_pixels=10**8)
+    batcher = Batcher(detector, settings, Metrics())
+    second_staged, stage_threads, forwards = threading.Event(), [], []
+    stage, forward = batcher._stage, batcher._forward
+
+    def staging(items):
+        stage_threads.append(threading.current_thread().name)
+        if len(stage_threads) == 2:
+            second_staged.set()
+        return stage(items)
+
+    def forwarding(batch):
+        forwards.append(len(batch.prepared))
+        if len(forwards) == 1:
+            assert second_staged.wait(timeout=120), "batch 2 was not staged beside batch 1"
+        return forward(batch)
+
+    batcher._stage, batcher._forward = staging, forwarding
+    size = detector.preprocess.image_size
+    tensors = [
+        torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(4)
+    ]
+
+    async def scenario():
+        batcher.start()
+        try:
+            return await asyncio.wait_for(batcher.submit(tensors), timeout=300)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert forwards == [2, 2] and all(name.startswith("miragedet-device") for name in stage_threads)
+    expected = detector.forward_tensors(torch.stack(tensors))
+    assert np.allclose(np.stack([row for row, _ in results]), expected, atol=1e-5)

@@ -18,7 +18,9 @@ Stages and where they run:
 
 :class:`~miragedet.inference.detector.Detector` (and so ``detect``, score-dataset's workers and
 the Python API) scores through :func:`score_stream`; the stability mode's per-image batches of
-re-deliveries through :func:`score_stable`.
+re-deliveries through :func:`score_stable`; evaluate's resize path and the server's model queue
+through :func:`device_batch`, :func:`on_stream` and :func:`forward_batch` (the server stages a
+batch while the one before it is in the model).
 """
 
 from __future__ import annotations
@@ -203,19 +205,24 @@ def forward_batch(detector: Detector, batch: Batch) -> tuple[list[Any], list[Any
     return probs, outcomes
 
 
-def decode_and_forward(
-    detector: Detector, items: list[Any], on_cpu: Callable[[Any], Any]
-) -> tuple[list[Any], list[Any], dict[int, str]]:
-    """Stages 2-3 for a batch of prepared resize-view inputs (tensors, or JPEG jobs for the
-    detector's GPU decoder, decoded by ``on_cpu`` where the GPU decoder fails): the probabilities
-    and open-set outcomes (None without the test) of each input, and the error text of those
-    that could not be decoded at all (their entries are None). The server's batches run here."""
-    batch = device_batch(detector.gpu_decoder, detector.device, items, items, on_cpu)
-    probs, outcomes = forward_batch(detector, batch)
-    return probs, outcomes, batch.errors
-
-
 Entry = TypeVar("Entry")
+
+
+def side_stream(device: torch.device) -> Any:
+    """A CUDA stream of its own for stage 2 on a GPU; None on a CPU."""
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
+def on_stream(stream: Any, stage: Callable[[Entry], Batch], entry: Entry) -> Batch:
+    """``stage(entry)`` with its GPU work queued on ``stream`` (None: as it is) and the event
+    that :meth:`Batch.ready` makes the forward's stream wait for."""
+    if stream is None:
+        return stage(entry)
+    with torch.cuda.stream(stream):
+        batch = stage(entry)
+        batch.event = torch.cuda.Event()
+        batch.event.record(stream)
+    return batch
 
 
 def overlap(
@@ -229,16 +236,10 @@ def overlap(
         for entry in entries:
             yield entry, stage(entry)
         return
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    stream = side_stream(device)
 
     def run(entry: Entry) -> Batch:
-        if stream is None:
-            return stage(entry)
-        with torch.cuda.stream(stream):
-            batch = stage(entry)
-            batch.event = torch.cuda.Event()
-            batch.event.record(stream)
-        return batch
+        return on_stream(stream, stage, entry)
 
     pending: deque = deque()
     pool = ThreadPoolExecutor(1, thread_name_prefix="miragedet-device")

@@ -1,6 +1,10 @@
 """The server's model queue: images of concurrent requests grouped into batches (one forward at
 a time, up to the detector's batch size, waiting at most ``max_wait_ms``, ``max_queue`` images
-bounded), and the Prometheus metrics it and the server keep."""
+bounded), and the Prometheus metrics it and the server keep.
+
+Two stages, as in :mod:`miragedet.inference.pipeline`: while a batch is in the model, the next
+one is collected and staged (its JPEGs decoded on the GPU on a stream of its own, its inputs
+stacked on the device), so the GPU decoder and the model do not take turns."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ...data.dataset import load_image
 from ...inference.detector import Detector
-from ...inference.pipeline import decode_and_forward
+from ...inference.pipeline import Batch, device_batch, forward_batch, on_stream, side_stream
 
 
 class QueueFull(Exception):
@@ -62,22 +66,31 @@ class Metrics:
 
 
 class Batcher:
-    """Groups images from concurrent requests into model batches (one forward at a time)."""
+    """Groups images from concurrent requests into model batches (one forward at a time; the
+    next batch is staged meanwhile, one at most)."""
 
     def __init__(self, detector: Detector, settings: Any, metrics: Metrics) -> None:
         self.detector, self.settings, self.metrics = detector, settings, metrics
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending = 0
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="miragedet-model")
-        self.task: asyncio.Task | None = None
+        self.stager = ThreadPoolExecutor(1, thread_name_prefix="miragedet-device")
+        self.stream = side_stream(detector.device)
+        self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        staged: asyncio.Queue = asyncio.Queue(maxsize=1)  # one batch waits while one is scored
+        self.tasks = [
+            loop.create_task(self._collect(staged)),
+            loop.create_task(self._score(staged)),
+        ]
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.stager.shutdown(wait=False, cancel_futures=True)
 
     async def submit(
         self, tensors: list[torch.Tensor]
@@ -97,7 +110,8 @@ class Batcher:
             self.pending -= len(tensors)
             self.metrics.queue.set(self.pending)
 
-    async def _run(self) -> None:
+    async def _collect(self, staged: asyncio.Queue) -> None:
+        """Stage 2: batches from the queue, decoded and stacked in the device thread."""
         loop = asyncio.get_running_loop()
         wait = self.settings.max_wait_ms / 1000.0
         while True:
@@ -115,28 +129,52 @@ class Batcher:
             if not live:
                 continue
             self.metrics.batch_size.observe(len(live))
-            items = [t for t, _ in live]
             try:
-                probs, outcomes = await loop.run_in_executor(self.executor, self._forward, items)
-            except Exception as exc:  # a failed forward fails its requests, not the server
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
+                ready = await loop.run_in_executor(self.stager, self._stage, [t for t, _ in live])
+            except Exception as exc:  # a failed batch fails its requests, not the server
+                _fail(live, exc)
                 continue
+            await staged.put((live, ready))
+
+    async def _score(self, staged: asyncio.Queue) -> None:
+        """Stage 3: each staged batch through the model, the requests answered."""
+        loop = asyncio.get_running_loop()
+        while True:
+            live, ready = await staged.get()
+            try:
+                probs, outcomes = await loop.run_in_executor(self.executor, self._forward, ready)
+            except Exception as exc:
+                _fail(live, exc)
+                continue
+            finally:
+                ready = None  # its pixels go before the next batch waits here
             for (_, future), row, outcome in zip(live, probs, outcomes, strict=True):
                 if not future.done():
                     future.set_result((row, outcome))
 
-    def _forward(self, items: list[Any]) -> tuple[list[Any], list[dict[str, Any] | None]]:
-        """Probabilities, and the open-set outcome of models that have the test, through the
-        scoring pipeline's stages (JPEGs decoded on the GPU when it has a decoder; one that
-        neither the GPU nor Pillow decodes gets ``None`` and ``{"error": why}``)."""
+    def _stage(self, items: list[Any]) -> Batch:
+        """The batch's JPEG jobs decoded on the GPU when it has a decoder (one that fails there
+        is decoded by Pillow; one that neither decodes becomes its error), inputs stacked."""
         detector, limit = self.detector, self.settings.max_pixels
 
         def on_cpu(job: Any) -> torch.Tensor:
             return detector.preprocess(load_image(job.data, limit, draft_size=detector.draft_size))
 
-        probs, outcomes, errors = decode_and_forward(detector, items, on_cpu)
-        for i, why in errors.items():
+        def stage(batch: list[Any]) -> Batch:
+            return device_batch(detector.gpu_decoder, detector.device, batch, batch, on_cpu)
+
+        return on_stream(self.stream, stage, items)
+
+    def _forward(self, batch: Batch) -> tuple[list[Any], list[dict[str, Any] | None]]:
+        """Probabilities, and the open-set outcome of models that have the test; an input that
+        could not be decoded gets ``None`` and ``{"error": why}``."""
+        probs, outcomes = forward_batch(self.detector, batch)
+        for i, why in batch.errors.items():
             outcomes[i] = {"error": why}
         return probs, outcomes
+
+
+def _fail(live: list[tuple[Any, asyncio.Future]], exc: Exception) -> None:
+    for _, future in live:
+        if not future.done():
+            future.set_exception(exc)
