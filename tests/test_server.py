@@ -280,8 +280,10 @@ def test_requests_that_wait_together_share_a_forward(served_checkpoint):
 
 def test_the_next_batch_is_staged_while_one_is_in_the_model():
     """The model queue's two stages: batch 2 is collected and staged (decoded, stacked) while
-    batch 1 is in the model; a serial queue would stage it only after batch 1's forward, and
-    this test's forward, which waits for that staging, would time out."""
+    batch 1 is in the model (a serial queue would stage it only after batch 1's forward, and
+    this test's forward, which waits for that staging, would time out); batch 3 waits for a
+    free slot (two batches at most on the device); a batch whose results cannot be delivered
+    fails its own requests and the queue goes on."""
     from types import SimpleNamespace
 
     from miragedet import MiraGe, ModelConfig
@@ -290,37 +292,51 @@ def test_the_next_batch_is_staged_while_one_is_in_the_model():
 
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
     detector = Detector(model, batch_size=2, precision="fp32")
-    settings = SimpleNamespace(max_queue=64, max_wait_ms=1, max_pixels=10**8)
+    # a long wait: all the tensors are queued before the collector runs, so batches fill at once
+    settings = SimpleNamespace(max_queue=64, max_wait_ms=5000, max_pixels=10**8)
     batcher = Batcher(detector, settings, Metrics())
-    second_staged, stage_threads, forwards = threading.Event(), [], []
+    second_staged, stage_threads, forwards, finished = threading.Event(), [], [], []
     stage, forward = batcher._stage, batcher._forward
 
     def staging(items):
         stage_threads.append(threading.current_thread().name)
         if len(stage_threads) == 2:
             second_staged.set()
+        if len(stage_threads) == 3:
+            assert finished, "batch 3 was staged while batches 1 and 2 were on the device"
         return stage(items)
 
     def forwarding(batch):
         forwards.append(len(batch.prepared))
         if len(forwards) == 1:
             assert second_staged.wait(timeout=120), "batch 2 was not staged beside batch 1"
-        return forward(batch)
+        out = forward(batch)
+        finished.append(len(forwards))
+        return out
 
     batcher._stage, batcher._forward = staging, forwarding
     size = detector.preprocess.image_size
     tensors = [
-        torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(4)
+        torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(6)
     ]
 
     async def scenario():
         batcher.start()
         try:
-            return await asyncio.wait_for(batcher.submit(tensors), timeout=300)
+            results = await asyncio.wait_for(batcher.submit(tensors), timeout=300)
+            batcher._forward = lambda batch: ([], [])  # results that cannot be delivered
+            with pytest.raises(ValueError):
+                await asyncio.wait_for(batcher.submit(tensors[:2]), timeout=300)
+            batcher._forward = forward  # the queue goes on
+            again = await asyncio.wait_for(batcher.submit(tensors[:1]), timeout=300)
+            return results, again
         finally:
             await batcher.stop()
 
-    results = asyncio.run(scenario())
-    assert forwards == [2, 2] and all(name.startswith("miragedet-device") for name in stage_threads)
+    results, again = asyncio.run(scenario())
+    assert forwards == [2, 2, 2] and all(
+        name.startswith("miragedet-device") for name in stage_threads
+    )
     expected = detector.forward_tensors(torch.stack(tensors))
     assert np.allclose(np.stack([row for row, _ in results]), expected, atol=1e-5)
+    assert np.allclose(again[0][0], expected[0], atol=1e-5)
