@@ -207,7 +207,7 @@ def test_int8_rides_the_faster_engine_within_the_stated_tolerance(tmp_path, monk
     onnx = load_detector(str(tmp_path / "ckpt"), "auto", precision="int8")
     assert onnx.engine is not None and set(onnx.engine.measured) == {"torch int8", "onnx int8"}
     quantised = load_detector(str(tmp_path / "ckpt"), "onnx", precision="int8")
-    assert quantised.precision == "int8" and (tmp_path / "ckpt" / "model.int8.onnx").is_file()
+    assert quantised.precision == "int8" and (tmp_path / "ckpt" / "model.int8-w7.onnx").is_file()
     b = quantised.predict_proba(arrays)
     assert np.abs(fp32[:, 1] - b[:, 1]).max() <= INT8_TOLERANCE
     assert not np.array_equal(fp32, b)  # int8 really ran

@@ -30,7 +30,9 @@ from ..model.mirage import MiraGe
 
 ONNX_NAME = "model.onnx"
 #: The int8 graph ONNX Runtime's dynamic quantiser makes from ONNX_NAME (``--precision int8``).
-INT8_NAME = "model.int8.onnx"
+#: The int8 graph (7-bit weights: see int8_graph; graphs of the 8-bit quantiser before, named
+#: model.int8.onnx, are not read again).
+INT8_NAME = "model.int8-w7.onnx"
 
 
 class InferenceGraph(nn.Module):
