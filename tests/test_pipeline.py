@@ -248,6 +248,52 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing():
                  detector)  # fmt: skip
 
 
+def test_out_of_memory_while_stacking_or_in_evaluate_loses_nothing(tmp_path, monkeypatch):
+    """The GPU's memory runs out while a batch is stacked on it: the batch stays in host memory
+    and goes to the model in parts (said once); evaluate's forward halves its batch like the
+    Detector's. Scores equal the unhindered run's."""
+    from miragedet.data.dataset import Sample
+    from miragedet.evaluation.scores import score_samples
+    from miragedet.inference import pipeline
+
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    paths, samples = [], []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(jpeg(photo(48 + 16 * i, 48, i)))
+        samples.append(Sample(str(paths[-1]), i % 2, "s"))
+    detector = Detector(model, batch_size=4, precision="fp32")
+    expected = [p.to_dict() for p in detector.score(paths, provenance=False)]
+    options = dict(batch_size=4, workers=1, preprocess=model.backbone.preprocess,
+                   device=torch.device("cpu"))  # fmt: skip
+    evaluated = score_samples(model, samples, **options)
+    stacked = []
+    real_stack = pipeline.stack_on
+
+    def full(tensors, device):
+        stacked.append(len(tensors))
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(pipeline, "stack_on", full)
+    notes = []
+    detector.notify = notes.append
+    got = [p.to_dict() for p in detector.score(paths, provenance=False)]
+    assert stacked == [4, 1]  # both batches tried the device, both stayed on the host
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in got] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in expected
+    ]
+    assert len(notes) == 1 and "stacking a batch" in notes[0] and "nothing lost" in notes[0]
+
+    monkeypatch.setattr(pipeline, "stack_on", real_stack)
+    said = []
+    monkeypatch.setattr(pipeline, "to_stderr", said.append)
+    tight = _Tight(model)
+    tight.classes, tight.eval = model.classes, lambda: None
+    again = score_samples(tight, samples, **options)
+    np.testing.assert_allclose(again.probs, evaluated.probs, atol=1e-6)
+    assert len(said) == 1 and "out of memory at 4 inputs per forward" in said[0]
+
+
 def test_device_choice_without_a_gpu(monkeypatch):
     assert resolve_device(None).type == resolve_device("auto").type == "cpu"
     assert resolve_device(" CPU ".lower()).type == "cpu"

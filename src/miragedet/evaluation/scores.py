@@ -7,6 +7,7 @@ import csv
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -107,7 +108,14 @@ def _score_stream(
     (:mod:`miragedet.inference.pipeline`): ``workers`` decode threads run batches ahead of the
     forward; on a GPU, JPEGs are decoded there unless a degradation needs the decoded image."""
     from ..data.gpu_decode import gpu_decoder
-    from ..inference.pipeline import device_batch, gpu_job, overlap, staged_batches
+    from ..inference.pipeline import (
+        device_batch,
+        gpu_job,
+        in_parts,
+        overlap,
+        say_out_of_memory,
+        staged_batches,
+    )
 
     decoder = None
     if degradation is None:  # a degradation needs the decoded image
@@ -138,15 +146,25 @@ def _score_stream(
     def stage(entry: tuple[list[Any], list[Any]]) -> Any:
         return device_batch(decoder, device, entry[0], entry[1], on_cpu)
 
+    # a GPU out-of-memory error halves the forward's batch, said once (the Detector's back-off)
+    owner = SimpleNamespace(batch_size=batch_size, device=device, notify=None)
+
+    def forward(part: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        out = model(part.to(device))
+        far = None if distance is None else out.distance.float().cpu().numpy()
+        return out.probs.float().cpu().numpy(), far
+
     for (chunk, _), batch in overlap(batches, stage, device, side=decoder is not None):
         errors.update({chunk[k][0]: r for k, r in batch.errors.items()})
+        if batch.on_host:
+            say_out_of_memory(owner, "stacking a batch", "this batch goes to the GPU in parts")
         if batch.good:
             indices = np.array([chunk[k][0] for k in batch.good])
-            out = model(batch.ready())
-            probs[indices] = out.probs.float().cpu().numpy()
+            parts = in_parts(forward, batch.ready(), owner)
+            probs[indices] = np.concatenate([p for p, _ in parts])
             if distance is not None:
-                distance[indices] = out.distance.float().cpu().numpy()
-        batch = out = None  # its pixels go while the next batch is staged
+                distance[indices] = np.concatenate([d for _, d in parts])
+        batch = parts = None  # its pixels go while the next batch is staged
         if on_batch is not None:
             on_batch(len(chunk))
     return Scores(samples, probs, errors, distance)

@@ -155,13 +155,16 @@ class Batch:
     errors: dict[int, str] = field(default_factory=dict)
     pixels: torch.Tensor | None = None
     event: Any = None
+    #: The GPU ran out of memory stacking the batch: ``pixels`` stayed in host memory, and the
+    #: forward takes them to the GPU in parts (:func:`in_parts`), nothing lost.
+    on_host: bool = False
 
     def ready(self) -> torch.Tensor | None:
         """``pixels`` for the caller's CUDA stream: it waits for the side stream's work, and the
         memory is marked as used there so the allocator does not hand it back to the side
         stream while the forward still reads it (PyTorch's CUDA semantics notes, "Stream
         semantics of backward passes" and ``Tensor.record_stream``)."""
-        if self.event is not None and self.pixels is not None:
+        if self.event is not None and self.pixels is not None and self.pixels.is_cuda:
             stream = torch.cuda.current_stream(self.pixels.device)
             stream.wait_event(self.event)
             self.pixels.record_stream(stream)
@@ -183,10 +186,17 @@ def device_batch(
     gpu_decode(decoder, items, prepared, on_cpu)
     errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
     good = [i for i, r in enumerate(prepared) if i not in errors and stackable(r)]
-    pixels = stack_on([prepared[i] for i in good], device) if good else None
+    pixels, on_host = None, False
+    if good:
+        try:
+            pixels = stack_on([prepared[i] for i in good], device)
+        except torch.cuda.OutOfMemoryError:  # the forward moves it to the GPU part by part
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            pixels, on_host = torch.stack([prepared[i].cpu() for i in good]), True
     for i in good:  # their pixels live on in the stack only: memory of one copy, not two
         prepared[i] = None
-    return Batch(prepared, good, errors, pixels)
+    return Batch(prepared, good, errors, pixels, on_host=on_host)
 
 
 def forward_batch(detector: Detector, batch: Batch) -> tuple[list[Any], list[Any]]:
@@ -195,6 +205,8 @@ def forward_batch(detector: Detector, batch: Batch) -> tuple[list[Any], list[Any
     probs: list[Any] = [None] * len(batch.prepared)
     outcomes: list[Any] = [None] * len(batch.prepared)
     pixels = batch.ready()
+    if batch.on_host:
+        say_out_of_memory(detector, "stacking a batch", "this batch goes to the GPU in parts")
     if pixels is not None:
         if detector.has_open_set:
             rows, found = detector.forward_open_set(pixels)
@@ -432,14 +444,21 @@ def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner
                 torch.cuda.empty_cache()
             size = max(1, size // 2)
             owner.batch_size = min(owner.batch_size, size)
-            if not getattr(owner, "_oom_said", False):
-                owner._oom_said = True
-                note = getattr(owner, "notify", None) or to_stderr
-                note(f"the GPU ran out of memory at {len(part)} inputs per forward: going on "
-                     "with half as many (halved again if need be), nothing lost")  # fmt: skip
+            say_out_of_memory(owner, f"at {len(part)} inputs per forward",
+                              "going on with half as many (halved again if need be)")  # fmt: skip
             continue
         start += len(part)
     return out
+
+
+def say_out_of_memory(owner: Any, where: str, what_now: str) -> None:
+    """Tell ``owner.notify`` (else stderr), once per owner, that the GPU ran out of memory
+    ``where`` and what happens instead (always: nothing is lost)."""
+    if getattr(owner, "_oom_said", False):
+        return
+    owner._oom_said = True
+    note = getattr(owner, "notify", None) or to_stderr
+    note(f"the GPU ran out of memory {where}: {what_now}, nothing lost")
 
 
 def to_stderr(message: str) -> None:
