@@ -10,7 +10,8 @@ decode_backend, ...) and prints the table "On a GPU" of docs/performance.md.
 Steps: (1) the GPU's bf16 peak, an 8192-cube matmul (10 timed after 3 warm-ups); (2) the forward
 at --batch, bf16 weights, ms/image and share of that peak (FLOPs counted by
 torch.utils.flop_counter on one image), then compiled by torch.compile (default and reduce-
-overhead, i.e. CUDA graphs: compile s, ms/image, change of scores); (3) the scoring pipeline as
+overhead, i.e. CUDA graphs: compile s, ms/image, change of scores), and what `--backend auto`
+chooses there for a job of a million images (the GPU race; `auto_race`); (3) the scoring pipeline as
 detect runs it (load_detector with the commands' defaults: device auto, GPU decoding where
 installed, provenance on), on JPEGs of 1-4 MP and on 512-px PNGs, timed after a warm-up pass;
 (4) score-dataset's local engine; (5) evaluate's scoring path (evaluation.scores.score_samples),
@@ -127,6 +128,24 @@ def compiled_figures(checkpoint: Path, device: torch.device, batch: int, modes: 
                 out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             torch._dynamo.reset()
     return out
+
+
+def auto_race(checkpoint: Path, device: torch.device, batch: int) -> dict:
+    """What `--backend auto` chooses on ``device`` for a job of a million images, measured now
+    (an empty engine cache): on a GPU the GPU race of inference/engine.py (PyTorch against
+    torch.compile as CUDA graphs, and ONNX Runtime's CUDA provider where installed)."""
+    from miragedet.inference.engine import choose
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["MIRAGEDET_CACHE"] = cache
+        try:
+            start = time.perf_counter()
+            choice = choose(checkpoint, batch_size=batch, device=str(device), images=1e6)
+        finally:
+            os.environ.pop("MIRAGEDET_CACHE")
+    return {"backend": choice.backend, "reason": choice.reason, "measured": choice.measured,
+            "compile_s": choice.compile_s, "compile_note": choice.compile_note,
+            "parity": choice.parity, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
 
 
 def _write_photo(job: tuple) -> None:
@@ -528,6 +547,11 @@ def main() -> None:
     if (device.type == "cuda" or args.compile) and "compile" not in skip:
         log("forward_compiled", compiled_figures(checkpoint, device, args.batch,
                                                  ["default", "reduce-overhead"]))  # fmt: skip
+    if (device.type == "cuda" or args.compile) and "auto" not in skip:
+        try:  # a failing step is recorded; the steps after it still run
+            log("auto_race", auto_race(checkpoint, device, args.batch))
+        except Exception as exc:
+            log("auto_race", {"error": f"{type(exc).__name__}: {exc}"[:800]})
 
     big = [(1280, 960), (1600, 1200), (2048, 1536), (2304, 1728)]  # 1.2-4.0 MP
     sizes = [(320, 240), (400, 300)] if args.small else big

@@ -12,6 +12,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from miragedet.data.transforms import Preprocess
 from miragedet.model.backbone import (
+    ATTENTION,
     PRESETS,
     BackboneError,
     load_backbone,
@@ -90,11 +91,34 @@ def test_local_directory_loads_like_a_hub_model(tmp_path, shared_tokenizer, capf
     assert loaded.fingerprint == original.fingerprint
     assert loaded.preprocess.image_size == 48
     assert all(not p.requires_grad for p in loaded.model.parameters())
+    assert loaded.model.vision_model.config._attn_implementation == ATTENTION  # as loaded anew
     pixels = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         a = loaded.model.get_image_features(pixel_values=pixels).pooler_output
         b = original.model.get_image_features(pixel_values=pixels).pooler_output
     torch.testing.assert_close(a, b)
+
+
+def test_the_towers_run_sdpa_with_the_eager_attention_scores():
+    """Both towers run PyTorch's fused attention (SDPA: flash / memory-efficient kernels on a
+    GPU); MiraGe's scores through our layer-by-layer loop, prompts and causal text mask
+    included, equal the eager attention's."""
+    from miragedet import MiraGe, ModelConfig
+
+    torch.manual_seed(0)
+    model = MiraGe(load_backbone("random:tiny-asym"), ModelConfig.for_method("mirage", depth=2))
+    clip = model.backbone.model
+    assert ATTENTION == "sdpa"
+    assert {clip.text_model.config._attn_implementation,
+            clip.vision_model.config._attn_implementation} == {"sdpa"}  # fmt: skip
+    size = model.backbone.preprocess.image_size
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused = model(pixels)
+        clip.set_attn_implementation("eager")
+        eager = model(pixels)
+    torch.testing.assert_close(fused.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.text_embeds, eager.text_embeds, atol=1e-5, rtol=1e-5)
 
 
 def test_unreachable_hub_id_says_how_to_pass_a_local_directory(tmp_path, monkeypatch):

@@ -63,3 +63,40 @@ def test_a_server_on_torch_compile_compiles_before_it_is_ready(tmp_path):
             return seen
 
     assert asyncio.run(ready()) == [8]  # one compiled call, at the server's batch size
+
+
+def test_cuda_graph_outputs_are_copied_out_before_the_next_replay():
+    """On a GPU the compiled forward is replayed as a CUDA graph, whose outputs live in buffers
+    the next replay overwrites: a batch split in parts must keep each part's own scores. The
+    replay is stood in for (no GPU here) by a forward writing into fixed buffers."""
+    import dataclasses
+
+    from miragedet.inference.compiled import GPU_MODE, mode_for
+
+    assert mode_for("cpu") is None and mode_for("cuda:0") == GPU_MODE
+    torch.manual_seed(1)
+    model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2)).eval()
+    forward = CompiledForward(model, 4, GPU_MODE)
+    buffers: dict = {}
+
+    def replay(x):
+        out = model(x)
+        fixed = {}
+        for name in ("logits", "image_embeds"):
+            fixed[name] = buffers.setdefault(name, torch.empty_like(getattr(out, name)))
+            fixed[name].copy_(getattr(out, name))
+        return dataclasses.replace(out, **fixed)
+
+    forward._compiled = replay
+    size = model.backbone.preprocess.image_size
+    pixels = torch.randn(11, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(pixels)
+        out = forward(pixels)  # 4 + 4 + 3 (padded): three replays into the same buffers
+        np.testing.assert_allclose(out.probs.numpy(), expected.probs.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            out.image_embeds.numpy(), expected.image_embeds.numpy(), atol=1e-5
+        )
+        whole = forward(pixels[:4])
+        forward(pixels[4:8])  # the next replay must not change what the last one returned
+        np.testing.assert_allclose(whole.probs.numpy(), expected.probs[:4].numpy(), atol=1e-5)

@@ -377,8 +377,10 @@ def test_torch_compile_competes_without_onnxruntime_and_after_a_failed_export(
 
 
 def test_evaluate_on_a_gpu_never_exports_or_times_a_cpu_engine(checkpoint, monkeypatch):
-    """evaluate places its model with the auto rule: a model on a GPU stays on PyTorch, with no
-    ONNX export and no timing (the bug: it exported and timed ONNX Runtime beside an idle GPU)."""
+    """evaluate places its model with the auto rule: a model on a GPU never has a CPU engine
+    exported or timed (the bug: it exported and timed ONNX Runtime beside an idle GPU). A small
+    job stays on PyTorch with nothing measured; a large one races on that GPU only, ONNX
+    Runtime only where its CUDA provider is installed (stand-ins here: no GPU)."""
     from types import SimpleNamespace
 
     from miragedet.inference.engine_model import place
@@ -388,9 +390,57 @@ def test_evaluate_on_a_gpu_never_exports_or_times_a_cpu_engine(checkpoint, monke
 
     monkeypatch.setattr("miragedet.inference.onnx.export_checkpoint", never)
     monkeypatch.setattr(engine, "_measure", never)
+    monkeypatch.setattr(engine, "gpu_providers", lambda: [])  # onnxruntime (CPU) is installed
     on_gpu = SimpleNamespace(
         clip=SimpleNamespace(logit_scale=SimpleNamespace(device=torch.device("cuda")))
     )
-    placed = place(on_gpu, checkpoint, "auto", "bf16", images=10**6)
+    placed = place(on_gpu, checkpoint, "auto", "bf16", images=10)
     assert placed.backend == "torch" and "GPU" in placed.reason
+    assert "nothing to race" in placed.reason and "onnxruntime-gpu" in placed.reason
     assert engine.choose(checkpoint, device="cuda:0").backend == "torch"
+    assert "int8 is a CPU path" in engine.choose(checkpoint, device="cuda", precision="int8").reason
+
+    raced = []
+
+    def on_the_gpu(directory, view, batch_size, precision, notify, measure_batch, with_compile,
+                   no_onnx, gpu=None, providers=None):  # fmt: skip
+        raced.append((gpu, providers, with_compile, no_onnx))
+        return engine.EngineChoice("torch", "raced (stand-in)", device=str(gpu))
+
+    monkeypatch.setattr(engine, "_measure", on_the_gpu)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU (stand-in)")
+    placed = place(on_gpu, checkpoint, "auto", "bf16", images=10**6)
+    assert placed.backend == "torch" and raced[-1][0] == torch.device("cuda", 0)
+    assert raced[-1][1:] == ([], True, "onnxruntime-gpu is not installed")
+    monkeypatch.setattr(
+        engine, "gpu_providers", lambda: [engine.GPU_PROVIDER, "CPUExecutionProvider"]
+    )
+    engine.choose(checkpoint, device="cuda", precision="bf16", images=10)  # ONNX Runtime: raced
+    assert raced[-1][1:] == ([engine.GPU_PROVIDER, "CPUExecutionProvider"], False, None)
+    told = len(raced)
+    engine.choose(checkpoint, device="cuda", precision="bf16", images=10)
+    assert len(raced) == told  # measured once per GPU, then cached under its own key
+    assert engine.cache_key(checkpoint, None, 32, "bf16", torch.device("cuda", 0)) != (
+        engine.cache_key(checkpoint, None, 32, "bf16")
+    )
+
+
+def test_a_gpu_race_runs_onnx_runtime_on_the_providers_it_was_measured_with(
+    checkpoint, monkeypatch
+):
+    """The race's ONNX Runtime runs on the providers given (on a GPU: the CUDA one), and a
+    choice measured on a GPU loads its graph on them again (the CPU provider stands in here)."""
+    choice = engine._measure(checkpoint, None, 2, "fp32", None, 2,
+                             providers=["CPUExecutionProvider"])  # fmt: skip
+    assert "onnx fp32" in choice.measured and choice.device == "cpu"
+    seen = []
+    monkeypatch.setattr(engine, "gpu_providers", lambda: seen.append(1) or ["CPUExecutionProvider"])
+    graph, kept = engine.graph_on_choice(
+        checkpoint, engine.EngineChoice("onnx", "raced", device="cuda:0"), None, "fp32"
+    )
+    assert seen and kept.backend == "onnx"
+    assert graph.session.get_providers() == ["CPUExecutionProvider"]
+    graph, _ = engine.graph_on_choice(
+        checkpoint, engine.EngineChoice("onnx", "raced"), None, "fp32"
+    )
+    assert len(seen) == 1  # a CPU choice never asks for the GPU's providers

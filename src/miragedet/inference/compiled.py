@@ -19,14 +19,29 @@ import torch
 _ROWS = ("logits", "image_embeds", "distance")
 
 
+#: torch.compile's mode on a GPU: inductor's kernels replayed as one CUDA graph per batch (one
+#: launch instead of hundreds, which a GIL shared with decode threads delays: docs/performance.md
+#: "On a GPU"). The batch's shape is fixed (see the module), which CUDA graphs need.
+GPU_MODE = "reduce-overhead"
+
+
+def mode_for(device: Any) -> str | None:
+    """torch.compile's mode for a model on ``device``: :data:`GPU_MODE` on a GPU, the default
+    (None) on a CPU."""
+    return GPU_MODE if torch.device(device).type == "cuda" else None
+
+
 class CompiledForward:
     """``model`` with ``model(pixels)`` answered by its compiled forward at ``batch_size`` images
-    (see the module); every other attribute is the model's. The first call compiles."""
+    (see the module); every other attribute is the model's. The first call compiles. ``mode``:
+    torch.compile's (None: its default; ``reduce-overhead``: CUDA graphs, whose outputs are
+    copied out before the next replay overwrites them)."""
 
-    def __init__(self, model: Any, batch_size: int) -> None:
+    def __init__(self, model: Any, batch_size: int, mode: str | None = None) -> None:
         self._model = model
         self.batch_size = max(1, int(batch_size))
-        self._compiled = torch.compile(model)
+        self.mode = mode
+        self._compiled = torch.compile(model, mode=mode)
 
     def __call__(self, pixels: torch.Tensor) -> Any:
         n, size = len(pixels), self.batch_size
@@ -41,10 +56,19 @@ class CompiledForward:
         """The compiled forward of up to ``batch_size`` images, padded to it with copies of the
         first (one shape, one compile)."""
         n, size = len(pixels), self.batch_size
-        if n == size:
-            return self._compiled(pixels)
-        out = self._compiled(torch.cat([pixels, pixels[:1].expand(size - n, *pixels.shape[1:])]))
+        if n < size:
+            pixels = torch.cat([pixels, pixels[:1].expand(size - n, *pixels.shape[1:])])
+        graphs = self.mode == GPU_MODE
+        if graphs:  # a new step: the last replay's outputs were copied out (below)
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self._compiled(pixels)
+        if n == size and not graphs:
+            return out
         rows = {f: getattr(out, f)[:n] for f in _ROWS if getattr(out, f) is not None}
+        if graphs:
+            rows = {f: v.clone() for f, v in rows.items()} | {
+                "text_embeds": out.text_embeds.clone()
+            }
         return dataclasses.replace(out, **rows)
 
     def __getattr__(self, name: str) -> Any:  # everything else: the eager model's
@@ -74,14 +98,14 @@ def measure(
     raises what torch.compile raises (no C++ compiler, an operator inductor cannot lower)."""
     import numpy as np
 
-    compiled = CompiledForward(model, len(pixels))
+    compiled = CompiledForward(model, len(pixels), mode_for(pixels.device))
     start = time.perf_counter()
     compiled(pixels)  # the compile
     compile_s = time.perf_counter() - start
     parity = 0.0
     for i in range(0, len(check), len(pixels)):  # padded to the compiled shape: what jobs run
         chunk = check[i : i + len(pixels)]
-        probs = compiled.padded(chunk).probs.float().numpy()
+        probs = compiled.padded(chunk).probs.float().cpu().numpy()
         parity = max(parity, float(np.abs(probs - expected[i : i + len(chunk)]).max()))
     return CompiledFigures(compiled, round(compile_s, 2), parity)
 

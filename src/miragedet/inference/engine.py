@@ -11,8 +11,16 @@ is exported once (into the checkpoint directory when it is writable, else the us
 a message the first time; the choice
 and its figures are kept in ``<cache>/engines.json`` under a key of everything that decides them
 (CPU, library versions, checkpoint weights, view, batch size, precision, threads). Anything that
-stops ONNX Runtime (not installed, an export that fails, a GPU present: PyTorch is the GPU engine)
+stops ONNX Runtime (not installed, an export that fails; on a GPU: no onnxruntime-gpu)
 is a reason shown with the choice, never an error.
+
+On a GPU no CPU engine is exported or timed: the race is run on the GPU, between PyTorch at
+``--precision`` (``auto``: bf16 where the GPU has it), torch.compile replayed as CUDA graphs
+(for jobs large enough, as below) and, when onnxruntime-gpu is installed, ONNX Runtime's CUDA
+execution provider on the fp32 graph, under the same parity rule against PyTorch fp32 on that
+GPU (TF32 off for the reference). Without a candidate to race (a small job, no onnxruntime-gpu)
+PyTorch runs with nothing measured. ONNX Runtime's TensorRT provider is not raced: it builds
+an engine per input shape, minutes for ViT-L/14, which one measurement cannot weigh.
 
 torch.compile is the third candidate, for jobs of at least :data:`COMPILE_MIN_IMAGES` images
 (``images``: detect's inputs, score-dataset's per worker, evaluate's passes; a server counts as
@@ -29,7 +37,8 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,20 @@ MEASURE_BUDGET_S = 30.0
 COMPILE_MIN_IMAGES = 5000
 #: How torch.compile's figures are named in ``measured`` ("torch.compile fp32", ...).
 COMPILED = "torch.compile"
+#: ONNX Runtime's execution provider raced on a GPU (see the module).
+GPU_PROVIDER = "CUDAExecutionProvider"
+
+
+def gpu_providers() -> list[str]:
+    """ONNX Runtime's providers for a GPU race: the CUDA one, then the CPU one for operators it
+    lacks (ONNX Runtime's own fallback order); [] where onnxruntime-gpu is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    if GPU_PROVIDER not in onnxruntime.get_available_providers():
+        return []
+    return [GPU_PROVIDER, "CPUExecutionProvider"]
 
 
 @dataclass
@@ -64,6 +87,9 @@ class EngineChoice:
     compile_note: str | None = None
     #: Why ONNX Runtime was out of a race that still ran (torch.compile against PyTorch).
     onnx_note: str | None = None
+    #: Where the race ran: "cpu", or the GPU ("cuda:0"), whose ONNX Runtime runs on its CUDA
+    #: provider.
+    device: str = "cpu"
 
     @property
     def compile_tried(self) -> bool:
@@ -100,9 +126,9 @@ def _weights_digest(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(directory: Path, view: Any, batch_size: int, precision: str) -> str:
-    """What decides the choice: this machine, the libraries, the checkpoint, view, batch size,
-    precision and the threads available."""
+def cache_key(directory: Path, view: Any, batch_size: int, precision: str, gpu: Any = None) -> str:
+    """What decides the choice: this machine (its GPU when ``gpu`` scores), the libraries, the
+    checkpoint, view, batch size, precision and the threads available."""
     import torch
 
     from .threads import available_cpus
@@ -124,6 +150,8 @@ def cache_key(directory: Path, view: Any, batch_size: int, precision: str) -> st
         "batch_size": batch_size,
         "precision": precision,
     }
+    if gpu is not None:
+        parts["gpu"] = [torch.cuda.get_device_name(gpu), torch.version.cuda]
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -185,44 +213,66 @@ def choose(
 ) -> EngineChoice:
     """The engine ``--backend auto`` runs for this checkpoint here, for a job of ``images``
     images (``math.inf``: a server; see the module)."""
-    import torch
-
     from .pipeline import CPU_BATCH
 
     directory = Path(directory)
     batch_size = batch_size or CPU_BATCH  # None: the commands' default on a CPU
-    auto = device is None or str(device) == "auto"
-    if torch.cuda.is_available() if auto else torch.device(device).type != "cpu":
-        return EngineChoice("torch", "a GPU scores: PyTorch is the GPU engine (no CPU engine is "
-                            "exported or timed)")  # fmt: skip
-    if precision not in ("auto", "fp32", "int8"):
+    gpu = scoring_gpu(device)
+    on_gpu = "a GPU scores: no CPU engine is exported or timed"
+    if precision not in ("auto", "fp32", "int8") and gpu is None:
         return EngineChoice("torch", f"--precision {precision} runs on PyTorch only")
+    if precision == "int8" and gpu is not None:
+        return EngineChoice("torch", f"{on_gpu}; --precision int8 is a CPU path")
     model_config = json.loads((directory / "config.json").read_text()).get("model", {})
     for part, what in (("open_set", "open-set test"), ("temporal", "temporal head")):
         if model_config.get(part):
-            return EngineChoice("torch", f"the checkpoint's {what} runs on PyTorch only")
+            why = f"the checkpoint's {what} runs on PyTorch only"
+            return EngineChoice("torch", f"{on_gpu}; {why}" if gpu is not None else why)
     with_compile = images >= COMPILE_MIN_IMAGES and precision != "int8"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        no_onnx = "onnxruntime is not installed (pip install 'miragedet[onnx]')"
-        if not with_compile:
-            return EngineChoice("torch", no_onnx)
+    providers = None
+    if gpu is not None:
+        providers = gpu_providers()
+        no_onnx = None if providers else "onnxruntime-gpu is not installed"
+        if not providers and not with_compile:
+            return EngineChoice("torch", f"{on_gpu}; PyTorch: nothing to race it against for "
+                                f"{images:,.0f} images (torch.compile is weighed for "
+                                f"{COMPILE_MIN_IMAGES:,}+, ONNX Runtime's CUDA provider "
+                                "when onnxruntime-gpu is installed)")  # fmt: skip
     else:
-        no_onnx = None
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            no_onnx = "onnxruntime is not installed (pip install 'miragedet[onnx]')"
+            if not with_compile:
+                return EngineChoice("torch", no_onnx)
+        else:
+            no_onnx = None
     store = cache_dir() / "engines.json"
-    key = cache_key(directory, view, batch_size, precision)
+    key = cache_key(directory, view, batch_size, precision, gpu)
     entry = _read_cache(store).get(key)
     choice = None
     if entry:
         choice = EngineChoice(**{k: v for k, v in entry.items() if k != "about"}, cached=True)
     if choice is None or (with_compile and not choice.compile_tried):
         choice = _measure(directory, view, batch_size, precision, notify, measure_batch,
-                          with_compile, no_onnx)  # fmt: skip
+                          with_compile, no_onnx, gpu, providers)  # fmt: skip
         about = {"checkpoint": str(directory), "batch_size": batch_size, "precision": precision,
-                 "view": _plain(view)}  # fmt: skip
+                 "view": _plain(view), "device": str(gpu or "cpu")}  # fmt: skip
         _write_cache(store, key, choice, about)
     return weigh_compile(choice, images)
+
+
+def scoring_gpu(device: str | None) -> Any:
+    """The GPU a job on ``device`` scores on (``auto``/None: the first CUDA GPU when there is
+    one), or None for a CPU job."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else None
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    return torch.device(device.type, device.index or 0)
 
 
 def graph_on_choice(
@@ -234,8 +284,10 @@ def graph_on_choice(
     from ..model.checkpoint import read_config
     from .onnx import OnnxNetwork
 
+    providers = gpu_providers() if choice.device != "cpu" else None
     try:
-        return OnnxNetwork(onnx_graph(directory, notify), read_config(directory), precision), choice
+        graph = onnx_graph(directory, notify)
+        return OnnxNetwork(graph, read_config(directory), precision, providers), choice
     except Exception as exc:
         reason = f"ONNX Runtime could not run the graph now ({type(exc).__name__}: {exc})"
         return None, replace(choice, backend="torch", reason=reason[:300])
@@ -275,8 +327,11 @@ def _measure(
     measure_batch: int | None,
     with_compile: bool = False,
     no_onnx: str | None = None,
+    gpu: Any = None,
+    providers: list[str] | None = None,
 ) -> EngineChoice:
-    """Time the candidates (see the module); ``no_onnx``: why ONNX Runtime is out already."""
+    """Time the candidates (see the module) on the CPU, or on ``gpu`` with ONNX Runtime on
+    ``providers``; ``no_onnx``: why ONNX Runtime is out already."""
     import numpy as np
 
     from .onnx import OnnxNetwork
@@ -288,29 +343,31 @@ def _measure(
             graph = onnx_graph(directory, notify)
         except Exception as exc:  # an export that fails for this model: the reason, shown
             no_onnx = f"the ONNX export failed ({type(exc).__name__}: {exc})"[:300]
+    where = "cpu" if gpu is None else str(gpu)
     if no_onnx is not None and not with_compile:
-        return EngineChoice("torch", no_onnx)
+        return EngineChoice("torch", no_onnx, device=where)
     if notify is not None:
         names = (
             ["PyTorch"] + ["ONNX Runtime"] * (graph is not None) + ["torch.compile"] * with_compile
         )
         also = " (torch.compile: for a job this size)" if with_compile else ""
-        notify(f"measuring {' and '.join(names)} once on this machine{also} (--backend auto)")
-    # the CPU engines race on the CPU (a GPU job never gets here: see choose)
-    reference, candidate = _torch_networks(directory, precision)
+        here = "this machine" if gpu is None else "this GPU"
+        notify(f"measuring {' and '.join(names)} once on {here}{also} (--backend auto)")
+    reference, candidate = _torch_networks(directory, precision, gpu)
     onnx = None
     if graph is not None:
         config = json.loads((directory / "config.json").read_text())
         try:
-            network = OnnxNetwork(graph, config, "int8" if precision == "int8" else "fp32")
+            network = OnnxNetwork(graph, config, "int8" if precision == "int8" else "fp32",
+                                  providers)  # fmt: skip
         except Exception as exc:  # e.g. the quantiser failing on this graph
             no_onnx = f"ONNX Runtime could not load the graph ({exc})"[:300]
         else:
             onnx = _Network(network, network.precision)
     size = reference.model.backbone.preprocess.image_size
-    check = _check_pixels(size, 8)
+    check = _check_pixels(size, 8).to(gpu or "cpu")
     start = time.perf_counter()
-    expected = reference.forward_tensors(check)
+    expected = reference.forward_tensors(check, exact=True)
     per_image = (time.perf_counter() - start) / len(check)  # PyTorch fp32: the slowest, usually
     parity = None
     if onnx is not None:
@@ -321,11 +378,11 @@ def _measure(
                        f"(more than {tolerance:g})")  # fmt: skip
             onnx = None
     if onnx is None and not with_compile:
-        return EngineChoice("torch", no_onnx or "", parity=parity)
+        return EngineChoice("torch", no_onnx or "", parity=parity, device=where)
     n = measure_batch or batch_size
     calls = (REPEATS + 1) * (2 + with_compile)  # a warm-up and REPEATS timed calls, each
     n = max(1, min(n, int(MEASURE_BUDGET_S / max(per_image * calls, 1e-9))))
-    pixels = _check_pixels(size, n)
+    pixels = _check_pixels(size, n).to(gpu or "cpu")
     engines: dict[str, Any] = {f"torch {candidate.precision}": candidate}
     if onnx is not None:
         engines[f"onnx {onnx.precision}"] = onnx
@@ -349,7 +406,7 @@ def _measure(
     if len(engines) == 1:  # nothing to race
         reason = "; ".join(r for r in (no_onnx, compile_note) if r)
         return EngineChoice("torch", reason, parity=parity, compile_s=compile_s,
-                            compile_note=compile_note)  # fmt: skip
+                            compile_note=compile_note, device=where)  # fmt: skip
     for engine in engines.values():
         engine.forward_tensors(pixels)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in engines}
@@ -361,13 +418,14 @@ def _measure(
     measured = {name: round(float(np.median(t)), 3) for name, t in times.items()}
     fastest = min((k for k in measured if not k.startswith(COMPILED)), key=measured.get)
     backend = "onnx" if fastest.startswith("onnx") else "torch"
-    reason = f"fastest here, batch {n}"
+    reason = f"fastest {'here' if gpu is None else 'on this GPU'}, batch {n}"
     if backend == "onnx":
-        reason += f"; ONNX Runtime {onnx.precision} within {parity:.1e} of PyTorch fp32"
+        on = "" if gpu is None else " (CUDA provider)"
+        reason += f"; ONNX Runtime{on} {onnx.precision} within {parity:.1e} of PyTorch fp32"
     if no_onnx:
         reason += f"; {no_onnx}"
     return EngineChoice(backend, reason, measured, parity, compile_s=compile_s,
-                        compile_note=compile_note, onnx_note=no_onnx)  # fmt: skip
+                        compile_note=compile_note, onnx_note=no_onnx, device=where)  # fmt: skip
 
 
 class _Network:
@@ -377,16 +435,34 @@ class _Network:
     def __init__(self, model: Any, precision: str) -> None:
         self.model, self.precision = model, precision
 
-    def forward_tensors(self, pixels: Any) -> Any:
+    def forward_tensors(self, pixels: Any, exact: bool = False) -> Any:
+        """(n, C) probabilities, copied to the host (which waits for a GPU's work); ``exact``:
+        fp32 matmuls in full fp32 on a GPU (TF32 off), for the reference."""
         import torch
 
-        with torch.inference_mode():
-            return self.model(pixels).probs.float().numpy()
+        with torch.inference_mode(), _full_fp32(exact and pixels.is_cuda):
+            return self.model(pixels).probs.float().cpu().numpy()
 
 
-def _torch_networks(directory: Path, precision: str) -> tuple[_Network, _Network]:
-    """The checkpoint on PyTorch on the CPU in fp32 (the reference) and in ``precision`` as
-    resolved here (the candidate; the same network when that is fp32)."""
+@contextmanager
+def _full_fp32(on: bool) -> Iterator[None]:
+    """TF32 off for fp32 matmuls while ``on`` (PyTorch fp32 is the parity reference)."""
+    import torch
+
+    if not on:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def _torch_networks(directory: Path, precision: str, gpu: Any = None) -> tuple[_Network, _Network]:
+    """The checkpoint on PyTorch in fp32 (the reference) and in ``precision`` as resolved for
+    the device (the candidate; the same network when that is fp32), on the CPU or ``gpu``."""
     import copy
 
     from ..model.mirage import load_pretrained
@@ -394,9 +470,10 @@ def _torch_networks(directory: Path, precision: str) -> tuple[_Network, _Network
     from .threads import configure_torch
 
     configure_torch()  # threads for the CPUs this process may use, as a Detector runs
-    model = load_pretrained(directory, device="cpu").eval()
+    device = gpu or "cpu"
+    model = load_pretrained(directory, device=device).eval()
     reference = _Network(model, "fp32")
-    chosen = resolve(precision, "cpu").precision
+    chosen = resolve(precision, device).precision
     if chosen == "fp32":
         return reference, reference
     return reference, _Network(apply(copy.deepcopy(model), chosen).eval(), chosen)

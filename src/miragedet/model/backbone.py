@@ -272,9 +272,20 @@ class Backbone:
         return {"shape": shape[:16], "weights": h.hexdigest()[:16]}
 
 
+#: The CLIP towers' attention: PyTorch's ``scaled_dot_product_attention``, which runs a fused
+#: kernel (FlashAttention-2 or memory-efficient attention on a CUDA GPU, for the dtypes and
+#: shapes they take; the math path otherwise), through transformers' attention interface
+#: (its "Attention interface" docs; transformers picks it by default where torch has it: named
+#: here so that a change of default does not silently change our path). Scores against the
+#: eager attention: tests/test_backbone.py.
+ATTENTION = "sdpa"
+
+
 def _freeze(model: CLIPModel) -> CLIPModel:
+    """The CLIP frozen, in eval mode, on :data:`ATTENTION`."""
     model.requires_grad_(False)
     model.eval()
+    model.set_attn_implementation(ATTENTION)
     return model
 
 
