@@ -3,6 +3,8 @@ padded up to it or run eagerly, larger ones split; the scores are the eager mode
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -79,7 +81,11 @@ def test_cuda_graph_outputs_are_copied_out_before_the_next_replay():
     forward = CompiledForward(model, 4, GPU_MODE)
     buffers: dict = {}
 
+    threads = set()
+
     def replay(x):
+        threads.add(threading.current_thread().name)
+        assert torch.is_inference_mode_enabled()  # the caller's mode, carried to its thread
         out = model(x)
         fixed = {}
         for name in ("logits", "image_embeds"):
@@ -100,3 +106,12 @@ def test_cuda_graph_outputs_are_copied_out_before_the_next_replay():
         whole = forward(pixels[:4])
         forward(pixels[4:8])  # the next replay must not change what the last one returned
         np.testing.assert_allclose(whole.probs.numpy(), expected.probs[:4].numpy(), atol=1e-5)
+
+    def elsewhere():  # e.g. a server's video request: recorded graphs are per thread
+        with torch.inference_mode():
+            forward(pixels[:4])
+
+    other = threading.Thread(target=elsewhere)
+    other.start()
+    other.join()
+    assert len(threads) == 1 and threads.pop().startswith("miragedet-graphs")

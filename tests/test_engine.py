@@ -390,7 +390,9 @@ def test_evaluate_on_a_gpu_never_exports_or_times_a_cpu_engine(checkpoint, monke
 
     monkeypatch.setattr("miragedet.inference.onnx.export_checkpoint", never)
     monkeypatch.setattr(engine, "_measure", never)
-    monkeypatch.setattr(engine, "gpu_providers", lambda: [])  # onnxruntime (CPU) is installed
+    monkeypatch.setattr(
+        engine, "gpu_providers", lambda index=0: []
+    )  # onnxruntime (CPU) is installed
     on_gpu = SimpleNamespace(
         clip=SimpleNamespace(logit_scale=SimpleNamespace(device=torch.device("cuda")))
     )
@@ -412,14 +414,18 @@ def test_evaluate_on_a_gpu_never_exports_or_times_a_cpu_engine(checkpoint, monke
     placed = place(on_gpu, checkpoint, "auto", "bf16", images=10**6)
     assert placed.backend == "torch" and raced[-1][0] == torch.device("cuda", 0)
     assert raced[-1][1:] == ([], True, "onnxruntime-gpu is not installed")
-    monkeypatch.setattr(
-        engine, "gpu_providers", lambda: [engine.GPU_PROVIDER, "CPUExecutionProvider"]
-    )
-    engine.choose(checkpoint, device="cuda", precision="bf16", images=10)  # ONNX Runtime: raced
-    assert raced[-1][1:] == ([engine.GPU_PROVIDER, "CPUExecutionProvider"], False, None)
+    indices = []
+    monkeypatch.setattr(engine, "gpu_providers",
+                        lambda index=0: indices.append(index) or [engine.GPU_PROVIDER])  # fmt: skip
+    engine.choose(checkpoint, device="cuda:1", images=10)  # ONNX Runtime: raced, on that GPU
+    assert raced[-1][0] == torch.device("cuda", 1) and indices == [1]
+    assert raced[-1][1:] == ([engine.GPU_PROVIDER], False, None)
     told = len(raced)
-    engine.choose(checkpoint, device="cuda", precision="bf16", images=10)
+    engine.choose(checkpoint, device="cuda:1", images=10)
     assert len(raced) == told  # measured once per GPU, then cached under its own key
+    bf16 = engine.choose(checkpoint, device="cuda", precision="bf16", images=10)
+    assert len(raced) == told and "--precision bf16 runs on PyTorch only" in bf16.reason
+    assert engine.scoring_gpu("mps") is None and engine.scoring_gpu("cpu") is None
     assert engine.cache_key(checkpoint, None, 32, "bf16", torch.device("cuda", 0)) != (
         engine.cache_key(checkpoint, None, 32, "bf16")
     )
@@ -434,12 +440,15 @@ def test_a_gpu_race_runs_onnx_runtime_on_the_providers_it_was_measured_with(
                              providers=["CPUExecutionProvider"])  # fmt: skip
     assert "onnx fp32" in choice.measured and choice.device == "cpu"
     seen = []
-    monkeypatch.setattr(engine, "gpu_providers", lambda: seen.append(1) or ["CPUExecutionProvider"])
+    monkeypatch.setattr(
+        engine, "gpu_providers", lambda index=0: seen.append(index) or ["CPUExecutionProvider"]
+    )
     graph, kept = engine.graph_on_choice(
         checkpoint, engine.EngineChoice("onnx", "raced", device="cuda:0"), None, "fp32"
     )
     assert seen and kept.backend == "onnx"
-    assert graph.session.get_providers() == ["CPUExecutionProvider"]
+    assert graph.session.get_providers() == ["CPUExecutionProvider"] and seen == [0]
+    assert graph.device.type == "cpu"  # where its provider runs: a Detector scores there
     graph, _ = engine.graph_on_choice(
         checkpoint, engine.EngineChoice("onnx", "raced"), None, "fp32"
     )

@@ -243,6 +243,14 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing():
     np.testing.assert_allclose(detector.forward_tensors(pixels[:7]), expected[:7], atol=1e-6)
     assert detector.batch_size == 2  # later batches start at 2: nothing said again
     assert len(notes) == 1
+    # torch.compile's one shape follows the halving (else each half is padded back up)
+    from miragedet.inference.compiled import CompiledForward
+
+    compiled, shapes = CompiledForward(model, 8), []
+    compiled._compiled = lambda x: (shapes.append(len(x)), _Tight(model)(x))[1]
+    detector.model, detector.batch_size = compiled, 8
+    np.testing.assert_allclose(detector.forward_tensors(pixels), expected, atol=1e-6)
+    assert compiled.batch_size == 2 and shapes[-1] == 2 and len(notes) == 1
     with pytest.raises(torch.OutOfMemoryError):  # one input that does not fit is an error
         in_parts(lambda p: (_ for _ in ()).throw(torch.OutOfMemoryError("x")), pixels[:1],
                  detector)  # fmt: skip

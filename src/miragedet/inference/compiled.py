@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -35,13 +36,21 @@ class CompiledForward:
     """``model`` with ``model(pixels)`` answered by its compiled forward at ``batch_size`` images
     (see the module); every other attribute is the model's. The first call compiles. ``mode``:
     torch.compile's (None: its default; ``reduce-overhead``: CUDA graphs, whose outputs are
-    copied out before the next replay overwrites them)."""
+    copied out before the next replay overwrites them; every compiled call runs in one thread of
+    its own, since CUDA graphs are recorded per thread: a server's forward, its warm-up and its
+    video requests come from different threads, and would each record the graphs and keep
+    their memory pool)."""
 
     def __init__(self, model: Any, batch_size: int, mode: str | None = None) -> None:
         self._model = model
         self.batch_size = max(1, int(batch_size))
         self.mode = mode
         self._compiled = torch.compile(model, mode=mode)
+        self._thread = (
+            ThreadPoolExecutor(1, thread_name_prefix="miragedet-graphs")
+            if mode == GPU_MODE
+            else None
+        )
 
     def __call__(self, pixels: torch.Tensor) -> Any:
         n, size = len(pixels), self.batch_size
@@ -55,6 +64,15 @@ class CompiledForward:
     def padded(self, pixels: torch.Tensor) -> Any:
         """The compiled forward of up to ``batch_size`` images, padded to it with copies of the
         first (one shape, one compile)."""
+        if self._thread is None:
+            return self._padded(pixels)
+        modes = torch.is_inference_mode_enabled(), torch.is_grad_enabled()  # per thread in torch
+        return self._thread.submit(self._padded, pixels, modes).result()
+
+    def _padded(self, pixels: torch.Tensor, modes: tuple[bool, bool] | None = None) -> Any:
+        if modes is not None:
+            with torch.inference_mode(modes[0]), torch.set_grad_enabled(modes[1]):
+                return self._padded(pixels)
         n, size = len(pixels), self.batch_size
         if n < size:
             pixels = torch.cat([pixels, pixels[:1].expand(size - n, *pixels.shape[1:])])
@@ -116,5 +134,6 @@ def compile_ahead(detector: Any) -> None:
     model = getattr(detector, "model", None)
     if isinstance(model, CompiledForward):
         size = detector.preprocess.image_size
-        with torch.inference_mode():
-            model.padded(torch.zeros(1, 3, size, size, device=detector.device))
+        with torch.inference_mode():  # CUDA graphs: the first call warms up, the second records
+            for _ in range(2 if model.mode == GPU_MODE else 1):
+                model.padded(torch.zeros(1, 3, size, size, device=detector.device))

@@ -83,10 +83,10 @@ class Detector:
 
         from ..model.device import enable_tf32, resolve_device
 
-        if isinstance(model, OnnxNetwork):  # the graph's own precision, on the CPU
+        if isinstance(model, OnnxNetwork):  # the graph's own precision, where its session runs
             if precision not in ("auto", model.precision):
                 raise ValueError(f"this ONNX graph runs in {model.precision}, not {precision}")
-            device, precision, reason = torch.device("cpu"), model.precision, model.precision_reason
+            device, precision, reason = model.device, model.precision, model.precision_reason
         else:  # "auto" (or "cuda"...) as the commands say it; None: where the model already is
             device = resolve_device(device) if device is not None else model.clip.logit_scale.device
             choice = resolve(precision, device)

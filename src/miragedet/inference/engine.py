@@ -62,16 +62,24 @@ COMPILED = "torch.compile"
 GPU_PROVIDER = "CUDAExecutionProvider"
 
 
-def gpu_providers() -> list[str]:
-    """ONNX Runtime's providers for a GPU race: the CUDA one, then the CPU one for operators it
-    lacks (ONNX Runtime's own fallback order); [] where onnxruntime-gpu is not installed."""
+#: The race's batch on a GPU when the job names none (the Detector's own then comes from free
+#: memory, up to 256): large enough that the timing is not dominated by kernel launches, small
+#: enough for three networks on a modest GPU (our choice).
+GPU_RACE_BATCH = 64
+
+
+def gpu_providers(index: int = 0) -> list[Any]:
+    """ONNX Runtime's providers for a race on GPU ``index``: the CUDA one on that GPU in full
+    fp32 (its ``use_tf32`` is on by default; the parity reference is not), then the CPU one for
+    operators it lacks (ONNX Runtime's fallback order; its "CUDA Execution Provider" page
+    lists the options); [] where onnxruntime-gpu is not installed."""
     try:
         import onnxruntime
     except ImportError:
         return []
     if GPU_PROVIDER not in onnxruntime.get_available_providers():
         return []
-    return [GPU_PROVIDER, "CPUExecutionProvider"]
+    return [(GPU_PROVIDER, {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
 
 
 @dataclass
@@ -216,8 +224,8 @@ def choose(
     from .pipeline import CPU_BATCH
 
     directory = Path(directory)
-    batch_size = batch_size or CPU_BATCH  # None: the commands' default on a CPU
     gpu = scoring_gpu(device)
+    batch_size = batch_size or (CPU_BATCH if gpu is None else GPU_RACE_BATCH)  # None: a default
     on_gpu = "a GPU scores: no CPU engine is exported or timed"
     if precision not in ("auto", "fp32", "int8") and gpu is None:
         return EngineChoice("torch", f"--precision {precision} runs on PyTorch only")
@@ -231,13 +239,15 @@ def choose(
     with_compile = images >= COMPILE_MIN_IMAGES and precision != "int8"
     providers = None
     if gpu is not None:
-        providers = gpu_providers()
+        providers = gpu_providers(gpu.index or 0)
         no_onnx = None if providers else "onnxruntime-gpu is not installed"
+        if providers and precision not in ("auto", "fp32"):
+            providers, no_onnx = [], f"--precision {precision} runs on PyTorch only"
         if not providers and not with_compile:
             return EngineChoice("torch", f"{on_gpu}; PyTorch: nothing to race it against for "
                                 f"{images:,.0f} images (torch.compile is weighed for "
-                                f"{COMPILE_MIN_IMAGES:,}+, ONNX Runtime's CUDA provider "
-                                "when onnxruntime-gpu is installed)")  # fmt: skip
+                                f"{COMPILE_MIN_IMAGES:,}+; ONNX Runtime's CUDA provider: "
+                                f"{no_onnx})")  # fmt: skip
     else:
         try:
             import onnxruntime  # noqa: F401
@@ -256,6 +266,10 @@ def choose(
     if choice is None or (with_compile and not choice.compile_tried):
         choice = _measure(directory, view, batch_size, precision, notify, measure_batch,
                           with_compile, no_onnx, gpu, providers)  # fmt: skip
+        if gpu is not None:  # the race's networks are gone: their memory back for the job's
+            import torch
+
+            torch.cuda.empty_cache()
         about = {"checkpoint": str(directory), "batch_size": batch_size, "precision": precision,
                  "view": _plain(view), "device": str(gpu or "cpu")}  # fmt: skip
         _write_cache(store, key, choice, about)
@@ -270,9 +284,9 @@ def scoring_gpu(device: str | None) -> Any:
     if device is None or str(device) == "auto":
         return torch.device("cuda", 0) if torch.cuda.is_available() else None
     device = torch.device(device)
-    if device.type == "cpu":
+    if device.type != "cuda":  # the CPU (or a device only PyTorch runs: no race there either)
         return None
-    return torch.device(device.type, device.index or 0)
+    return torch.device("cuda", device.index or 0)
 
 
 def graph_on_choice(
@@ -284,7 +298,7 @@ def graph_on_choice(
     from ..model.checkpoint import read_config
     from .onnx import OnnxNetwork
 
-    providers = gpu_providers() if choice.device != "cpu" else None
+    providers = None if choice.device == "cpu" else gpu_providers(scoring_gpu(choice.device).index)
     try:
         graph = onnx_graph(directory, notify)
         return OnnxNetwork(graph, read_config(directory), precision, providers), choice
@@ -364,8 +378,12 @@ def _measure(
             no_onnx = f"ONNX Runtime could not load the graph ({exc})"[:300]
         else:
             onnx = _Network(network, network.precision)
+            if gpu is not None and network.device.type != "cuda":  # its CUDA provider failed
+                no_onnx, onnx = "ONNX Runtime's CUDA provider did not load here", None
     size = reference.model.backbone.preprocess.image_size
     check = _check_pixels(size, 8).to(gpu or "cpu")
+    if gpu is not None:  # CUDA's first calls (kernels, cuBLAS) are not the forward's time
+        reference.forward_tensors(check, exact=True)
     start = time.perf_counter()
     expected = reference.forward_tensors(check, exact=True)
     per_image = (time.perf_counter() - start) / len(check)  # PyTorch fp32: the slowest, usually
@@ -388,9 +406,13 @@ def _measure(
         engines[f"onnx {onnx.precision}"] = onnx
     compile_s = compile_note = None
     if with_compile:
+        import torch
+
         from . import compiled
 
-        tolerance = PARITY if candidate.precision == "fp32" else TOLERANCE
+        # fp32 on a GPU runs its matmuls in TF32 when the job does (model/device.enable_tf32)
+        tf32 = gpu is not None and torch.backends.cuda.matmul.allow_tf32
+        tolerance = PARITY if candidate.precision == "fp32" and not tf32 else TOLERANCE
         try:
             figures = compiled.measure(candidate.model, check, expected, pixels)
         except Exception as exc:  # no C++ compiler, an operator inductor cannot lower, ...

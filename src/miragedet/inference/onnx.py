@@ -187,6 +187,12 @@ class OnnxNetwork:
         self.session = ort.InferenceSession(
             str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
         )
+        #: Where the graph runs: the GPU when ONNX Runtime's CUDA provider took it (a provider
+        #: that fails to load falls back to the CPU's), else the CPU. The Detector scores there.
+        self.device = torch.device("cpu")
+        if self.session.get_providers()[0] == "CUDAExecutionProvider":
+            cuda = self.session.get_provider_options()["CUDAExecutionProvider"]
+            self.device = torch.device("cuda", int(cuda.get("device_id", 0)))
         self.checkpoint = checkpoint
         self.config = ModelConfig.from_dict(_model_options(checkpoint))
         self.classes = self.config.all_classes

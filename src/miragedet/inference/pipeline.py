@@ -39,6 +39,7 @@ from ..data.dataset import MAX_PIXELS
 from ..data.gpu_decode import JPEG_MAGIC, JpegJob, probe
 from ..data.video import video_kind
 from ..model.adapters import UNKNOWN
+from .compiled import CompiledForward
 from .prediction import Prediction, describe, to_image
 from .videos import VideoInputs
 
@@ -444,6 +445,9 @@ def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner
                 torch.cuda.empty_cache()
             size = max(1, size // 2)
             owner.batch_size = min(owner.batch_size, size)
+            compiled = getattr(owner, "model", None)
+            if isinstance(compiled, CompiledForward):  # else it pads parts back up: OOM again
+                compiled.batch_size = min(compiled.batch_size, size)
             say_out_of_memory(owner, f"at {len(part)} inputs per forward",
                               "going on with half as many (halved again if need be)")  # fmt: skip
             continue
@@ -452,11 +456,14 @@ def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner
 
 
 def say_out_of_memory(owner: Any, where: str, what_now: str) -> None:
-    """Tell ``owner.notify`` (else stderr), once per owner, that the GPU ran out of memory
-    ``where`` and what happens instead (always: nothing is lost)."""
-    if getattr(owner, "_oom_said", False):
+    """Tell ``owner.notify`` (else stderr), once per owner and remedy, that the GPU ran out of
+    memory ``where`` and what happens instead (always: nothing is lost)."""
+    said = getattr(owner, "_oom_said", None)
+    if not isinstance(said, set):
+        said = owner._oom_said = set()
+    if what_now in said:  # each kind of back-off said once
         return
-    owner._oom_said = True
+    said.add(what_now)
     note = getattr(owner, "notify", None) or to_stderr
     note(f"the GPU ran out of memory {where}: {what_now}, nothing lost")
 
