@@ -113,7 +113,6 @@ def _score_stream(
         gpu_job,
         in_parts,
         overlap,
-        say_out_of_memory,
         staged_batches,
     )
 
@@ -156,11 +155,9 @@ def _score_stream(
 
     for (chunk, _), batch in overlap(batches, stage, device, side=decoder is not None):
         errors.update({chunk[k][0]: r for k, r in batch.errors.items()})
-        if batch.on_host:
-            say_out_of_memory(owner, "stacking a batch", "this batch goes to the GPU in parts")
         if batch.good:
             indices = np.array([chunk[k][0] for k in batch.good])
-            parts = in_parts(forward, batch.ready(), owner)
+            parts = in_parts(forward, batch.ready(owner), owner)
             probs[indices] = np.concatenate([p for p, _ in parts])
             if distance is not None:
                 distance[indices] = np.concatenate([d for _, d in parts])

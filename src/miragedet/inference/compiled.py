@@ -35,20 +35,21 @@ def mode_for(device: Any) -> str | None:
 class CompiledForward:
     """``model`` with ``model(pixels)`` answered by its compiled forward at ``batch_size`` images
     (see the module); every other attribute is the model's. The first call compiles. ``mode``:
-    torch.compile's (None: its default; ``reduce-overhead``: CUDA graphs, whose outputs are
+    torch.compile's (``auto``: :func:`mode_for` the device the model's weights are on; None:
+    torch.compile's default; ``reduce-overhead``: CUDA graphs, whose outputs are
     copied out before the next replay overwrites them; every compiled call runs in one thread of
     its own, since CUDA graphs are recorded per thread: a server's forward, its warm-up and its
     video requests come from different threads, and would each record the graphs and keep
     their memory pool)."""
 
-    def __init__(self, model: Any, batch_size: int, mode: str | None = None) -> None:
+    def __init__(self, model: Any, batch_size: int, mode: str | None = "auto") -> None:
         self._model = model
         self.batch_size = max(1, int(batch_size))
-        self.mode = mode
-        self._compiled = torch.compile(model, mode=mode)
+        self.mode = mode_for(next(model.parameters()).device) if mode == "auto" else mode
+        self._compiled = torch.compile(model, mode=self.mode)
         self._thread = (
             ThreadPoolExecutor(1, thread_name_prefix="miragedet-graphs")
-            if mode == GPU_MODE
+            if self.mode == GPU_MODE
             else None
         )
 
@@ -116,7 +117,7 @@ def measure(
     raises what torch.compile raises (no C++ compiler, an operator inductor cannot lower)."""
     import numpy as np
 
-    compiled = CompiledForward(model, len(pixels), mode_for(pixels.device))
+    compiled = CompiledForward(model, len(pixels))
     start = time.perf_counter()
     compiled(pixels)  # the compile
     compile_s = time.perf_counter() - start

@@ -504,10 +504,10 @@ def _on_compile(
     """``detector`` with its network run through torch.compile at its batch size
     (:mod:`miragedet.inference.compiled`), ``notify`` told that its first batch compiles
     (``compile_s``: what the auto choice measured)."""
-    from .compiled import CompiledForward, mode_for
+    from .compiled import CompiledForward
 
     how_long = "tens of seconds on a CPU" if compile_s is None else (
         f"{compile_s:.0f} s when measured here; less with inductor's cache warm")  # fmt: skip
     notify(f"torch.compile compiles the network on its first batch ({how_long})")
-    detector.model = CompiledForward(detector.model, detector.batch_size, mode_for(detector.device))
+    detector.model = CompiledForward(detector.model, detector.batch_size)
     return detector

@@ -61,7 +61,7 @@ def place(
     ``onnx`` on the checkpoint's exported graph (fp32/int8), ``compile`` through torch.compile,
     ``auto`` as :func:`miragedet.inference.engine.choose` decides for a job of ``images``
     images (a model without a checkpoint folder, e.g. zero-shot, stays on PyTorch)."""
-    from .compiled import CompiledForward, mode_for
+    from .compiled import CompiledForward
     from .detector_config import resolve_backend
     from .engine import choose, graph_on_choice, onnx_graph
     from .onnx import OnnxNetwork
@@ -70,8 +70,7 @@ def place(
     if backend == "torch":
         return Placed(model, "torch", "as requested", precision)
     if backend == "compile":
-        forward = CompiledForward(model, batch_size, mode_for(model.clip.logit_scale.device))
-        return Placed(forward, "compile", "as requested", precision)
+        return Placed(CompiledForward(model, batch_size), "compile", "as requested", precision)
     if getattr(model, "image_features_frozen", False):  # one engine for the whole report
         return Placed(model, "torch", "frozen image features: scored from the feature cache",
                       precision)  # fmt: skip
@@ -89,7 +88,7 @@ def place(
                     device=str(model.clip.logit_scale.device), notify=notify,
                     images=images)  # fmt: skip
     if choice.backend == "compile":
-        forward = CompiledForward(model, batch_size, mode_for(model.clip.logit_scale.device))
+        forward = CompiledForward(model, batch_size)
         return Placed(forward, "compile", choice.reason, precision, choice.measured)
     onnx = None
     if choice.backend == "onnx":

@@ -160,11 +160,14 @@ class Batch:
     #: forward takes them to the GPU in parts (:func:`in_parts`), nothing lost.
     on_host: bool = False
 
-    def ready(self) -> torch.Tensor | None:
+    def ready(self, owner: Any) -> torch.Tensor | None:
         """``pixels`` for the caller's CUDA stream: it waits for the side stream's work, and the
         memory is marked as used there so the allocator does not hand it back to the side
         stream while the forward still reads it (PyTorch's CUDA semantics notes, "Stream
-        semantics of backward passes" and ``Tensor.record_stream``)."""
+        semantics of backward passes" and ``Tensor.record_stream``). Pixels left on the host
+        (:attr:`on_host`) are said once to ``owner`` (:func:`say_out_of_memory`)."""
+        if self.on_host:
+            say_out_of_memory(owner, "stacking a batch", "this batch goes to the GPU in parts")
         if self.event is not None and self.pixels is not None and self.pixels.is_cuda:
             stream = torch.cuda.current_stream(self.pixels.device)
             stream.wait_event(self.event)
@@ -205,9 +208,7 @@ def forward_batch(detector: Detector, batch: Batch) -> tuple[list[Any], list[Any
     each input (None where nothing was stacked)."""
     probs: list[Any] = [None] * len(batch.prepared)
     outcomes: list[Any] = [None] * len(batch.prepared)
-    pixels = batch.ready()
-    if batch.on_host:
-        say_out_of_memory(detector, "stacking a batch", "this batch goes to the GPU in parts")
+    pixels = batch.ready(detector)
     if pixels is not None:
         if detector.has_open_set:
             rows, found = detector.forward_open_set(pixels)
