@@ -142,11 +142,11 @@ def _score_stream(
     model.eval()
     batches = staged_batches(enumerate(samples), work, batch_size, max(1, workers))
 
-    def stage(entry: tuple[list[Any], list[Any]]) -> Any:
-        return device_batch(decoder, device, entry[0], entry[1], on_cpu)
-
     # a GPU out-of-memory error halves the forward's batch, said once (the Detector's back-off)
     owner = SimpleNamespace(batch_size=batch_size, device=device, notify=None)
+
+    def stage(entry: tuple[list[Any], list[Any]]) -> Any:
+        return device_batch(decoder, device, entry[0], entry[1], on_cpu, owner=owner)
 
     def forward(part: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         out = model(part.to(device))

@@ -110,13 +110,17 @@ def prepare(detector: Detector, item: Any) -> Any:
 
 def stack_on(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """One batch on ``device`` from per-input tensors, some possibly there already; on a GPU the
-    CPU ones go through pinned memory with a non-blocking copy."""
+    CPU ones go through pinned memory with a non-blocking copy (a plain copy when pinned memory
+    cannot be allocated)."""
     on_cpu = [t for t in tensors if t.device.type == "cpu"]
     if device.type == "cpu" or not on_cpu:
         return torch.stack([t.to(device) for t in tensors])
     if len(on_cpu) == len(tensors):
-        staged = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype,
-                             pin_memory=True)  # fmt: skip
+        try:
+            staged = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype,
+                                 pin_memory=True)  # fmt: skip
+        except RuntimeError:  # no page-locked memory to be had: a plain (blocking) copy instead
+            return torch.stack(tensors).to(device)
         torch.stack(tensors, out=staged)
         return staged.to(device, non_blocking=True)
     return torch.stack([t.to(device, non_blocking=True) for t in tensors])
@@ -182,25 +186,47 @@ def device_batch(
     prepared: list[Any],
     on_cpu: Callable[[Any], Any],
     stackable: Callable[[Any], bool] = lambda r: True,
+    owner: Any = None,
 ) -> Batch:
     """Stage 2 for a batch: the JPEG jobs among ``prepared`` decoded by the GPU ``decoder`` (a
     file it fails on prepared from ``items`` by ``on_cpu``), then the inputs ``stackable``
-    accepts stacked on ``device``."""
+    accepts stacked on ``device`` (:func:`stack_or_keep`; ``owner`` remembers an out-of-memory
+    error from one batch to the next)."""
     prepared = list(prepared)
     gpu_decode(decoder, items, prepared, on_cpu)
     errors = {i: r for i, r in enumerate(prepared) if isinstance(r, str)}
     good = [i for i, r in enumerate(prepared) if i not in errors and stackable(r)]
     pixels, on_host = None, False
     if good:
-        try:
-            pixels = stack_on([prepared[i] for i in good], device)
-        except torch.cuda.OutOfMemoryError:  # the forward moves it to the GPU part by part
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            pixels, on_host = torch.stack([prepared[i].cpu() for i in good]), True
+        pixels, on_host = stack_or_keep([prepared[i] for i in good], device, owner)
     for i in good:  # their pixels live on in the stack only: memory of one copy, not two
         prepared[i] = None
     return Batch(prepared, good, errors, pixels, on_host=on_host)
+
+
+#: After the GPU ran out of memory stacking a batch, the next this-many batches stay in host
+#: memory (no failed allocation each) before stacking on the GPU is tried again (our choice:
+#: a memory peak from another job often passes; bounded by batches, not by time).
+HOST_BATCHES_AFTER_OOM = 8
+
+
+def stack_or_keep(tensors: list[torch.Tensor], device: torch.device, owner: Any = None
+                  ) -> tuple[torch.Tensor, bool]:  # fmt: skip
+    """The batch stacked on ``device``, and False; or, when the GPU's memory runs out doing it
+    (or ran out within the last :data:`HOST_BATCHES_AFTER_OOM` batches of ``owner``), stacked in
+    host memory, and True: the forward then takes it to the GPU in parts (:func:`in_parts`)."""
+    left = getattr(owner, "_host_batches", 0) if owner is not None else 0
+    if left > 0:
+        owner._host_batches = left - 1
+        return torch.stack([t.cpu() for t in tensors]), True
+    try:
+        return stack_on(tensors, device), False
+    except torch.cuda.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if owner is not None:
+            owner._host_batches = HOST_BATCHES_AFTER_OOM
+        return torch.stack([t.cpu() for t in tensors]), True
 
 
 def forward_batch(detector: Detector, batch: Batch) -> tuple[list[Any], list[Any]]:
@@ -331,7 +357,7 @@ def score_stream(
             )
         return device_batch(detector.gpu_decoder, detector.device, prepared, prepared,
                             lambda job: detector._prepare(job.data),
-                            lambda r: not isinstance(r, VideoInputs))  # fmt: skip
+                            lambda r: not isinstance(r, VideoInputs), detector)  # fmt: skip
 
     batches = staged_batches(
         enumerate(inputs), work, detector.batch_size, detector.decode_threads, ahead

@@ -200,7 +200,9 @@ class Batcher:
             return detector.preprocess(load_image(job.data, limit, draft_size=detector.draft_size))
 
         def stage(batch: list[Any]) -> Batch:
-            return device_batch(detector.gpu_decoder, detector.device, batch, batch, on_cpu)
+            return device_batch(
+                detector.gpu_decoder, detector.device, batch, batch, on_cpu, owner=detector
+            )
 
         return on_stream(self.stream, stage, items)
 
