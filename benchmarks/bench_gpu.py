@@ -7,20 +7,31 @@ Writes benchmarks/results/bench_gpu.json (keys: gpu, forward_peak_share, detect_
 detect_png_img_s, score_dataset_img_s, evaluate_img_s, train_img_s, train_data_wait_share,
 decode_backend, ...) and prints the table "On a GPU" of docs/performance.md.
 
-Steps: (1) the GPU's bf16 peak, an 8192-cube matmul (10 timed after 3 warm-ups); (2) the forward
-at --batch, bf16 weights, ms/image and share of that peak (FLOPs counted by
-torch.utils.flop_counter on one image), then compiled by torch.compile (default and reduce-
-overhead, i.e. CUDA graphs: compile s, ms/image, change of scores), and what `--backend auto`
-chooses there for a job of a million images (the GPU race; `auto_race`); (3) the scoring pipeline as
-detect runs it (load_detector with the commands' defaults: device auto, GPU decoding where
-installed, provenance on), on JPEGs of 1-4 MP and on 512-px PNGs, timed after a warm-up pass;
-(4) score-dataset's local engine; (5) evaluate's scoring path (evaluation.scores.score_samples),
-then `miragedet serve` under --clients concurrent clients posting 1 MP JPEGs for 30 s;
-(6) one epoch of training at --train-batch with --amp auto: images/s and the data-wait share the
-trainer reports; (7) start-up: one image through `miragedet detect` against the import + CUDA-
-initialisation floor, with the random backbone (built at load) and with the same weights saved
-as a local backbone folder (what a downloaded CLIP is). The breakdown step times each GPU JPEG
-decoder installed ($MIRAGEDET_GPU_DECODER) alone and in detect.
+Steps (functions in gpu_steps.py), in order, the issue's targets first:
+ 1. the GPU's bf16 peak: an 8192-cube matmul, 10 timed after 3 warm-ups;
+ 2. the forward at --batch, bf16 weights: ms/image and share of that peak (FLOPs counted by
+    torch.utils.flop_counter on one image);
+ 3. `detect`: the scoring pipeline as the command runs it (load_detector with its defaults:
+    device auto, GPU decoding where installed, provenance on) on 1-4 MP JPEGs and on 512-px
+    PNGs, timed after a warm-up pass;
+ 4. `evaluate`: evaluate's scoring path (evaluation.scores.score_samples);
+ 5. `score-dataset`: score-dataset's local engine;
+ 6. `train`: two epochs at --train-batch with --amp auto, the trainer's images/s and data-wait
+    share of the last one, peak memory;
+ 7. `serve`: `miragedet serve` under --clients concurrent clients posting 1 MP JPEGs for 30 s;
+ 8. `gpu-tests`: the marked GPU tests (GPU-decoded pixels against the CPU's);
+ 9. `start-up`: one image through `miragedet detect` against the import + CUDA-initialisation
+    floor, with the random backbone (drawn at load) and with the same weights saved as a local
+    backbone folder (what a downloaded CLIP is);
+10. `breakdown`: detect with GPU decoding on/off and provenance on/off, the decode stage alone,
+    and each GPU JPEG decoder installed ($MIRAGEDET_GPU_DECODER) alone and in detect;
+11. `compile`: the forward compiled by torch.compile, default and reduce-overhead (CUDA graphs):
+    compile s, ms/image, change of scores (on a CPU only with --compile);
+12. `auto`: what `--backend auto` chooses there for a job of a million images (the GPU race).
+Steps 3-12 can be left out with --skip. The JSON is written after every step; a step that would
+start after --budget seconds (default 420 on a GPU: the device tool's 10-minute call less its
+set-up) is recorded as skipped, and a failing step as its error, so a run cut short still leaves
+what it measured (key `steps`; `complete` once all ran).
 """
 
 from __future__ import annotations
@@ -33,465 +44,68 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import machine, photo
+from common import machine
+from gpu_steps import (
+    auto_race,
+    breakdown,
+    compiled_figures,
+    evaluate_rate,
+    forward_figures,
+    make_data,
+    peak_tflops,
+    pipeline_rate,
+    score_dataset_rate,
+    serve_figures,
+    start_up,
+    train_figures,
+)
 
 from miragedet import MiraGe, ModelConfig, load_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Steps --skip can leave out, in the order they run.
+OPTIONAL = ("detect", "evaluate", "score-dataset", "train", "serve", "gpu-tests", "start-up",
+            "breakdown", "compile", "auto")  # fmt: skip
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+class Run:
+    """The run's figures, written to ``out`` after every step; steps past ``budget`` seconds
+    (None: no limit) or in ``skip`` (step: why) are recorded as skipped, a failing one as its
+    error."""
 
+    def __init__(self, out: Path, figures: dict, budget: float | None, skip: dict) -> None:
+        self.out, self.figures, self.budget, self.skip = out, figures, budget, skip
+        self.start = time.perf_counter()
+        self.steps: dict[str, str] = {}
 
-def peak_tflops(device: torch.device, n: int) -> float:
-    """bf16 (GPU) or fp32 (CPU) matmul rate, TFLOP/s: the ceiling the forward is held against."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync()
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    sync()
-    return 2 * n**3 * 10 / (time.perf_counter() - start) / 1e12
+    def log(self, key: str, value: object) -> None:
+        self.figures[key] = value
+        print(f"{key}: {value}", flush=True)
 
-
-def forward_figures(checkpoint: Path, device: torch.device, batch: int) -> dict:
-    """ms/image of the detector's forward (the precision auto picks), FLOPs/image, attention."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from miragedet.inference.detector import load_detector
-
-    detector = load_detector(str(checkpoint), "torch", device=str(device), batch_size=batch)
-    size = detector.preprocess.image_size
-    pixels = torch.randn(batch, 3, size, size, device=device)
-    with FlopCounterMode(display=False) as counter:  # (its module hooks need autograd on)
-        detector.model(pixels[:1])
-    flops = counter.get_total_flops()
-    with torch.inference_mode():
-        for _ in range(3):
-            detector.model(pixels)
-        sync()
-        repeats = 10
-        start = time.perf_counter()
-        for _ in range(repeats):
-            detector.model(pixels)
-        sync()
-    ms = (time.perf_counter() - start) / (repeats * batch) * 1e3
-    attention = getattr(detector.model.clip.config, "_attn_implementation", None)
-    return {"ms_per_image": ms, "gflop_per_image": flops / 1e9, "precision": detector.precision,
-            "attention": attention, "batch": batch}  # fmt: skip
-
-
-def compiled_figures(checkpoint: Path, device: torch.device, batch: int, modes: list[str]) -> dict:
-    """The forward compiled by torch.compile in each mode (default: inductor's fused kernels;
-    reduce-overhead: the same replayed as a CUDA graph, one launch per batch): compile seconds,
-    ms/image at ``batch`` and the largest change of p(class) against the eager forward. What
-    decides whether `--backend auto` should weigh them on a GPU (docs/performance.md)."""
-    from miragedet.inference.detector import load_detector
-
-    detector = load_detector(str(checkpoint), "torch", device=str(device), batch_size=batch)
-    size = detector.preprocess.image_size
-    pixels = torch.randn(batch, 3, size, size, device=device,
-                         generator=torch.Generator(device).manual_seed(0))  # fmt: skip
-    out: dict = {}
-    with torch.inference_mode():
-        eager = detector.model(pixels).probs.float().cpu()
-        for mode in modes:
+    def step(self, name: str, measure: Callable[[], None]) -> None:
+        elapsed = time.perf_counter() - self.start
+        if name in self.skip:
+            self.steps[name] = f"skipped: {self.skip[name]}"
+        elif self.budget is not None and elapsed > self.budget:
+            self.steps[name] = f"skipped: time budget of {self.budget:.0f} s spent"
+        else:
             try:
-                forward = torch.compile(detector.model, mode=None if mode == "default" else mode)
-                mark = getattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
-                start = time.perf_counter()
-                for _ in range(3):  # the compile, then the CUDA graph's recording
-                    mark()
-                    probs = forward(pixels).probs.float().cpu()
-                sync()
-                compile_s = time.perf_counter() - start
-                repeats = 10
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    mark()
-                    forward(pixels)
-                sync()
-                ms = (time.perf_counter() - start) / (repeats * batch) * 1e3
-                out[mode] = {"compile_s": round(compile_s, 1), "ms_per_image": round(ms, 4),
-                             "parity": float((probs - eager).abs().max())}  # fmt: skip
-            except Exception as exc:  # a mode inductor cannot run here: said, the rest goes on
-                out[mode] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-            torch._dynamo.reset()
-    return out
+                measure()
+                self.steps[name] = f"done in {time.perf_counter() - self.start - elapsed:.0f} s"
+            except Exception as exc:  # recorded; the steps after it still run
+                self.steps[name] = f"failed: {type(exc).__name__}: {exc}"[:800]
+        print(f"step {name}: {self.steps[name]}", flush=True)
+        self.write(complete=False)
 
-
-def auto_race(checkpoint: Path, device: torch.device, batch: int) -> dict:
-    """What `--backend auto` chooses on ``device`` for a job of a million images, measured now
-    (an empty engine cache): on a GPU the GPU race of inference/engine.py (PyTorch against
-    torch.compile as CUDA graphs, and ONNX Runtime's CUDA provider where installed)."""
-    from miragedet.inference.engine import choose
-
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["MIRAGEDET_CACHE"] = cache
-        try:
-            start = time.perf_counter()
-            choice = choose(checkpoint, batch_size=batch, device=str(device), images=1e6)
-        finally:
-            os.environ.pop("MIRAGEDET_CACHE")
-    return {"backend": choice.backend, "reason": choice.reason, "measured": choice.measured,
-            "compile_s": choice.compile_s, "compile_note": choice.compile_note,
-            "parity": choice.parity, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-
-
-def _write_photo(job: tuple) -> None:
-    path, width, height, seed, fmt = job
-    image = photo(width, height, seed)
-    if fmt == "JPEG":
-        image.save(path, quality=90)
-    else:
-        image.save(path, compress_level=1)
-
-
-def make_data(folder: Path, n: int, distinct: int, sizes: list, fmt: str, workers: int) -> Path:
-    """``n`` files cycling over ``distinct`` photo-like images (decoding costs the same for a
-    copy; making each anew would cost more than the run)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".jpg" if fmt == "JPEG" else ".png"
-    jobs = [(folder / f"base{i:04d}{suffix}", *sizes[i % len(sizes)], i, fmt)
-            for i in range(distinct)]  # fmt: skip
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_write_photo, [j for j in jobs if not j[0].exists()]))
-    for i in range(n):
-        target = folder / f"img{i:06d}{suffix}"
-        if not target.exists():
-            try:
-                os.link(jobs[i % distinct][0], target)  # the same bytes, no disk written
-            except OSError:
-                shutil.copyfile(jobs[i % distinct][0], target)
-    for job in jobs:
-        job[0].unlink(missing_ok=True)
-    return folder
-
-
-def pipeline_rate(checkpoint: Path, files: list[str], batch: int | None) -> tuple[float, dict]:
-    """images/s of the scoring pipeline as `detect` runs it (defaults), after a warm-up pass."""
-    from miragedet.inference.detector import load_detector
-
-    detector = load_detector(str(checkpoint), "auto", batch_size=batch, notify=lambda m: None)
-    detector.score(files[: detector.batch_size * 2], provenance=True)  # warm-up
-    sync()
-    start = time.perf_counter()
-    scored = detector.score(files, provenance=True)
-    sync()
-    seconds = time.perf_counter() - start
-    failed = sum(not p.ok for p in scored)
-    info = detector.info()
-    return len(files) / seconds, {"failed": failed, "batch": detector.batch_size,
-                                  "decode": info["decode"], "device": info["device"],
-                                  "decode_threads": detector.decode_threads}  # fmt: skip
-
-
-def breakdown(checkpoint: Path, files: list[str]) -> dict:
-    """What holds the detect pipeline back: its rate with GPU decoding on/off and provenance
-    on/off, stage 1 alone (the decode pool's work without the forward) and the GPU decoder alone
-    (images/s each, after a warm-up pass)."""
-    from miragedet.data.gpu_decode import GPU_DECODE_ENV
-    from miragedet.inference.detector import load_detector
-    from miragedet.inference.pipeline import prepare, staged_batches
-    from miragedet.provenance.verdict import read_provenance
-
-    out: dict = {}
-    for gpu_decode in ("1", "0"):
-        os.environ[GPU_DECODE_ENV] = gpu_decode
-        detector = load_detector(str(checkpoint), "torch", notify=lambda m: None)
-        name = "gpu-decode" if detector.gpu_decoder is not None else "cpu-decode"
-        for provenance in (False, True):
-            detector.score(files[:512], provenance=provenance)
-            sync()
-            start = time.perf_counter()
-            detector.score(files, provenance=provenance)
-            sync()
-            rate = len(files) / (time.perf_counter() - start)
-            out[f"detect {name}, provenance {'on' if provenance else 'off'}"] = round(rate, 1)
-
-            def work(pair, provenance=provenance, detector=detector):
-                prepared = prepare(detector, pair[1])
-                if provenance:
-                    read_provenance(pair[1], None, False)
-                return prepared
-
-            start = time.perf_counter()
-            for _ in staged_batches(enumerate(files), work, 256, detector.decode_threads):
-                pass
-            rate = len(files) / (time.perf_counter() - start)
-            out[f"stage 1 alone {name}, provenance {'on' if provenance else 'off'}"] = round(
-                rate, 1
-            )
-        if detector.gpu_decoder is None:  # is the forward's thread starved of the GIL by the
-            interval = sys.getswitchinterval()  # decode pool (a convoy)? 5 ms -> 0.5 ms
-            sys.setswitchinterval(0.0005)
-            start = time.perf_counter()
-            detector.score(files, provenance=False)
-            sync()
-            out[f"detect {name}, provenance off, GIL switch interval 0.5 ms"] = round(
-                len(files) / (time.perf_counter() - start), 1
-            )
-            sys.setswitchinterval(interval)
-        del detector
-    os.environ.pop(GPU_DECODE_ENV, None)
-    out.update(decoders_alone(checkpoint, files))
-    return out
-
-
-def decoders_alone(checkpoint: Path, files: list[str]) -> dict:
-    """images/s of each GPU JPEG decoder alone (decode, orient, resize, crop, normalise) and of
-    `detect` with it ($MIRAGEDET_GPU_DECODER), provenance off; why not where one is missing."""
-    from miragedet.data.gpu_decode import DECODERS, GPU_DECODER_ENV, GpuJpegDecoder, probe
-    from miragedet.data.transforms import Preprocess
-    from miragedet.inference.detector import load_detector
-
-    if not torch.cuda.is_available():
-        return {}
-    out: dict = {}
-    jobs = [probe(Path(f).read_bytes(), 10**9) for f in files[:512]]
-    jobs = [j for j in jobs if j is not None]
-    for backend in DECODERS:
-        try:
-            decoder = GpuJpegDecoder(torch.device("cuda"), Preprocess(), backend=backend)
-        except Exception as exc:
-            out[f"GPU decoder {backend}"] = f"not available: {type(exc).__name__}: {exc}"[:200]
-            continue
-        decoder(jobs[:64])
-        sync()
-        start = time.perf_counter()
-        for k in range(0, len(jobs), 256):
-            decoder(jobs[k : k + 256])
-        sync()
-        out[f"GPU decoder {backend} alone"] = round(len(jobs) / (time.perf_counter() - start), 1)
-        os.environ[GPU_DECODER_ENV] = backend
-        detector = load_detector(str(checkpoint), "torch", notify=lambda m: None)
-        detector.score(files[:512], provenance=False)
-        sync()
-        start = time.perf_counter()
-        detector.score(files, provenance=False)
-        sync()
-        out[f"detect with {backend}, provenance off"] = round(
-            len(files) / (time.perf_counter() - start), 1
-        )
-        del detector
-    os.environ.pop(GPU_DECODER_ENV, None)
-    return out
-
-
-def score_dataset_rate(checkpoint: Path, folder: Path, out: Path) -> float:
-    from miragedet.inference.score_dataset import score_dataset
-
-    shutil.rmtree(out, ignore_errors=True)
-    report = score_dataset(str(folder), out, str(checkpoint), engine="local", shard_size=4096,
-                           provenance=True)  # fmt: skip
-    return report.images_per_s
-
-
-def evaluate_rate(checkpoint: Path, folder: Path, device: torch.device, batch: int) -> float:
-    from miragedet.data.layouts import Sample
-    from miragedet.evaluation.scores import score_samples
-    from miragedet.inference.precision import apply, resolve
-    from miragedet.inference.threads import available_cpus
-    from miragedet.model.mirage import load_pretrained
-
-    model = load_pretrained(str(checkpoint), device=device)
-    model = apply(model, resolve("auto", device).precision)
-    samples = [Sample(str(p), i % 2, "bench") for i, p in enumerate(sorted(folder.iterdir()))]
-    workers = available_cpus().count
-    score_samples(model, samples[: batch * 2], batch_size=batch, workers=workers)  # warm-up
-    sync()
-    start = time.perf_counter()
-    scores = score_samples(model, samples, batch_size=batch, workers=workers)
-    sync()
-    assert not scores.errors, list(scores.errors.items())[:3]
-    return len(samples) / (time.perf_counter() - start)
-
-
-def serve_figures(checkpoint: Path, clients: int, seconds: float, size: tuple[int, int]) -> dict:
-    """`miragedet serve` with its defaults (device auto, batch from free memory) under
-    ``clients`` concurrent clients, each posting one photo-like JPEG of ``size`` per request for
-    ``seconds``: images/s, p50/p99 latency, status counts (the issue's 64 clients of 1 MP)."""
-    import asyncio
-    import io
-
-    import httpx
-    import numpy as np
-    from bench_load import KEY, _free_port
-
-    bodies = []
-    for seed in range(8):
-        buffer = io.BytesIO()
-        photo(*size, seed).save(buffer, "JPEG", quality=90)
-        bodies.append(buffer.getvalue())
-    port = _free_port()
-    command = [sys.executable, "-m", "miragedet", "serve", "-m", str(checkpoint), "--host",
-               "127.0.0.1", "--port", str(port), "--log-level", "warning",
-               "--max-queue", str(4 * clients)]  # fmt: skip
-    env = dict(os.environ, MIRAGEDET_API_KEY=KEY,
-               PYTHONPATH=f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}")  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the server did not start: {server.stderr.read()[-1500:]!r}")
-            time.sleep(0.5)
-        log: list = []
-
-        async def client(index: int, until: float) -> None:
-            async with httpx.AsyncClient(headers={"X-API-Key": KEY}, timeout=120) as http:
-                k = index
-                while time.perf_counter() < until:
-                    k += 1
-                    start = time.perf_counter()
-                    try:
-                        files = [("files", (f"{k}.jpg", bodies[k % len(bodies)], "image/jpeg"))]
-                        r = await http.post(f"{base}/v1/detect", files=files)
-                        status = r.status_code
-                    except httpx.HTTPError as exc:
-                        status = f"error:{type(exc).__name__}"
-                    log.append((status, time.perf_counter() - start))
-                    if status == 503:
-                        await asyncio.sleep(0.05)
-
-        async def run() -> float:
-            warm_until = time.perf_counter() + min(5.0, seconds / 3)  # first batches, CUDA warm
-            await asyncio.gather(*[client(i, warm_until) for i in range(clients)])
-            log.clear()
-            begin = time.perf_counter()
-            await asyncio.gather(*[client(i, begin + seconds) for i in range(clients)])
-            return time.perf_counter() - begin
-
-        elapsed = asyncio.run(run())
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    ok = [t for status, t in log if status == 200]
-    counts: dict = {}
-    for status, _ in log:
-        counts[str(status)] = counts.get(str(status), 0) + 1
-    return {
-        "clients": clients,
-        "image_size": list(size),
-        "seconds": round(elapsed, 1),
-        "images_per_s": round(len(ok) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ok, 50)) * 1000, 1) if ok else None,
-        "p99_ms": round(float(np.percentile(ok, 99)) * 1000, 1) if ok else None,
-        "status_counts": counts,
-        "errors": sum(1 for status, _ in log if status != 200 and status != 503),
-    }
-
-
-def train_figures(backbone: str, folder: Path, out: Path, batch: int, epochs: int) -> dict:
-    """The trainer's own figures for its last epoch (the first one warms the GPU up)."""
-    from miragedet.inference.threads import available_cpus
-    from miragedet.training.config import TrainConfig
-    from miragedet.training.trainer import Trainer
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    config = TrainConfig(data=str(folder), backbone=backbone, method="mirage", epochs=epochs,
-                         batch_size=batch, amp="auto", workers=available_cpus().count,
-                         output=str(out), log_every=1000)  # fmt: skip
-    result = Trainer(config).fit()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {
-        "images_per_s": getattr(result, "images_per_s", None),
-        "data_wait_share": getattr(result, "data_wait_share", None),
-        "peak_gib": peak,
-    }
-
-
-def saved_backbone(checkpoint: Path) -> Path:
-    """A checkpoint on the same backbone weights saved as a local folder (config.json,
-    model.safetensors, tokenizer and preprocessor files: what `huggingface-cli download` gives),
-    so that loading it reads weights instead of drawing a random CLIP."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    target = checkpoint.with_name(checkpoint.name + "-saved")
-    if (target / "config.json").is_file():
-        return target
-    backbone = load_backbone(
-        json.loads((checkpoint / "config.json").read_text())["backbone"]["source"]
-    )
-    folder = checkpoint.with_name(checkpoint.name + "-clip")
-    size = backbone.preprocess.image_size
-    backbone.model.save_pretrained(str(folder))
-    backbone.tokenizer.save_pretrained(str(folder))
-    processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
-    processor.save_pretrained(str(folder))
-    MiraGe(load_backbone(str(folder)), ModelConfig.for_method("mirage")).save_pretrained(
-        str(target)
-    )
-    return target
-
-
-def start_up(checkpoint: Path, image: Path) -> dict:
-    """Seconds for one image through `miragedet detect` (the second of two runs), on the
-    checkpoint as it is (a random backbone, drawn at load) and on its backbone saved as a folder
-    (weights read, as a downloaded CLIP's are), and the floor: python importing torch and
-    miragedet and initialising CUDA (when there is a GPU)."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}")
-    floor_code = (
-        "import torch, miragedet.inference.detector\n"
-        "torch.zeros(1, device='cuda') if torch.cuda.is_available() else None"
-    )
-    times = {}
-    for name, command in (
-        ("floor_s", [sys.executable, "-c", floor_code]),
-        *[
-            (
-                name,
-                [
-                    sys.executable,
-                    "-m",
-                    "miragedet",
-                    "detect",
-                    str(image),
-                    "-m",
-                    str(ckpt),
-                    "-f",
-                    "json",
-                ],
-            )
-            for name, ckpt in (
-                ("one_image_s", checkpoint),
-                ("one_image_saved_backbone_s", saved_backbone(checkpoint)),
-            )
-        ],
-    ):  # each run once untimed first: files in the page cache, the engine choice cached
-        subprocess.run(command, capture_output=True, env=env, timeout=600)
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-        times[name] = time.perf_counter() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
-        if name == "one_image_s":
-            times["header"] = done.stderr.strip().splitlines()[0][:300]
-    times["ratio"] = times["one_image_s"] / times["floor_s"]
-    times["ratio_saved_backbone"] = times["one_image_saved_backbone_s"] / times["floor_s"]
-    return times
+    def write(self, complete: bool) -> None:
+        figures = {**self.figures, "steps": self.steps, "complete": complete}
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps({"machine": machine(), **figures, "rows": [figures]},
+                                       indent=1, default=str))  # fmt: skip
 
 
 def main() -> None:
@@ -506,7 +120,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="serve step: concurrent clients")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--train-epochs", type=int, default=2)
-    parser.add_argument("--skip", default="", help="Comma-separated steps to leave out.")
+    parser.add_argument("--skip", default="", help=f"Comma-separated: {', '.join(OPTIONAL)}.")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="Seconds after which no step starts (default 420 on a GPU, none on "
+                             "a CPU); the steps left are recorded as skipped.")  # fmt: skip
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -517,8 +134,15 @@ def main() -> None:
         args.backbone = args.backbone or "tiny"
         args.batch, args.jpegs, args.pngs, args.train_batch = 8, 24, 16, 8
     backbone = f"random:{args.backbone or 'vit-l-14'}"
-    skip = set(filter(None, args.skip.split(",")))
+    skip = dict.fromkeys(filter(None, args.skip.split(",")), "--skip")
+    if set(skip) - set(OPTIONAL):
+        parser.error(f"--skip: unknown step(s) {sorted(set(skip) - set(OPTIONAL))}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    budget = args.budget if args.budget is not None else (420.0 if device.type == "cuda" else None)
+    if not (device.type == "cuda" or args.compile):
+        skip.update(dict.fromkeys(("compile", "auto"), "no GPU (--compile runs them on a CPU)"))
+    if device.type != "cuda":
+        skip["gpu-tests"] = "no GPU"
     work = Path(args.work or Path(tempfile.gettempdir()) / "miragedet-bench-gpu")
     work.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 2
@@ -531,7 +155,8 @@ def main() -> None:
         driver = None
     figures: dict = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
                      "backbone": backbone, "small": args.small, "nvidia_smi": driver}  # fmt: skip
-    log = lambda key, value: (figures.__setitem__(key, value), print(f"{key}: {value}", flush=True))  # noqa: E731
+    run = Run(Path(args.out), figures, budget, skip)
+    log = run.log
 
     checkpoint = work / f"ckpt-{args.backbone or 'vit-l-14'}"
     if not (checkpoint / "config.json").is_file():
@@ -544,14 +169,7 @@ def main() -> None:
     log("forward", forward)
     share = forward["gflop_per_image"] / forward["ms_per_image"] / peak  # GFLOP/ms = TFLOP/s
     log("forward_peak_share", round(share, 3))
-    if (device.type == "cuda" or args.compile) and "compile" not in skip:
-        log("forward_compiled", compiled_figures(checkpoint, device, args.batch,
-                                                 ["default", "reduce-overhead"]))  # fmt: skip
-    if (device.type == "cuda" or args.compile) and "auto" not in skip:
-        try:  # a failing step is recorded; the steps after it still run
-            log("auto_race", auto_race(checkpoint, device, args.batch))
-        except Exception as exc:
-            log("auto_race", {"error": f"{type(exc).__name__}: {exc}"[:800]})
+    run.write(complete=False)
 
     big = [(1280, 960), (1600, 1200), (2048, 1536), (2304, 1728)]  # 1.2-4.0 MP
     sizes = [(320, 240), (400, 300)] if args.small else big
@@ -562,40 +180,34 @@ def main() -> None:
     jpeg_files = sorted(str(p) for p in jpegs.iterdir())
     png_files = sorted(str(p) for p in pngs.iterdir())
     batch = None if device.type == "cuda" else args.batch  # the defaults: from free memory
-    rate, about = pipeline_rate(checkpoint, jpeg_files, batch)
-    log("detect_jpeg_img_s", round(rate, 1))
-    log("detect_jpeg", about)
-    log("decode_backend", about["decode"])
-    rate, about = pipeline_rate(checkpoint, png_files, batch)
-    log("detect_png_img_s", round(rate, 1))
-    if "breakdown" not in skip:
-        log("breakdown", breakdown(checkpoint, jpeg_files))
-    if "score-dataset" not in skip:
-        log("score_dataset_img_s", round(score_dataset_rate(checkpoint, jpegs, work / "sd"), 1))
-    if "evaluate" not in skip:
-        log("evaluate_img_s", round(evaluate_rate(checkpoint, jpegs, device, args.batch), 1))
-    if "serve" not in skip:
-        try:  # a failing step is recorded; the steps after it still run
-            serve = serve_figures(checkpoint, 4 if args.small else args.clients,
-                                  5.0 if args.small else 30.0,
-                                  (320, 240) if args.small else (1152, 864))  # fmt: skip
-        except Exception as exc:
-            serve = {"images_per_s": None, "error": repr(exc)[:800]}
-        log("serve", serve)
-        log("serve_img_s", serve["images_per_s"])
-    if "train" not in skip:
+
+    def detect() -> None:
+        rate, about = pipeline_rate(checkpoint, jpeg_files, batch)
+        log("detect_jpeg_img_s", round(rate, 1))
+        log("detect_jpeg", about)
+        log("decode_backend", about["decode"])
+        rate, about = pipeline_rate(checkpoint, png_files, batch)
+        log("detect_png_img_s", round(rate, 1))
+
+    def serve() -> None:
+        figures = serve_figures(checkpoint, 4 if args.small else args.clients,
+                                5.0 if args.small else 30.0,
+                                (320, 240) if args.small else (1152, 864))  # fmt: skip
+        log("serve", figures)
+        log("serve_img_s", figures["images_per_s"])
+
+    def train() -> None:
         fakes = make_data(work / "png/1_fake", args.pngs, 8 if args.small else 128, png_size,
                           "PNG", cpus)  # fmt: skip
         assert fakes.is_dir()
-        try:  # a failing step is recorded; the steps after it still run
-            train = train_figures(backbone, work / "png", work / "run", args.train_batch,
-                                  args.train_epochs)  # fmt: skip
-        except Exception as exc:
-            train = {"images_per_s": None, "data_wait_share": None, "error": repr(exc)[:500]}
-        log("train", train)
-        log("train_img_s", train["images_per_s"])
-        log("train_data_wait_share", train["data_wait_share"])
-    if device.type == "cuda" and "gpu-tests" not in skip:  # GPU pixels against the CPU's
+        figures = train_figures(backbone, work / "png", work / "run", args.train_batch,
+                                args.train_epochs)  # fmt: skip
+        log("train", figures)
+        rate, wait = figures["images_per_s"], figures["data_wait_share"]
+        log("train_img_s", None if rate is None else round(rate, 1))
+        log("train_data_wait_share", None if wait is None else round(wait, 3))
+
+    def gpu_tests() -> None:  # GPU pixels against the CPU's
         report = work / "gpu_tests.json"
         report.unlink(missing_ok=True)
         env = dict(os.environ, MIRAGEDET_GPU_REPORT=str(report))
@@ -605,34 +217,54 @@ def main() -> None:
         print(done.stdout[-3000:], done.stderr[-2000:], flush=True)
         found = json.loads(report.read_text()) if report.exists() else {}
         log("gpu_tests", {"passed": done.returncode == 0, **found})
-    if "start-up" not in skip:
-        try:
-            log("start_up", start_up(checkpoint, Path(jpeg_files[0])))
-        except Exception as exc:
-            log("start_up_error", repr(exc)[:1000])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), **figures,
-                                          "rows": [figures]}, indent=1, default=str))  # fmt: skip
+
+    run.step("detect", detect)
+    run.step(
+        "evaluate",
+        lambda: log(
+            "evaluate_img_s", round(evaluate_rate(checkpoint, jpegs, device, args.batch), 1)
+        ),
+    )
+    run.step(
+        "score-dataset",
+        lambda: log(
+            "score_dataset_img_s", round(score_dataset_rate(checkpoint, jpegs, work / "sd"), 1)
+        ),
+    )
+    run.step("train", train)
+    run.step("serve", serve)
+    run.step("gpu-tests", gpu_tests)
+    run.step("start-up", lambda: log("start_up", start_up(checkpoint, Path(jpeg_files[0]))))
+    run.step("breakdown", lambda: log("breakdown", breakdown(checkpoint, jpeg_files)))
+    run.step(
+        "compile",
+        lambda: log(
+            "forward_compiled",
+            compiled_figures(checkpoint, device, args.batch, ["default", "reduce-overhead"]),
+        ),
+    )
+    run.step("auto", lambda: log("auto_race", auto_race(checkpoint, device, args.batch)))
+    run.write(complete=True)
     print(f"wrote {args.out}")
     print_table(figures)
 
 
 def print_table(f: dict) -> None:
-    fw = f["forward"]
+    fw, jpeg = f["forward"], f.get("detect_jpeg") or {}
+    serve = f.get("serve") or {}
     rows = [
         ("GPU", f["gpu"] or "none (CPU run)"),
         ("bf16 matmul peak, measured", f"{f['peak_tflops']} TFLOP/s"),
         (f"forward {f['backbone']} {fw['precision']}, batch {fw['batch']}",
          f"{fw['ms_per_image']:.3f} ms/img ({fw['gflop_per_image']:.0f} GFLOP/img, "
          f"{f['forward_peak_share']:.0%} of peak; attention {fw['attention']})"),
-        ("detect pipeline, JPEG 1.2-4 MP", f"{f['detect_jpeg_img_s']} img/s "
-         f"(decode: {f['decode_backend']}, batch {f['detect_jpeg']['batch']})"),
-        ("detect pipeline, 512-px PNG", f"{f['detect_png_img_s']} img/s"),
+        ("detect pipeline, JPEG 1.2-4 MP", f"{f.get('detect_jpeg_img_s', '-')} img/s "
+         f"(decode: {f.get('decode_backend', '-')}, batch {jpeg.get('batch', '-')})"),
+        ("detect pipeline, 512-px PNG", f"{f.get('detect_png_img_s', '-')} img/s"),
         ("score-dataset (local)", f"{f.get('score_dataset_img_s', '-')} img/s"),
         ("evaluate scoring", f"{f.get('evaluate_img_s', '-')} img/s"),
         ("serve, concurrent clients posting 1 MP JPEGs", f"{f.get('serve_img_s', '-')} img/s "
-         f"(p99 {(f.get('serve') or {}).get('p99_ms', '-')} ms, errors "
-         f"{(f.get('serve') or {}).get('errors', '-')})"),
+         f"(p99 {serve.get('p99_ms', '-')} ms, errors {serve.get('errors', '-')})"),
         ("train (amp auto)", f"{f.get('train_img_s', '-')} img/s, data wait "
          f"{f.get('train_data_wait_share', '-')}"),
     ]  # fmt: skip

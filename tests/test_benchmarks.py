@@ -103,3 +103,22 @@ def test_cost_model_runs_on_the_kept_results():
         return int(next(line for line in text.splitlines() if "GPUs to score" in line).split()[-1])
 
     assert gpus(faster.stdout) * 2 == gpus(done.stdout)
+
+
+def test_gpu_bench_keeps_to_its_time_budget(tmp_path):
+    """A bench_gpu.py run past its --budget starts no further step, says so per step and still
+    writes the figures it has (a GPU call cut short at the device's limit keeps them)."""
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(BENCH / "bench_gpu.py"), "--small", "--work", "work",
+               "--budget", "0", "--skip", "train", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="2"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert data["complete"] and data["forward_peak_share"] > 0
+    assert data["steps"]["train"] == "skipped: --skip"
+    assert data["steps"]["detect"].startswith("skipped: time budget")
+    assert "detect_jpeg_img_s" not in data and "| detect pipeline, JPEG" in done.stdout
+    bad = subprocess.run([*command[:2], "--small", "--skip", "nonsense"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2 and "unknown step" in bad.stderr
