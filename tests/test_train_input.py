@@ -76,6 +76,32 @@ def test_workers_are_capped_by_the_cpus_with_our_note_and_no_pytorch_warning(png
     assert noise == []
 
 
+def test_default_workers_follow_the_device(monkeypatch):
+    """Without --workers: two on a CPU; on a GPU the CPUs usable here less one for the main
+    process, shared by the ranks torchrun started on the machine, at most 16, said in a note."""
+    from miragedet.inference import threads
+    from miragedet.training.input import usable_workers
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: threads.Cpus(16, 64, "cgroup quota"))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert usable_workers(None, torch.device("cpu")) == (2, None)
+    assert usable_workers(3, torch.device("cuda")) == (3, None)  # asked: as asked
+    n, note = usable_workers(None, torch.device("cuda"))
+    assert n == 15 and "workers: 15 (on a GPU: 16 of the host's 64 CPUs" in note
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    n, note = usable_workers(None, torch.device("cuda:2"))
+    assert n == 3 and "shared by 4 ranks" in note
+    monkeypatch.setattr(threads, "available_cpus", lambda: threads.Cpus(128, 128, "host"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert usable_workers(None, torch.device("cuda"))[0] == 16
+    monkeypatch.setattr(threads, "available_cpus", lambda: threads.Cpus(1, 1, "host"))
+    assert usable_workers(None, torch.device("cuda"))[0] == 1  # never none at all
+    assert usable_workers(None, torch.device("cpu")) == (
+        1,
+        "workers: 2 by default, 1 CPUs usable here: using 1",
+    )
+
+
 class _EpochEcho(torch.utils.data.Dataset):
     """Each item is the epoch its transform was set to when the item was made."""
 

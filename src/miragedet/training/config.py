@@ -94,7 +94,11 @@ class TrainConfig:
         "resolution: keeps pixel-level traces; the checkpoint then scores with tiles).",
     )
     align: str | None = _flag(None, "Re-encode every training image alike: jpeg:96 or png.")
-    workers: int = _flag(2, "DataLoader processes (capped by the CPUs this process may use).")
+    workers: int | None = _flag(
+        None,
+        "DataLoader processes, capped by the CPUs this process may use (default: 2 on a CPU; on "
+        "a GPU those CPUs less one, shared by the ranks on the machine, at most 16).",
+    )
     seed: int = _flag(0, "Seed of the run (data order, initialisation, augmentation).")
     device: str = _flag("auto", "auto (a CUDA GPU when present, else the CPU), cpu, cuda, cuda:N.")
     output: str = _flag("runs/mirage", "Where checkpoints and the log go.", "-o")

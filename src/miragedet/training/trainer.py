@@ -52,8 +52,8 @@ class Trainer:
         if not self.dist.is_main:
             console = Console(quiet=True)  # rank 0 alone reports, evaluates and saves
         self.console = console or Console()
-        #: loader workers: --workers capped by the CPUs this process may use
-        self.workers, note = usable_workers(c.workers)
+        #: loader workers: --workers (else a default for the device) capped by the CPUs here
+        self.workers, note = usable_workers(c.workers, self.device)
         if note:
             self.console.print(note)
         self.output = Path(c.output)
