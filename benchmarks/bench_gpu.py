@@ -219,12 +219,13 @@ def main() -> None:
         log("gpu_tests", {"passed": done.returncode == 0, **found})
 
     run.step("detect", detect)
-    run.step(
-        "evaluate",
-        lambda: log(
-            "evaluate_img_s", round(evaluate_rate(checkpoint, jpegs, device, args.batch), 1)
-        ),
-    )
+
+    def evaluate() -> None:
+        rate, used = evaluate_rate(checkpoint, jpegs, device, batch)
+        log("evaluate_img_s", round(rate, 1))
+        log("evaluate_batch", used)
+
+    run.step("evaluate", evaluate)
     run.step(
         "score-dataset",
         lambda: log(

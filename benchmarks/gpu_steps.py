@@ -274,24 +274,28 @@ def score_dataset_rate(checkpoint: Path, folder: Path, out: Path) -> float:
     return report.images_per_s
 
 
-def evaluate_rate(checkpoint: Path, folder: Path, device: torch.device, batch: int) -> float:
+def evaluate_rate(checkpoint: Path, folder: Path, device: torch.device, batch: int | None
+                  ) -> tuple[float, int]:  # fmt: skip
+    """images/s of evaluate's scoring path (score_samples) with evaluate's defaults: decode
+    threads for the device, batch from the GPU's free memory unless ``batch`` is given; and the
+    batch."""
     from miragedet.data.layouts import Sample
     from miragedet.evaluation.scores import score_samples
+    from miragedet.inference.pipeline import batch_for
     from miragedet.inference.precision import apply, resolve
-    from miragedet.inference.threads import available_cpus
     from miragedet.model.mirage import load_pretrained
 
     model = load_pretrained(str(checkpoint), device=device)
     model = apply(model, resolve("auto", device).precision)
+    batch, _ = batch_for(model, device, model.backbone.preprocess.image_size, batch, 64)
     samples = [Sample(str(p), i % 2, "bench") for i, p in enumerate(sorted(folder.iterdir()))]
-    workers = available_cpus().count
-    score_samples(model, samples[: batch * 2], batch_size=batch, workers=workers)  # warm-up
+    score_samples(model, samples[: batch * 2], batch_size=batch, workers=None)  # warm-up
     sync()
     start = time.perf_counter()
-    scores = score_samples(model, samples, batch_size=batch, workers=workers)
+    scores = score_samples(model, samples, batch_size=batch, workers=None)
     sync()
     assert not scores.errors, list(scores.errors.items())[:3]
-    return len(samples) / (time.perf_counter() - start)
+    return len(samples) / (time.perf_counter() - start), batch
 
 
 def serve_figures(checkpoint: Path, clients: int, seconds: float, size: tuple[int, int]) -> dict:
@@ -379,15 +383,15 @@ def serve_figures(checkpoint: Path, clients: int, seconds: float, size: tuple[in
 
 
 def train_figures(backbone: str, folder: Path, out: Path, batch: int, epochs: int) -> dict:
-    """The trainer's own figures for its last epoch (the first one warms the GPU up)."""
-    from miragedet.inference.threads import available_cpus
+    """The trainer's own figures for its last epoch (the first one warms the GPU up), with
+    train's defaults (loader workers for the device)."""
     from miragedet.training.config import TrainConfig
     from miragedet.training.trainer import Trainer
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     config = TrainConfig(data=str(folder), backbone=backbone, method="mirage", epochs=epochs,
-                         batch_size=batch, amp="auto", workers=available_cpus().count,
+                         batch_size=batch, amp="auto", workers=None,
                          output=str(out), log_every=1000)  # fmt: skip
     result = Trainer(config).fit()
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None

@@ -244,6 +244,7 @@ def test_evaluate_scores_alike_on_every_engine_and_names_it(checkpoint, tmp_path
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         header = " ".join(result.output.split())
+        assert "; batch 8" in header  # as asked (without --batch-size: 64, or from GPU memory)
         if backend is None:
             assert "engine torch (" in header or "engine onnx (" in header
             assert "ms/image" in header  # the measured figures

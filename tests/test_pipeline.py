@@ -329,6 +329,31 @@ def test_device_choice_without_a_gpu(monkeypatch):
     assert [gpu_share("cuda", n) for n in (1, 2, 3, 4, 5)] == [1.0, 1.0, 0.5, 0.5, 1 / 3]
 
 
+def test_batch_size_on_a_gpu_comes_from_its_free_memory(monkeypatch):
+    """Without a batch size asked, a GPU gets the largest power of two up to GPU_BATCH_MAX whose
+    forward takes at most half its free memory (one forward of 4 inputs measured): what detect,
+    serve and evaluate use; off a GPU the caller's default. CUDA stand-ins (no GPU here)."""
+    from miragedet.inference.pipeline import GPU_BATCH_MAX, batch_for
+
+    mib, seen = 2**20, []
+    state = {"free": 80 * 2**30, "allocated": 10 * mib}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (state["free"], 2 * state["free"]))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: state["allocated"])
+    monkeypatch.setattr(
+        torch.cuda, "max_memory_allocated", lambda d: state["allocated"] + 4 * 100 * mib
+    )
+    monkeypatch.setattr(torch, "zeros", lambda *shape, device=None: (shape, device))
+    gpu = torch.device("cuda")
+    batch, why = batch_for(seen.append, gpu, 224, None)
+    assert batch == GPU_BATCH_MAX and "80 GiB, 100 MiB per input" in why
+    assert seen == [((4, 3, 224, 224), gpu)]
+    state["free"] = 2 * 2**30  # 1 GiB for the batch: 8 x 100 MiB fits, 16 does not
+    assert batch_for(seen.append, gpu, 224, None)[0] == 8
+    assert batch_for(seen.append, gpu, 224, 24) == (24, "as asked") and len(seen) == 2
+    assert batch_for(seen.append, torch.device("cpu"), 224, None, 64) == (64, "default")
+
+
 def test_batch_size_default_and_asked():
     model = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
     detector = Detector(model, batch_size=None)

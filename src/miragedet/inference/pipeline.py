@@ -510,21 +510,31 @@ GPU_BATCH_MAX = 256
 
 
 def default_batch_size(detector: Detector, asked: int | None) -> tuple[int, str]:
-    """The batch size and why: as asked; else 32 on a CPU; else on a GPU the largest power of two
-    up to :data:`GPU_BATCH_MAX` whose forward takes at most half the free memory, measured from
-    one forward of 4 inputs."""
+    """The Detector's batch size and why (:func:`batch_for`)."""
+    return batch_for(detector.model, detector.device, detector.preprocess.image_size, asked)
+
+
+def batch_for(
+    model: Callable[[torch.Tensor], Any],
+    device: torch.device,
+    image_size: int,
+    asked: int | None,
+    cpu_default: int = CPU_BATCH,
+) -> tuple[int, str]:
+    """The batch size for ``model`` on ``device`` and why: as asked; else ``cpu_default`` off a
+    GPU; else on a GPU the largest power of two up to :data:`GPU_BATCH_MAX` whose forward takes
+    at most half the free memory, measured from one forward of 4 inputs."""
     if asked is not None:
         if asked < 1:
             raise ValueError(f"batch size must be at least 1, not {asked}")
         return int(asked), "as asked"
-    if detector.device.type != "cuda":
-        return CPU_BATCH, "default"
-    device, size = detector.device, detector.preprocess.image_size
+    if device.type != "cuda":
+        return cpu_default, "default"
     free, _ = torch.cuda.mem_get_info(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     with torch.inference_mode():
-        detector.model(torch.zeros(4, 3, size, size, device=device))
+        model(torch.zeros(4, 3, image_size, image_size, device=device))
     per_input = max(1, (torch.cuda.max_memory_allocated(device) - before) / 4)
     batch = 1
     while batch * 2 <= GPU_BATCH_MAX and batch * 2 * per_input <= free / 2:

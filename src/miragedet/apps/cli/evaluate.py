@@ -25,6 +25,9 @@ from .common import (
     view_options,
 )
 
+#: evaluate's batch size off a GPU (its long-standing default; on a GPU: from free memory).
+EVALUATE_BATCH = 64
+
 
 def evaluate(
     model: str = typer.Option(
@@ -47,7 +50,9 @@ def evaluate(
         "png) and show both; see `miragedet audit-data`.",
     ),
     threshold: float = typer.Option(None, help="Default: the checkpoint's."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Images per forward (default 64; on a GPU from its free memory)."
+    ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     workers: int = typer.Option(
         None,
@@ -103,9 +108,10 @@ def evaluate(
         if image_set is not None and csv_list(subsets):
             image_set = image_set.only(csv_list(subsets))
         images = len(image_set.samples) * passes if image_set is not None else 0
-        detector, attack_model = _placed(model, device, precision, backend, bool(attacks),
-                                         view_options(view, max_tiles, aggregate), batch_size,
-                                         images)  # fmt: skip
+        detector, attack_model, batch_size = _placed(
+            model, device, precision, backend, bool(attacks),
+            view_options(view, max_tiles, aggregate), batch_size, images,
+        )  # fmt: skip
         if dry_run:
             _evaluate_dry_run(detector, data, passes=passes, layout=layout, split=split,
                               subsets=csv_list(subsets), batch_size=batch_size, workers=workers,
@@ -157,13 +163,15 @@ def _print_report(metrics: dict[str, Any], output: Path) -> None:
 
 
 def _placed(model: str, device: str, precision: str, backend: str | None, attacked: bool,
-            view: Any, batch_size: int, images: int) -> tuple[Any, Any]:  # fmt: skip
+            view: Any, batch_size: int | None, images: int) -> tuple[Any, Any, int]:  # fmt: skip
     """The model to score with, cast to its precision and placed on its engine (the header line
-    says which), and the fp32 PyTorch model attacks take their gradients from (or None)."""
+    says which), the fp32 PyTorch model attacks take their gradients from (or None), and the
+    batch size (as asked; else 64, or on a GPU from its free memory)."""
     import copy
 
     from ...inference.engine import engine_text
     from ...inference.engine_model import place
+    from ...inference.pipeline import batch_for
     from ...inference.precision import apply, resolve
     from ...model.checkpoint import resolve as resolve_checkpoint
     from ...model.device import describe, enable_tf32
@@ -179,6 +187,8 @@ def _placed(model: str, device: str, precision: str, backend: str | None, attack
     # detector as it runs
     attack_model = copy.deepcopy(detector) if attacked and choice.precision != "fp32" else None
     detector = apply(detector, choice.precision)  # cast once, as the Detector does
+    size = detector.backbone.preprocess.image_size
+    batch_size, batch_why = batch_for(detector, scoring_device, size, batch_size, EVALUATE_BATCH)
     placed = place(
         detector,
         checkpoint,
@@ -197,9 +207,11 @@ def _placed(model: str, device: str, precision: str, backend: str | None, attack
     where = describe(scoring_device) + (f", {tf32}" if tf32 else "")
     console.print(
         f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}; "
-        f"on {escape(where)}[/dim]"
+        f"on {escape(where)}; batch {batch_size}"
+        + (f" ({escape(batch_why)})" if batch_why.startswith("from") else "")
+        + "[/dim]"
     )
-    return detector, attack_model
+    return detector, attack_model, batch_size
 
 
 def _evaluate_dry_run(model: Any, data: str, passes: int, **kwargs: Any) -> None:
