@@ -360,3 +360,21 @@ def test_train_and_evaluate_on_folders_of_clips(frame_model, tmp_path):
     expected = Detector(model, precision="fp32").score([row.split(",")[0] for row in rows[1:]])
     for row, want in zip(rows[1:], expected, strict=True):
         assert float(row.split(",")[3]) == pytest.approx(want.fake_prob, abs=1e-6)
+
+
+def test_evaluate_scores_clips_where_it_put_the_model(frame_model, tmp_path, monkeypatch):
+    """evaluate scores clips through a Detector on the model's own device: a GPU in the machine
+    (a stand-in here) does not move evaluate's model off the device it was put on (--device cpu
+    or cuda:N would otherwise end on cuda:0 for the rest of the run)."""
+    from miragedet.data.layouts import Sample
+    from miragedet.evaluation.scores import score_samples
+    from miragedet.model.mirage import load_pretrained
+
+    frames = make_frames(np.random.default_rng(3), VideoSpec("fake", frames=12))
+    clip = write_video(tmp_path / "clip.mkv", frames)
+    model = load_pretrained(str(frame_model))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # "auto" would pick cuda
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    scores = score_samples(model, [Sample(str(clip), 1, "s")], batch_size=4, workers=0)
+    assert not scores.errors and np.isfinite(scores.probs).all()
+    assert model.clip.logit_scale.device.type == "cpu"

@@ -235,8 +235,10 @@ def _stability_flags(
     chosen = np.flatnonzero(mask)
     if not len(chosen):
         return flags
-    # "fp32" leaves the model as the evaluation prepared it (no second cast)
-    detector = Detector(model, threshold=threshold, batch_size=batch_size, precision="fp32")
+    # "fp32" leaves the model as the evaluation prepared it (no second cast), device None where
+    # it put it (never moved to another device)
+    detector = Detector(model, threshold=threshold, batch_size=batch_size, precision="fp32",
+                        device=None)  # fmt: skip
     chosen_paths = [samples[i].path for i in chosen]
     predictions = detector.score(chosen_paths, provenance=False, stability=Stability())
     flags[chosen] = [bool(p.stability and p.stability["uncertain"]) for p in predictions]

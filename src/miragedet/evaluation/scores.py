@@ -201,7 +201,9 @@ def _with_videos(
         errors.update({i: "degradations apply to still images only (docs/video.md)"
                        for i in clips})  # fmt: skip
     else:
-        detector = Detector(model, precision="fp32", view=view, batch_size=options["batch_size"])
+        # device None: where evaluate put the model (never moved to another device)
+        detector = Detector(model, precision="fp32", view=view, batch_size=options["batch_size"],
+                            device=None)  # fmt: skip
         scored = detector.score([samples[i].path for i in clips], provenance=False, stability=False)
         for i, prediction in zip(clips, scored, strict=True):
             if prediction.ok:
