@@ -454,3 +454,23 @@ def test_a_gpu_race_runs_onnx_runtime_on_the_providers_it_was_measured_with(
         checkpoint, engine.EngineChoice("onnx", "raced"), None, "fp32"
     )
     assert len(seen) == 1  # a CPU choice never asks for the GPU's providers
+
+
+def test_load_detector_races_at_the_device_default_batch_when_none_is_given(
+    checkpoint, monkeypatch
+):
+    """Without a batch size, load_detector leaves the race's batch to choose's device default
+    (32 on a CPU, GPU_RACE_BATCH on a GPU) instead of racing a GPU at the CPU's 32."""
+    from miragedet.inference.detector import load_detector
+
+    asked = []
+
+    def record(directory, **options):
+        asked.append(options["batch_size"])
+        raise LookupError("stop here")
+
+    monkeypatch.setattr(engine, "choose", record)
+    for batch in (None, 12):
+        with pytest.raises(LookupError):
+            load_detector(str(checkpoint), "auto", batch_size=batch)
+    assert asked == [None, 12]

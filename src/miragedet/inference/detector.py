@@ -454,10 +454,10 @@ def load_detector(
     directory = resolve(model)
     if backend == "auto":
         from .engine import choose, graph_on_choice
-        from .pipeline import CPU_BATCH
 
+        # no batch size given: the race's own default for the device (32 on a CPU, 64 on a GPU)
         choice = engine or choose(directory, view=config.view_request(),
-                                  batch_size=config.batch_size or CPU_BATCH,
+                                  batch_size=config.batch_size,
                                   precision=config.precision, device=config.device, notify=notify,
                                   images=images)  # fmt: skip
         graph = None
