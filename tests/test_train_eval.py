@@ -182,6 +182,9 @@ def test_cli_train_evaluate_calibrate_with_yaml(genimage, tmp_path):
     assert metrics["data"] == str(genimage) and metrics["layout"] == "genimage"
     assert (tmp_path / "eval" / "robustness_jpeg.png").is_file()
 
+    asked_gpu = runner.invoke(app, ["calibrate", "-m", str(out / "last"), str(genimage),
+                                    "--device", "cuda"])  # fmt: skip
+    assert asked_gpu.exit_code != 0 and "no CUDA GPU" in asked_gpu.output  # none here
     result = runner.invoke(
         app, ["calibrate", "-m", str(out / "last"), str(genimage), "--fpr", "0.1"]
     )

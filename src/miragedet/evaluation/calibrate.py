@@ -34,9 +34,11 @@ def calibrate_checkpoint(
     split: str | None = "val",
     view: Any = None,
     save: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Score the real images of ``data`` with ``model`` (loaded from ``checkpoint``) under the
-    view it scores with, and set the checkpoint's threshold to :func:`calibrate_threshold` for
+    """Score the real images of ``data`` with ``model`` (loaded from ``checkpoint``; on the
+    device it is on) under the view it scores with, ``workers`` decode threads (None: as many
+    as suit that device), and set the checkpoint's threshold to :func:`calibrate_threshold` for
     ``fpr`` (with ``save``; recorded beside it: target, achieved rate, data, view)."""
     from ..data.layouts import find_images
     from ..data.views import resolve
@@ -45,7 +47,7 @@ def calibrate_checkpoint(
 
     chosen = resolve(view, model.backbone.preprocess.view)
     reals = [s for s in find_images(data, layout, split=split).samples if s.label == 0]
-    scores = score_samples(model, reals, view=chosen)
+    scores = score_samples(model, reals, view=chosen, workers=workers)
     p = scores.fake_prob[scores.ok]
     value = calibrate_threshold(p, fpr)
     achieved = float((p >= value).mean())

@@ -251,13 +251,19 @@ def calibrate(
     view: str = typer.Option(None, help=VIEW_HELP + " Calibrate with the view you score with."),
     max_tiles: int = typer.Option(None, help=MAX_TILES_HELP),
     aggregate: str = typer.Option(None, help=AGGREGATE_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " The model scores in fp32."),
+    workers: int = typer.Option(
+        None,
+        help="Decode threads (default: the CPUs this process may use, 2 to 8; up to 32 "
+        "when a GPU scores).",
+    ),
 ) -> None:
     """Set the checkpoint's threshold so that at most FPR of held-out reals are called fake."""
     from ...evaluation.calibrate import calibrate_checkpoint
 
     try:
         result = calibrate_checkpoint(
-            load_model(str(model)),
+            load_model(str(model), device),
             model,
             data,
             fpr,
@@ -265,6 +271,7 @@ def calibrate(
             split=split,
             view=view_options(view, max_tiles, aggregate),
             save=not dry_run,
+            workers=workers,
         )
     except (ValueError, OSError) as exc:
         raise fail(exc) from exc
