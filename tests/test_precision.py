@@ -48,6 +48,7 @@ def test_train_amp_auto_never_picks_an_emulated_precision(monkeypatch, tmp_path,
     without it warns, naming --amp; the trainer's autocast follows the resolved choice."""
     from miragedet.data.synthetic import write_layout
     from miragedet.training.config import TrainConfig
+    from miragedet.training.log import NoLog
     from miragedet.training.trainer import Trainer
 
     monkeypatch.setattr(precision, "cpu_native", lambda kind: native)
@@ -60,6 +61,15 @@ def test_train_amp_auto_never_picks_an_emulated_precision(monkeypatch, tmp_path,
     assert trainer.amp == expected
     with trainer._autocast():
         assert torch.is_autocast_enabled("cpu") is native
+    if native:  # validation runs at the training precision too (not fp32 beside a bf16 step)
+        from miragedet.evaluation import scores
+
+        seen, real = [], scores.score_samples
+        spy = lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or real(*a, **k)  # noqa: E731
+        monkeypatch.setattr(scores, "score_samples", spy)
+        trainer.val_set = trainer.train_set
+        trainer._validate_and_save(NoLog())
+        assert seen == [True]
     monkeypatch.setattr(precision, "cpu_native", lambda kind: False)
     with pytest.warns(precision.SlowPrecisionWarning, match="--amp bf16 on a CPU"):
         assert training_precision("bf16", "cpu").precision == "bf16"

@@ -531,6 +531,8 @@ class Trainer:
         distributed.barrier()
 
     def _validate_and_save(self, log: Any) -> None:
+        import contextlib
+
         from ..evaluation.metrics import subset_metrics
         from ..evaluation.scores import score_samples
 
@@ -538,13 +540,17 @@ class Trainer:
         entry: dict[str, Any] = {"type": "val", "epoch": self.epoch, "step": self.global_step}
         entry.update(self.speed or {})
         if self.val_set is not None:
-            scores = score_samples(
-                self.model,
-                self.val_set.samples,
-                batch_size=self.micro,
-                workers=self.workers,
-                cache_dir=self.output / "features" if self.can_cache_features() else None,
-            )
+            cache = self.output / "features" if self.can_cache_features() else None
+            # at the training precision (bf16 runs ViT-L/14 7x faster than fp32 on an H200);
+            # features kept on disk are computed once, in fp32
+            with self._autocast() if cache is None else contextlib.nullcontext():
+                scores = score_samples(
+                    self.model,
+                    self.val_set.samples,
+                    batch_size=self.micro,
+                    workers=self.workers,
+                    cache_dir=cache,
+                )
             table = subset_metrics(scores, self.model.threshold)
             overall = table.get("mean") or next(iter(table.values()))
             entry.update({"metrics": table, "skipped": len(scores.errors)})
