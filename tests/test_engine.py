@@ -474,3 +474,24 @@ def test_load_detector_races_at_the_device_default_batch_when_none_is_given(
         with pytest.raises(LookupError):
             load_detector(str(checkpoint), "auto", batch_size=batch)
     assert asked == [None, 12]
+
+
+def test_backend_onnx_on_a_gpu_runs_on_its_cuda_provider_or_says_why_not(checkpoint, monkeypatch):
+    """--backend onnx on a GPU: ONNX Runtime's CUDA provider on that GPU; without onnxruntime-
+    gpu, a clear error when the GPU was named, else the CPU with a note (never silently). Off a
+    GPU: the CPU provider, as before. Stand-ins: no GPU here."""
+    from miragedet.inference.detector import load_detector
+
+    assert engine.onnx_providers(None, None, strict=True) is None
+    assert engine.onnx_providers("cpu", None, strict=True) is None
+    monkeypatch.setattr(engine, "gpu_providers", lambda index=0: [])
+    notes = []
+    with pytest.raises(ValueError, match="onnxruntime-gpu"):
+        engine.onnx_providers("cuda:1", notes.append, strict=True)
+    assert engine.onnx_providers("cuda:1", notes.append, strict=False) is None
+    assert len(notes) == 1 and "runs on the CPU beside the GPU" in notes[0]
+    with pytest.raises(ValueError, match="--backend onnx on cuda"):
+        load_detector(str(checkpoint), "onnx", device="cuda")
+    monkeypatch.setattr(engine, "gpu_providers",
+                        lambda index=0: [(engine.GPU_PROVIDER, {"device_id": index})])  # fmt: skip
+    assert engine.onnx_providers("cuda:1", None, strict=True)[0][1] == {"device_id": 1}

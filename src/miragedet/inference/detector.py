@@ -472,7 +472,11 @@ def load_detector(
             detector = _on_compile(detector, notify, choice.compile_s)
         detector.engine = choice
     elif backend == "onnx":
-        network = OnnxNetwork.from_pretrained(directory, config.precision)
+        from .engine import onnx_providers
+
+        named = config.device not in (None, "auto")  # a GPU named without its provider: an error
+        providers = onnx_providers(config.device, notify, strict=named)
+        network = OnnxNetwork.from_pretrained(directory, config.precision, providers)
         detector = detector_class(network, config)
     elif backend == "compile":
         detector = _on_compile(_on_torch(model, directory, config, detector_class), notify)

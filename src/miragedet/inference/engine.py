@@ -82,6 +82,26 @@ def gpu_providers(index: int = 0) -> list[Any]:
     return [(GPU_PROVIDER, {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
 
 
+def onnx_providers(device: str | None, notify: Callable[[str], None] | None,
+                   strict: bool) -> list[Any] | None:  # fmt: skip
+    """ONNX Runtime's providers for a job on ``device`` that asks for ``--backend onnx``: None
+    (its CPU provider) off a GPU; on a GPU its CUDA provider there (:func:`gpu_providers`).
+    Without onnxruntime-gpu, an error when the GPU was named (``strict``), else the CPU, said
+    through ``notify``: never a silent CPU engine beside the GPU."""
+    gpu = scoring_gpu(device)
+    if gpu is None:
+        return None
+    providers = gpu_providers(gpu.index)
+    if providers:
+        return providers
+    why = "ONNX Runtime's CUDA provider is not installed (pip install onnxruntime-gpu)"
+    if strict:
+        raise ValueError(f"--backend onnx on {device}: {why}; or --backend torch, --device cpu")
+    if notify is not None:
+        notify(f"--backend onnx: {why}: the graph runs on the CPU beside the GPU")
+    return None
+
+
 @dataclass
 class EngineChoice:
     backend: str  # "torch", "onnx" or "compile"

@@ -63,7 +63,7 @@ def place(
     images (a model without a checkpoint folder, e.g. zero-shot, stays on PyTorch)."""
     from .compiled import CompiledForward
     from .detector_config import resolve_backend
-    from .engine import choose, graph_on_choice, onnx_graph
+    from .engine import choose, graph_on_choice, onnx_graph, onnx_providers
     from .onnx import OnnxNetwork
 
     backend = resolve_backend(backend)
@@ -82,7 +82,9 @@ def place(
     if backend == "onnx":
         from ..model.checkpoint import read_config
 
-        onnx = OnnxNetwork(onnx_graph(directory, notify), read_config(directory), precision)
+        providers = onnx_providers(str(model.clip.logit_scale.device), notify, strict=False)
+        onnx = OnnxNetwork(onnx_graph(directory, notify), read_config(directory), precision,
+                           providers)  # fmt: skip
         return Placed(OnnxForward(model, onnx), "onnx", "as requested", onnx.precision)
     choice = choose(directory, view=view, batch_size=batch_size, precision=precision,
                     device=str(model.clip.logit_scale.device), notify=notify,

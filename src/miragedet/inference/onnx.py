@@ -207,14 +207,17 @@ class OnnxNetwork:
         self.name = f"{Path(onnx_path).parent.name}@onnx-{digest}"
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, precision: str = "auto") -> OnnxNetwork:
-        """The checkpoint folder's model.onnx (see `miragedet export`)."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, precision: str = "auto", providers: list | None = None
+    ) -> OnnxNetwork:
+        """The checkpoint folder's model.onnx (see `miragedet export`), on ONNX Runtime's
+        ``providers`` (None: its CPU provider)."""
         onnx_path = Path(directory) / ONNX_NAME
         if not onnx_path.is_file():
             raise FileNotFoundError(
                 f"{directory} has no {ONNX_NAME}; run `miragedet export --model {directory}` first"
             )
-        return cls(onnx_path, read_config(Path(directory)), precision)
+        return cls(onnx_path, read_config(Path(directory)), precision, providers)
 
     def __call__(self, pixels: torch.Tensor) -> GraphOutput:
         array = pixels.detach().to("cpu", torch.float32).numpy()
