@@ -127,3 +127,26 @@ def test_ray_engine_killed_and_rerun_loses_and_repeats_nothing(served_checkpoint
     for row in rows:
         if not row["error"]:
             assert row["fake_prob"] == pytest.approx(expected[row["path"]]["fake_prob"], abs=1e-5)
+
+
+def test_ray_actors_on_a_gpu_decode_with_their_share_and_take_several_batches_a_call(monkeypatch):
+    """A GPU actor decodes with its share of the machine's CPUs (a CPU actor with what it asks
+    Ray for) and is handed several detector batches per call, so that its pipeline overlaps
+    decoding with the forward inside the call (one batch a call would take turns). Stand-ins
+    for the machine: 16 CPUs, 1 GPU."""
+    import torch
+
+    from miragedet.inference import score_dataset as sd
+    from miragedet.inference import threads
+    from miragedet.inference.detector_config import DetectorConfig
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: threads.Cpus(16, 16, "host"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    config = DetectorConfig()
+    on_cpu, rows = sd.actor_plan(config, 1.0, 0.0)
+    assert (on_cpu.threads, rows) == (2, 32)
+    half, rows = sd.actor_plan(config, 1.0, 0.5)  # two actors on the GPU
+    assert (half.threads, rows) == (8, sd.RAY_GPU_BATCHES * 256)
+    whole, rows = sd.actor_plan(config.replace(batch_size=64, threads=3), 1.0, 1.0)
+    assert (whole.threads, rows) == (3, sd.RAY_GPU_BATCHES * 64)  # as asked
+    assert sd.actor_plan(config, 1.0, 1.0)[0].threads == 16

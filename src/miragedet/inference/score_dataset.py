@@ -372,8 +372,7 @@ def score_dataset(
 
         gpus_per_worker = gpu_share(config.device, workers)
     if engine == "ray":
-        actor = config.replace(threads=config.threads or max(2, math.ceil(cpus_per_worker)))
-        batch = config.batch_size or (GPU_BATCH_MAX if gpus_per_worker else CPU_BATCH)
+        actor, batch = actor_plan(config, cpus_per_worker, gpus_per_worker)
         scorer = {"model": model, "config": actor, "choice": choice}
         batches = _ray_batches(work, scorer, workers, batch, cpus_per_worker, gpus_per_worker,
                                address)  # fmt: skip
@@ -400,6 +399,34 @@ def score_dataset(
     if buffers:  # cannot happen unless the engine dropped rows; never write a partial shard
         raise ScoringError(f"the engine returned incomplete shards {sorted(buffers)}")
     return report
+
+
+#: Rows per Ray call to a GPU actor, in detector batches: its pipeline overlaps decoding with
+#: the forward within one call only (Ray Data hands an actor one batch per call), so a call of a
+#: single batch would decode and forward in turn; of 4, the first batch's decode and the last
+#: one's forward go without overlap. Our choice: local files are read by the pipeline's decode
+#: threads, but a storage URI's objects are read for the whole call first (4 x 256 objects).
+RAY_GPU_BATCHES = 4
+
+
+def actor_plan(config: DetectorConfig, cpus_per_worker: float, gpus_per_worker: float
+               ) -> tuple[DetectorConfig, int]:  # fmt: skip
+    """What each Ray actor runs with: its config (decode threads, unless ``threads`` is set)
+    and the rows per call. A CPU actor decodes with the CPUs it asks Ray for (at least 2), a
+    call of one batch (``batch_size``, else 32). A GPU actor decodes with its share of this
+    machine's CPUs (that of the GPUs, ``gpus_per_worker`` of them: 16 CPUs, 1 GPU, 2 actors:
+    8 threads each; 2 to 32), calls of :data:`RAY_GPU_BATCHES` batches (``batch_size``, else
+    :data:`GPU_BATCH_MAX`)."""
+    if not gpus_per_worker:
+        threads = config.threads or max(2, math.ceil(cpus_per_worker))
+        return config.replace(threads=threads), config.batch_size or CPU_BATCH
+    import torch
+
+    from .threads import available_cpus
+
+    share = min(1.0, gpus_per_worker / max(1, torch.cuda.device_count()))
+    threads = config.threads or max(2, min(32, round(available_cpus().count * share)))
+    return config.replace(threads=threads), RAY_GPU_BATCHES * (config.batch_size or GPU_BATCH_MAX)
 
 
 def _work_table(paths: list[str], pending: list[int], shard_size: int) -> Any:
