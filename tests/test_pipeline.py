@@ -313,6 +313,57 @@ def test_out_of_memory_while_stacking_or_in_evaluate_loses_nothing(tmp_path, mon
     assert len(said) == 1 and "out of memory at 4 inputs per forward" in said[0]
 
 
+class _TightAll:
+    """A model whose forward and image encoder run out of GPU memory above 2 inputs; the rest
+    is the model's own."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def _fits(self, pixels):
+        if len(pixels) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return pixels
+
+    def __call__(self, pixels):
+        return self._model(self._fits(pixels))
+
+    def encode_image(self, pixels):
+        return self._model.encode_image(self._fits(pixels))
+
+
+def test_evaluate_tiles_and_cached_features_back_off_on_out_of_memory(tmp_path, monkeypatch):
+    """evaluate's tiles view and its feature cache halve their forwards on a CUDA out-of-memory
+    error like the resize path (said once each; scores equal the unhindered run's)."""
+    from miragedet.data.dataset import Sample
+    from miragedet.data.views import View
+    from miragedet.evaluation.scores import score_samples
+    from miragedet.inference import pipeline
+
+    samples = []
+    for i in range(3):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(jpeg(photo(96 + 16 * i, 80, i)))
+        samples.append(Sample(str(path), i % 2, "s"))
+    said = []
+    monkeypatch.setattr(pipeline, "to_stderr", said.append)
+    mirage = MiraGe(load_backbone("tiny"), ModelConfig.for_method("mirage", depth=2))
+    tiles = dict(batch_size=8, workers=0, view=View("tiles", max_tiles=4))
+    expected = score_samples(mirage, samples, **tiles).probs
+    np.testing.assert_allclose(score_samples(_TightAll(mirage), samples, **tiles).probs,
+                               expected, atol=1e-5)  # fmt: skip
+    assert len(said) == 1 and "out of memory at 8 inputs per forward" in said[0]
+    probe = MiraGe(load_backbone("tiny"), ModelConfig.for_method("linear-probe"))
+    cached = dict(batch_size=3, workers=0)
+    expected = score_samples(probe, samples, cache_dir=tmp_path / "a", **cached).probs
+    got = score_samples(_TightAll(probe), samples, cache_dir=tmp_path / "b", **cached).probs
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert len(said) == 2 and "at 3 inputs per forward" in said[1]
+
+
 def test_device_choice_without_a_gpu(monkeypatch):
     assert resolve_device(None).type == resolve_device("auto").type == "cpu"
     assert resolve_device(" CPU ".lower()).type == "cpu"

@@ -215,6 +215,17 @@ def _with_videos(
     return Scores(samples, probs, errors, distance)
 
 
+def backed_off(forward: Callable[[torch.Tensor], Any], batch_size: int, device: torch.device,
+               join: Callable[[list[Any]], Any]) -> Callable[[torch.Tensor], Any]:  # fmt: skip
+    """``forward`` with the scoring pipeline's out-of-memory back-off
+    (:func:`~miragedet.inference.pipeline.in_parts`): a CUDA out-of-memory error halves the
+    inputs per call for the rest of the pass, said once; the parts' outputs ``join``ed."""
+    from ..inference.pipeline import in_parts
+
+    owner = SimpleNamespace(batch_size=batch_size, device=device, notify=None)
+    return lambda pixels: join(in_parts(forward, pixels, owner))
+
+
 def _score_tiles(
     model: Any,
     samples: list[Sample],
@@ -256,6 +267,7 @@ def _score_tiles(
     def forward(pixels: torch.Tensor) -> np.ndarray:
         return model(pixels.to(device)).probs.float().cpu().numpy()
 
+    forward = backed_off(forward, batch_size, device, np.concatenate)
     for batch in loader:
         errors.update(dict(batch["errors"]))
         if batch["indices"]:
@@ -297,7 +309,9 @@ def _score_cached(
     embeds, errors, computed = features.load_or_compute(
         path,
         batches,
-        lambda pixels: model.encode_image(pixels.to(device)),
+        backed_off(
+            lambda pixels: model.encode_image(pixels.to(device)), batch_size, device, torch.cat
+        ),
         len(samples),
     )
     model.features_computed = computed  # how many images were encoded (0: read back)
