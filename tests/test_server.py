@@ -134,6 +134,7 @@ def test_the_server_says_how_long_it_took_to_be_ready(server, served_checkpoint)
     assert float(line.split("ready in ")[1].split()[0]) == pytest.approx(
         _metric(text, "miragedet_ready_seconds"), abs=0.01
     )
+    assert "; on cpu" in line  # where it scores, as detect's header says it (a GPU: its batch)
 
 
 def test_concurrent_requests_are_all_answered_and_counted(server):

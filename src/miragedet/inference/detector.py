@@ -178,6 +178,21 @@ class Detector:
                 "ms_per_image": self.engine.measured, "parity": self.engine.parity,
                 "compile_s": self.engine.compile_s, "cached": self.engine.cached}  # fmt: skip
 
+    def placement(self) -> str:
+        """Where it scores, as the commands' headers say it: "on cuda:0 (NVIDIA H200, 139 GiB),
+        TF32, batch 256 (from the GPU's free memory ...), JPEGs decoded on cuda:0 by ...";
+        the batch when not as asked, the decoder on a GPU."""
+        from ..model.device import describe
+
+        parts = [f"on {describe(self.device)}"]
+        if self.tf32:
+            parts.append(self.tf32)
+        if self.batch_reason != "as asked":
+            parts.append(f"batch {self.batch_size} ({self.batch_reason})")
+        if self.device.type == "cuda":
+            parts.append(self.decode_reason)
+        return ", ".join(parts)
+
     @property
     def decode_backend(self) -> str:
         """Which decoder reads the JPEGs: the GPU decoder's name, or "pillow (cpu)"."""

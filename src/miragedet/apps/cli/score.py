@@ -146,21 +146,10 @@ def _remote(server: str, api_key: str | None, config: DetectorConfig):
 
 
 def _placement(detector) -> str:
-    """ "; on cuda:0 (NVIDIA H200, 139 GiB), TF32, batch 256 (...); JPEGs decoded on ..." for a
-    local detector (nothing for a server's)."""
-    device = getattr(detector, "device", None)
-    if device is None or not hasattr(detector, "batch_reason"):
-        return ""
-    from ...model.device import describe
-
-    parts = [f"on {describe(device)}"]
-    if getattr(detector, "tf32", None):
-        parts.append(detector.tf32)
-    if detector.batch_reason != "as asked":
-        parts.append(f"batch {detector.batch_size} ({detector.batch_reason})")
-    if device.type == "cuda":
-        parts.append(detector.decode_reason)
-    return "; " + ", ".join(parts)
+    """ "; on cuda:0 (...), TF32, batch 256 (...); ..." for a local detector (nothing for a
+    server's client)."""
+    placement = getattr(detector, "placement", None)
+    return f"; {placement()}" if placement is not None else ""
 
 
 def _list_skipped(err: Console, skipped: list[tuple[str, str]], requested: bool) -> None:

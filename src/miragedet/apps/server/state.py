@@ -97,8 +97,8 @@ class ServerState:
         self.metrics.ready_seconds.set(elapsed)
         engine = detector.engine_info()
         log.info(
-            "miragedet: ready in %.2f s; engine %s (%s)", elapsed, engine["backend"],
-            engine["reason"],
+            "miragedet: ready in %.2f s; engine %s (%s); %s %s; %s", elapsed, engine["backend"],
+            engine["reason"], detector.precision, detector.precision_reason, detector.placement(),
         )  # fmt: skip
 
 
