@@ -58,6 +58,7 @@ def test_local_engine_equals_detect_and_resumes_missing_shards(served_checkpoint
     (out / ".part-00002.parquet.999.tmp").write_bytes(b"half")
     again = score_dataset(str(folder), out, str(served_checkpoint), engine="local", shard_size=64)
     assert (again.shards_done_before, again.scored + again.failed) == (3, 64)
+    assert report.placement.startswith("on cpu")  # the header says where it scores
     assert not list(out.glob(".*.tmp"))
     assert read_scores(out).to_pylist() == table
     # the same folder with another shard size is another job: refused, nothing overwritten
@@ -117,6 +118,7 @@ def test_ray_engine_killed_and_rerun_loses_and_repeats_nothing(served_checkpoint
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 1, rerun.stdout + rerun.stderr  # 1: an unreadable input
     assert f"({done_before} done before)" in rerun.stderr.replace("\n", " ")
+    assert "1 Ray actor, each 0 GPU and 1 CPU, 2 decode threads" in " ".join(rerun.stderr.split())
     rows = read_scores(out).to_pylist()
     paths = list_inputs(str(root))
     assert [r["path"] for r in rows] == paths  # none lost, none twice, in input order

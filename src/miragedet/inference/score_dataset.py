@@ -203,6 +203,7 @@ class ScoreReport:
     written: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # not images, with the reason
     engine: str = ""  # the engine the workers run, and why (--backend auto: its figures)
+    placement: str = ""  # where they score: the local detector's device..., or the Ray actors
 
     @property
     def images_per_s(self) -> float:
@@ -364,8 +365,6 @@ def score_dataset(
     report.skipped = found.skipped
     work = _work_table(paths, pending, shard_size)  # shard, index, path of what is left
     del paths  # the listing now lives in Arrow buffers (a few tens of bytes per input)
-    if on_start is not None:
-        on_start(report, work.num_rows)
     start = time.perf_counter()
     if gpus_per_worker is None:  # Ray actors share the GPUs the driver's device asks for
         from ..model.device import gpu_share
@@ -374,10 +373,17 @@ def score_dataset(
     if engine == "ray":
         actor, batch = actor_plan(config, cpus_per_worker, gpus_per_worker)
         scorer = {"model": model, "config": actor, "choice": choice}
+        report.placement = (f"{workers} Ray actor{'s' * (workers != 1)}, each {gpus_per_worker:g} GPU and "
+                            f"{cpus_per_worker:g} CPU, {actor.threads} decode threads, "
+                            f"{batch} inputs a call")  # fmt: skip
         batches = _ray_batches(work, scorer, workers, batch, cpus_per_worker, gpus_per_worker,
                                address)  # fmt: skip
     else:
-        batches = _local_batches(work, Scorer(model, config, choice) if work.num_rows else None)
+        scorer = Scorer(model, config, choice) if work.num_rows else None
+        report.placement = scorer.detector.placement() if scorer is not None else ""
+        batches = _local_batches(work, scorer)
+    if on_start is not None:
+        on_start(report, work.num_rows)
     buffers: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     try:
         for batch in batches:

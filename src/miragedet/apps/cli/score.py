@@ -217,7 +217,8 @@ def score_dataset(
     task = progress.add_task("score", total=None)
 
     def on_start(report, pending: int) -> None:
-        err.print(f"[dim]engine {escape(report.engine)}[/dim]", highlight=False)
+        where = f"; {report.placement}" if report.placement else ""
+        err.print(f"[dim]engine {escape(report.engine)}{escape(where)}[/dim]", highlight=False)
         if report.shards_done_before:
             err.print(
                 f"resuming: {report.shards_done_before} of {report.shards} shards already in "
