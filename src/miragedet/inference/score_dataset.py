@@ -373,9 +373,9 @@ def score_dataset(
     if engine == "ray":
         actor, batch = actor_plan(config, cpus_per_worker, gpus_per_worker)
         scorer = {"model": model, "config": actor, "choice": choice}
-        report.placement = (f"{workers} Ray actor{'s' * (workers != 1)}, each {gpus_per_worker:g} GPU and "
-                            f"{cpus_per_worker:g} CPU, {actor.threads} decode threads, "
-                            f"{batch} inputs a call")  # fmt: skip
+        actors = f"{workers} Ray actor{'s' * (workers != 1)}"
+        each = f"{gpus_per_worker:g} GPU and {cpus_per_worker:g} CPU"
+        report.placement = f"{actors}, each {each}, {actor.threads} decode threads, {batch} a call"
         batches = _ray_batches(work, scorer, workers, batch, cpus_per_worker, gpus_per_worker,
                                address)  # fmt: skip
     else:
