@@ -375,7 +375,8 @@ def score_dataset(
         scorer = {"model": model, "config": actor, "choice": choice}
         actors = f"{workers} Ray actor{'s' * (workers != 1)}"
         each = f"{gpus_per_worker:g} GPU and {cpus_per_worker:g} CPU"
-        report.placement = f"{actors}, each {each}, {actor.threads} decode threads, {batch} a call"
+        feed = f"{actor.threads} decode threads, {batch} inputs a call"
+        report.placement = f"{actors}, each {each}, {feed}"
         batches = _ray_batches(work, scorer, workers, batch, cpus_per_worker, gpus_per_worker,
                                address)  # fmt: skip
     else:
