@@ -334,10 +334,14 @@ class _TightAll:
     def encode_image(self, pixels):
         return self._model.encode_image(self._fits(pixels))
 
+    def adaptation_features(self, pixels):
+        return self._model.adaptation_features(self._fits(pixels))
 
-def test_evaluate_tiles_and_cached_features_back_off_on_out_of_memory(tmp_path, monkeypatch):
-    """evaluate's tiles view and its feature cache halve their forwards on a CUDA out-of-memory
-    error like the resize path (said once each; scores equal the unhindered run's)."""
+
+def test_evaluate_analyze_and_adapt_forwards_back_off_on_out_of_memory(tmp_path, monkeypatch):
+    """evaluate's tiles view and feature cache, analyze's embeddings and adapt's features halve
+    their forwards on a CUDA out-of-memory error like the resize path (said once each; the
+    results equal the unhindered run's)."""
     from miragedet.data.dataset import Sample
     from miragedet.data.views import View
     from miragedet.evaluation.scores import score_samples
@@ -362,6 +366,19 @@ def test_evaluate_tiles_and_cached_features_back_off_on_out_of_memory(tmp_path, 
     got = score_samples(_TightAll(probe), samples, cache_dir=tmp_path / "b", **cached).probs
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert len(said) == 2 and "at 3 inputs per forward" in said[1]
+    # analyze's embeddings and adapt's features back off alike
+    from types import SimpleNamespace
+
+    from miragedet.evaluation.analyze import embed_samples
+    from miragedet.training.adapt import features_of
+
+    found = SimpleNamespace(samples=samples)
+    first = embed_samples(mirage, found, tmp_path / "e1.npy", batch_size=3)
+    again = embed_samples(_TightAll(mirage), found, tmp_path / "e2.npy", batch_size=3)
+    np.testing.assert_allclose(again.embeds, first.embeds, atol=1e-5)
+    np.testing.assert_allclose(features_of(_TightAll(mirage), samples, 3)[0],
+                               features_of(mirage, samples, 3)[0], atol=1e-5)  # fmt: skip
+    assert len(said) == 4
 
 
 def test_device_choice_without_a_gpu(monkeypatch):

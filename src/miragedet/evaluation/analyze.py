@@ -20,6 +20,7 @@ import torch
 from ..data.dataset import ImageDataset, collate
 from ..data.layouts import ImageSet, data_source, find_images
 from .report import write_json
+from .scores import backed_off
 
 
 @dataclass
@@ -50,13 +51,20 @@ def embed_samples(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate
     )
+
+    def forward(pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        out = model(pixels.to(device))
+        return out.image_embeds.float().cpu().numpy(), out.probs.float().cpu().numpy()
+
+    def join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate([e for e, _ in parts]), np.concatenate([p for _, p in parts])
+
+    forward = backed_off(forward, batch_size, device, join)  # a GPU out of memory: halved
     for batch in loader:
         if not len(batch["indices"]):
             continue
-        out = model(batch["pixel_values"].to(device))
         idx = batch["indices"].numpy()
-        embeds[idx] = out.image_embeds.float().cpu().numpy()
-        probs[idx] = out.probs.float().cpu().numpy()
+        embeds[idx], probs[idx] = forward(batch["pixel_values"])
     embeds.flush()
     anchors = model.encode_text().float().cpu().numpy()
     return Embedded(

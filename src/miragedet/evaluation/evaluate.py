@@ -127,11 +127,12 @@ def evaluate_dataset(
     if getattr(model, "open_set", None) is not None:  # an adapted attribution model
         known = clean_scores
         if known.distance is None:  # scored through tiles: the test needs the resize view
-            known = score_samples(model, image_set.samples, batch_size=batch_size)
+            known = score_samples(model, image_set.samples, batch_size=batch_size,
+                                  workers=workers)  # fmt: skip
         unknown = None
         if unknown_data:
             samples = find_images(unknown_data, layout).samples
-            unknown = score_samples(model, samples, batch_size=batch_size)
+            unknown = score_samples(model, samples, batch_size=batch_size, workers=workers)
         open_set = open_set_report(known, classes, model.open_set.threshold, unknown)
     elif unknown_data:
         raise ValueError("--unknown-data needs an attribution model adapted with an open set")

@@ -24,7 +24,7 @@ import torch
 
 from ..data.layouts import ImageSet, Sample, find_images
 from ..evaluation.metrics import binary_metrics
-from ..evaluation.scores import score_samples
+from ..evaluation.scores import backed_off, score_samples
 from ..model.adapters import OpenSet, whitener
 from ..model.checkpoint import read_config, resolve, save_pretrained
 from ..model.config import ModelConfig
@@ -154,11 +154,15 @@ def features_of(
     rows, kept, skipped = [], [], []
     model.eval()
     device = model.clip.logit_scale.device
+
+    def features(pixels: torch.Tensor) -> torch.Tensor:
+        return model.adaptation_features(pixels.to(device))[1].float().cpu()
+
+    features = backed_off(features, batch_size, device, torch.cat)  # a GPU out of memory: halved
     for batch in loader:
         skipped += [(samples[i].path, e) for i, e in batch["errors"]]
         if len(batch["indices"]):
-            pixels = batch["pixel_values"].to(device)
-            rows.append(model.adaptation_features(pixels)[1].float().cpu())
+            rows.append(features(batch["pixel_values"]))
             kept += batch["indices"].tolist()
     return (torch.cat(rows) if rows else torch.zeros(0, 0)), kept, skipped
 
@@ -227,7 +231,7 @@ def split_known(samples: list[Sample], image_set: ImageSet, keep: int, held: int
 def accuracy_on(model: MiraGe, samples: list[Sample], batch_size: int) -> dict[str, float]:
     if not samples:
         return {}
-    scores = score_samples(model, samples, batch_size=batch_size)
+    scores = score_samples(model, samples, batch_size=batch_size, workers=None)  # threads
     ok = scores.ok
     out = binary_metrics(scores.labels[ok], scores.fake_prob[ok], model.threshold)
     return {"accuracy": out["accuracy"], "real": out["real_accuracy"], "fake": out["fake_accuracy"]}

@@ -42,7 +42,7 @@ class Metrics:
         self.batch_size = Histogram(
             "miragedet_batch_size",
             "Images per model forward",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),  # GPU_BATCH_MAX
             registry=r,
         )
         self.queue = Gauge("miragedet_queue_images", "Images waiting or being scored", registry=r)
