@@ -70,23 +70,37 @@ def test_alignment_reencodes_every_image_of_both_classes(tmp_path, spec):
         Alignment.parse("webp:80")
 
 
+class _Width:
+    """Preprocessing that keeps only the image's width (what the doubles below score by)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __call__(self, image):
+        return torch.tensor([float(image.width)])
+
+
 class _SizeDependent(Detector):
     """A test double whose p(fake) grows with the image's width."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.calls: list[int] = []
+        self.preprocess = _Width(self.preprocess)
 
-    def score_pil(self, images):
-        self.calls.append(len(images))
-        p = np.array([min(im.width / 1000.0, 1.0) for im in images])
+    def forward_tensors(self, pixels):
+        self.calls.append(len(pixels))
+        p = np.minimum(pixels[:, 0].numpy() / 1000.0, 1.0)
         return np.stack([1 - p, p], axis=1)
 
 
 class _SizeInvariant(_SizeDependent):
-    def score_pil(self, images):
-        self.calls.append(len(images))
-        return np.tile([[0.1, 0.9]], (len(images), 1))
+    def forward_tensors(self, pixels):
+        self.calls.append(len(pixels))
+        return np.tile([[0.1, 0.9]], (len(pixels), 1))
 
 
 @pytest.fixture
@@ -105,6 +119,10 @@ def test_stability_says_uncertain_when_delivery_changes_the_verdict(detector_mod
     assert "downscale:256" in reason and "downscale:512" not in reason  # 658 px wide stays fake
     assert prediction.stability["spread"] == pytest.approx(0.9 - 256 * 900 / 700 / 1000, abs=0.01)
     assert unstable.calls == [1 + len(stability.variants)]  # one batch of k + 1
+    # batch 32: the 5 inputs of 6 images share a forward (the junk file has none)
+    several = unstable.score([photo] * 12 + [b"junk"], stability=stability)
+    assert [p.label for p in several[:12]] == ["uncertain"] * 12 and several[12].error
+    assert unstable.calls[1:] == [6 * 5, 6 * 5]
 
     stable = _SizeInvariant(detector_model)
     steady = stable.score([photo, b"junk"], stability=stability)

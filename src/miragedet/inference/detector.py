@@ -242,10 +242,6 @@ class Detector:
 
         return inputs(image, self.preprocess, self.view)
 
-    def score_pil(self, images: list[Image.Image]) -> np.ndarray:
-        """Class probabilities (n, C) of decoded images, in one forward batch."""
-        return self.forward_tensors(torch.stack([self.preprocess(im) for im in images]))
-
     #: Told once when a CUDA out-of-memory error halves the batch (default: stderr).
     notify: Any = None
 

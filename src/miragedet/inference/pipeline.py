@@ -412,45 +412,63 @@ def score_stable(
     detector: Detector, inputs: Iterable[Any], provenance: bool, stability: Any
 ) -> Iterator[Prediction]:
     """Each readable still image scored with its re-deliveries (resized, re-compressed,
-    cropped) in one batch of k + 1, "uncertain" when the verdicts disagree or sit near the
-    threshold (:mod:`miragedet.inference.stability`)."""
+    cropped), "uncertain" when the verdicts disagree or sit near the threshold
+    (:mod:`miragedet.inference.stability`). Decoding, re-delivering and preprocessing run in the
+    decode pool ahead of the forward (stage 1); with the resize view the k + 1 inputs of several
+    images share one forward of up to the detector's batch size."""
+    from ..data.views import inputs as view_inputs
     from ..provenance.verdict import read_provenance
 
-    for i, item in enumerate(inputs):
-        source = describe(item, i)
+    resize = detector.view.kind == "resize"
+
+    def work(pair: tuple[int, Any]) -> tuple[str, Any, list[str], Any]:
+        """(source, error text or the re-deliveries' inputs, their names, provenance)."""
+        source, item = describe(pair[1], pair[0]), pair[1]
         if video_kind(item) is not None:  # as the server and evaluate's degradations say
-            message = (
-                "stability applies to still images only (docs/video.md): score clips without it"
-            )
-            yield Prediction(source, None, None, detector.threshold, error=message)
-            continue
+            why = "stability applies to still images only (docs/video.md): score clips without it"
+            return source, why, [], None
         image = safe(to_image)(item)
         if isinstance(image, str):
-            yield Prediction(source, None, None, detector.threshold, error=image)
-            continue
+            return source, image, [], None
         deliveries = stability.redeliver(image)
-        if detector.view.kind == "resize":
-            probs = detector.score_pil([im for _, im in deliveries])  # one batch of k + 1
-            prediction = detector._predictions([source], probs[:1], {})[0]
+        names = [n for n, _ in deliveries]
+        if resize:
+            prepared: Any = torch.stack([detector.preprocess(im) for _, im in deliveries])
         else:  # each re-delivery tiled and aggregated like the image as given
-            from ..data.views import inputs as view_inputs
-
-            sets = [view_inputs(im, detector.preprocess, detector.view) for _, im in deliveries]
-            probs, maps = detector._forward_tiles(sets, list(range(len(sets))))
-            prediction = detector._predictions([source], probs[:1], {})[0]
-            prediction.regions = maps[0].pop("regions")
-            prediction.tiles = {**maps[0], "count": len(prediction.regions)}
-        report = stability.verdict(
-            [n for n, _ in deliveries], 1.0 - probs[:, 0], detector.threshold
+            prepared = [view_inputs(im, detector.preprocess, detector.view) for _, im in deliveries]
+        found = (
+            read_provenance(item, detector.trust_anchors, detector.watermarks)
+            if provenance
+            else None
         )
-        prediction.stability = report
-        if report["uncertain"]:
-            prediction.label = prediction.verdict = "uncertain"
-        if provenance:
-            prediction.set_provenance(
-                read_provenance(item, detector.trust_anchors, detector.watermarks)
-            )
-        yield prediction
+        return source, prepared, names, found
+
+    per_batch = max(1, detector.batch_size // (len(stability.variants) + 1)) if resize else 1
+    for _, done in staged_batches(enumerate(inputs), work, per_batch, detector.decode_threads):
+        stacked = [r[1] for r in done if isinstance(r[1], torch.Tensor)]
+        rows_of: Iterator[np.ndarray] = iter([])
+        if stacked:  # one forward for the chunk, then each image's k + 1 rows
+            joint = detector.forward_tensors(torch.cat(stacked))
+            rows_of = iter(np.split(joint, np.cumsum([len(t) for t in stacked])[:-1]))
+        for source, prepared, names, found in done:
+            if isinstance(prepared, str):
+                yield Prediction(source, None, None, detector.threshold, error=prepared)
+                continue
+            if resize:
+                rows = next(rows_of)
+                prediction = detector._predictions([source], rows[:1], {})[0]
+            else:
+                rows, maps = detector._forward_tiles(prepared, list(range(len(prepared))))
+                prediction = detector._predictions([source], rows[:1], {})[0]
+                prediction.regions = maps[0].pop("regions")
+                prediction.tiles = {**maps[0], "count": len(prediction.regions)}
+            report = stability.verdict(names, 1.0 - rows[:, 0], detector.threshold)
+            prediction.stability = report
+            if report["uncertain"]:
+                prediction.label = prediction.verdict = "uncertain"
+            if found is not None:
+                prediction.set_provenance(found)
+            yield prediction
 
 
 def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner: Any) -> list[Any]:
