@@ -492,6 +492,17 @@ def test_backend_onnx_on_a_gpu_runs_on_its_cuda_provider_or_says_why_not(checkpo
     assert len(notes) == 1 and "runs on the CPU beside the GPU" in notes[0]
     with pytest.raises(ValueError, match="--backend onnx on cuda"):
         load_detector(str(checkpoint), "onnx", device="cuda")
+    from types import SimpleNamespace
+
+    from miragedet.inference.engine_model import place
+    from miragedet.inference.pipeline import ONNX_GPU_BATCH, default_batch_size
+
+    cuda = torch.device("cuda")
+    on_gpu = SimpleNamespace(clip=SimpleNamespace(logit_scale=SimpleNamespace(device=cuda)))
+    with pytest.raises(ValueError, match="onnxruntime-gpu"):  # evaluate --device cuda
+        place(on_gpu, checkpoint, "onnx", "fp32", device_named=True)
+    graph = SimpleNamespace(device=cuda, model=SimpleNamespace(engine="onnx"))
+    assert default_batch_size(graph, None)[0] == ONNX_GPU_BATCH  # not PyTorch's memory to measure
     monkeypatch.setattr(engine, "gpu_providers",
                         lambda index=0: [(engine.GPU_PROVIDER, {"device_id": index})])  # fmt: skip
     assert engine.onnx_providers("cuda:1", None, strict=True)[0][1] == {"device_id": 1}

@@ -61,15 +61,23 @@ def test_train_amp_auto_never_picks_an_emulated_precision(monkeypatch, tmp_path,
     assert trainer.amp == expected
     with trainer._autocast():
         assert torch.is_autocast_enabled("cpu") is native
-    if native:  # validation runs at the training precision too (not fp32 beside a bf16 step)
-        from miragedet.evaluation import scores
+    if native:  # validation: on a GPU at the training precision, on a CPU in fp32 as before
+        import contextlib
 
-        seen, real = [], scores.score_samples
-        spy = lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or real(*a, **k)  # noqa: E731
-        monkeypatch.setattr(scores, "score_samples", spy)
+        entered = []
+
+        @contextlib.contextmanager
+        def autocast():
+            entered.append(True)
+            yield
+
+        trainer._autocast = autocast
         trainer.val_set = trainer.train_set
         trainer._validate_and_save(NoLog())
-        assert seen == [True]
+        assert entered == []  # a CPU: fp32, scores as before
+        trainer.device = torch.device("cuda")  # a GPU (stand-in: the model stays on the CPU)
+        trainer._validate_and_save(NoLog())
+        assert entered == [True]
     monkeypatch.setattr(precision, "cpu_native", lambda kind: False)
     with pytest.warns(precision.SlowPrecisionWarning, match="--amp bf16 on a CPU"):
         assert training_precision("bf16", "cpu").precision == "bf16"
@@ -168,3 +176,18 @@ def test_threads_follow_the_cpus_the_process_may_use(tmp_path):
     env["OMP_NUM_THREADS"] = "3"  # the user's choice wins
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.stdout.strip() == "4", done.stderr
+
+
+def test_text_embeddings_made_under_autocast_are_not_reused_in_fp32(tiny):
+    """The class prompts' embeddings are cached at inference; one made under bf16 autocast
+    (training's validation on a GPU) is not what an fp32 pass reads back afterwards."""
+    from miragedet import MiraGe, ModelConfig
+
+    model = MiraGe(tiny, ModelConfig.for_method("mirage", depth=2)).eval()
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.encode_text()
+        cached = model.encode_text()
+        model._text_cache = None
+        fresh = model.encode_text()
+    assert torch.equal(cached, fresh)

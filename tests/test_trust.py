@@ -119,10 +119,15 @@ def test_stability_says_uncertain_when_delivery_changes_the_verdict(detector_mod
     assert "downscale:256" in reason and "downscale:512" not in reason  # 658 px wide stays fake
     assert prediction.stability["spread"] == pytest.approx(0.9 - 256 * 900 / 700 / 1000, abs=0.01)
     assert unstable.calls == [1 + len(stability.variants)]  # one batch of k + 1
-    # batch 32: the 5 inputs of 6 images share a forward (the junk file has none)
+    # on a CPU one forward per image; on a GPU (batch 32) the 5 inputs of 6 images share one
     several = unstable.score([photo] * 12 + [b"junk"], stability=stability)
     assert [p.label for p in several[:12]] == ["uncertain"] * 12 and several[12].error
-    assert unstable.calls[1:] == [6 * 5, 6 * 5]
+    assert unstable.calls[1:] == [5] * 12
+    del unstable.calls[:]
+    unstable.device = torch.device("cuda")  # a stand-in: the double's forward runs anywhere
+    again = unstable.score([photo] * 12 + [b"junk"], stability=stability)
+    assert [p.to_dict() for p in again] == [p.to_dict() for p in several]
+    assert unstable.calls == [6 * 5, 6 * 5]
 
     stable = _SizeInvariant(detector_model)
     steady = stable.score([photo, b"junk"], stability=stability)
@@ -198,3 +203,30 @@ def test_flip_rate_equals_a_recount_from_saved_scores(tiny, tmp_path):
     assert "flip_rate" in metrics["aligned"]["table"]["mean"]
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "Format-aligned" in report and "verdict flips" in report
+
+
+def test_stability_on_a_cpu_scores_as_one_forward_per_image_and_odd_inputs_are_rows(
+    detector_model, monkeypatch
+):
+    """Through the decode pool, each image's stability scores on a CPU are bit for bit those of
+    its own forward of k + 1 inputs; an input that fails while being re-delivered is its own
+    error row and the others are still scored."""
+    images = [Image.effect_noise((64 + 8 * i, 48), 40).convert("RGB") for i in range(7)]
+    detector = Detector(detector_model, precision="fp32")
+    stability = Stability()
+    got = detector.score(images, provenance=False, stability=stability)
+    for image, prediction in zip(images, got, strict=True):
+        inputs = [detector.preprocess(im) for _, im in stability.redeliver(image)]
+        expected = 1.0 - detector.forward_tensors(torch.stack(inputs))[:, 0]
+        assert list(prediction.stability["scores"].values()) == [float(v) for v in expected]
+    real = Stability.redeliver
+
+    def flaky(self, image):
+        if image.width == 80:
+            raise RuntimeError("boom")
+        return real(self, image)
+
+    monkeypatch.setattr(Stability, "redeliver", flaky)
+    rows = detector.score(images, provenance=False, stability=stability)
+    assert [p.error is not None for p in rows] == [i == 2 for i in range(7)]
+    assert "boom" in rows[2].error

@@ -55,12 +55,15 @@ def place(
     batch_size: int = 64,
     notify: Callable[[str], None] | None = None,
     images: float = 0,
+    device_named: bool = False,
 ) -> Placed:
     """``model`` (already cast to ``precision``) on ``backend`` (None: the default,
     :func:`~miragedet.inference.detector_config.resolve_backend`): ``torch`` as it is,
     ``onnx`` on the checkpoint's exported graph (fp32/int8), ``compile`` through torch.compile,
     ``auto`` as :func:`miragedet.inference.engine.choose` decides for a job of ``images``
-    images (a model without a checkpoint folder, e.g. zero-shot, stays on PyTorch)."""
+    images (a model without a checkpoint folder, e.g. zero-shot, stays on PyTorch).
+    ``device_named``: the user named the GPU (``onnx`` without its CUDA provider is then an
+    error, not the CPU)."""
     from .compiled import CompiledForward
     from .detector_config import resolve_backend
     from .engine import choose, graph_on_choice, onnx_graph, onnx_providers
@@ -82,7 +85,7 @@ def place(
     if backend == "onnx":
         from ..model.checkpoint import read_config
 
-        providers = onnx_providers(str(model.clip.logit_scale.device), notify, strict=False)
+        providers = onnx_providers(str(model.clip.logit_scale.device), notify, device_named)
         onnx = OnnxNetwork(onnx_graph(directory, notify), read_config(directory), precision,
                            providers)  # fmt: skip
         return Placed(OnnxForward(model, onnx), "onnx", "as requested", onnx.precision)

@@ -414,8 +414,8 @@ def score_stable(
     """Each readable still image scored with its re-deliveries (resized, re-compressed,
     cropped), "uncertain" when the verdicts disagree or sit near the threshold
     (:mod:`miragedet.inference.stability`). Decoding, re-delivering and preprocessing run in the
-    decode pool ahead of the forward (stage 1); with the resize view the k + 1 inputs of several
-    images share one forward of up to the detector's batch size."""
+    decode pool ahead of the forward (stage 1); on a GPU, with the resize view, the k + 1 inputs
+    of several images share one forward of up to the detector's batch size."""
     from ..data.views import inputs as view_inputs
     from ..provenance.verdict import read_provenance
 
@@ -423,13 +423,17 @@ def score_stable(
 
     def work(pair: tuple[int, Any]) -> tuple[str, Any, list[str], Any]:
         """(source, error text or the re-deliveries' inputs, their names, provenance)."""
-        source, item = describe(pair[1], pair[0]), pair[1]
+        source = describe(pair[1], pair[0])
+        found = safe(prepare_stable)(pair)  # one odd input is its own error row
+        return (source, found, [], None) if isinstance(found, str) else (source, *found)
+
+    def prepare_stable(pair: tuple[int, Any]) -> Any:
+        item = pair[1]
         if video_kind(item) is not None:  # as the server and evaluate's degradations say
-            why = "stability applies to still images only (docs/video.md): score clips without it"
-            return source, why, [], None
+            return "stability applies to still images only (docs/video.md): score clips without it"
         image = safe(to_image)(item)
         if isinstance(image, str):
-            return source, image, [], None
+            return image
         deliveries = stability.redeliver(image)
         names = [n for n, _ in deliveries]
         if resize:
@@ -441,13 +445,15 @@ def score_stable(
             if provenance
             else None
         )
-        return source, prepared, names, found
+        return prepared, names, found
 
     per_batch = max(1, detector.batch_size // (len(stability.variants) + 1)) if resize else 1
     for _, done in staged_batches(enumerate(inputs), work, per_batch, detector.decode_threads):
         stacked = [r[1] for r in done if isinstance(r[1], torch.Tensor)]
-        rows_of: Iterator[np.ndarray] = iter([])
-        if stacked:  # one forward for the chunk, then each image's k + 1 rows
+        # a CPU keeps one forward per image (its scores stay bit for bit those of before); a
+        # GPU runs one forward for the chunk, then each image's k + 1 rows
+        rows_of: Iterator[np.ndarray] = (detector.forward_tensors(t) for t in stacked)
+        if stacked and detector.device.type == "cuda":
             joint = detector.forward_tensors(torch.cat(stacked))
             rows_of = iter(np.split(joint, np.cumsum([len(t) for t in stacked])[:-1]))
         for source, prepared, names, found in done:
@@ -527,8 +533,20 @@ CPU_BATCH = 32
 GPU_BATCH_MAX = 256
 
 
+#: Batch size for ONNX Runtime on a GPU when none is given (inference/engine.GPU_RACE_BATCH:
+#: what the race measured it at).
+ONNX_GPU_BATCH = 64
+
+
 def default_batch_size(detector: Detector, asked: int | None) -> tuple[int, str]:
-    """The Detector's batch size and why (:func:`batch_for`)."""
+    """The Detector's batch size and why (:func:`batch_for`; ONNX Runtime's memory on a GPU is
+    not PyTorch's to measure: the GPU race's batch there)."""
+    if (
+        asked is None
+        and detector.device.type == "cuda"
+        and getattr(detector.model, "engine", "") == "onnx"
+    ):
+        return ONNX_GPU_BATCH, "ONNX Runtime on the GPU: its memory is not measured"
     return batch_for(detector.model, detector.device, detector.preprocess.image_size, asked)
 
 

@@ -189,10 +189,12 @@ class MiraGe(nn.Module):
     def _cached(self, slot: str, params: list[nn.Parameter], compute: Callable[[], T]) -> T:
         """``compute()`` kept in ``self.<slot>`` until one of ``params`` changes (their version
         counters move on every in-place update: optimizer steps, loads) or the model is moved or
-        cast (device and dtype are part of the key); a value made in inference mode is made
-        again for use outside it (autograd refuses inference tensors)."""
+        cast (device, dtype and autocast are part of the key); a value made in inference mode is
+        made again for use outside it (autograd refuses inference tensors)."""
         ref = self.clip.text_projection.weight
-        key = (ref.device, ref.dtype, *(p._version for p in params), *(id(p) for p in params))
+        autocast = torch.is_autocast_enabled(ref.device.type)  # a bf16 pass is not an fp32 one
+        key = (ref.device, ref.dtype, autocast, *(p._version for p in params),
+               *(id(p) for p in params))  # fmt: skip
         cached = getattr(self, slot)
         if cached is None or cached[0] != key or _inference_only(cached[1]):
             with torch.no_grad():

@@ -541,9 +541,10 @@ class Trainer:
         entry.update(self.speed or {})
         if self.val_set is not None:
             cache = self.output / "features" if self.can_cache_features() else None
-            # at the training precision (bf16 runs ViT-L/14 7x faster than fp32 on an H200);
-            # features kept on disk are computed once, in fp32
-            with self._autocast() if cache is None else contextlib.nullcontext():
+            # on a GPU at the training precision (bf16 runs ViT-L/14 7x faster than fp32 on an
+            # H200); on a CPU, and for features kept on disk, in fp32 as before
+            on_gpu = self.device.type == "cuda" and cache is None
+            with self._autocast() if on_gpu else contextlib.nullcontext():
                 scores = score_samples(
                     self.model,
                     self.val_set.samples,

@@ -198,6 +198,7 @@ def _placed(model: str, device: str, precision: str, backend: str | None, attack
         batch_size=batch_size,
         notify=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
         images=images,
+        device_named=device not in (None, "auto"),
     )
     if placed.backend != "torch":  # gradients (attacks) still come from eager PyTorch
         attack_model = attack_model or (detector if attacked else None)
@@ -254,8 +255,8 @@ def calibrate(
     device: str = typer.Option("auto", help=DEVICE_HELP + " The model scores in fp32."),
     workers: int = typer.Option(
         None,
-        help="Decode threads (default: the CPUs this process may use, 2 to 8; up to 32 "
-        "when a GPU scores).",
+        help="Decode threads of the resize view (default: the CPUs this process may use, 2 to "
+        "8; up to 32 when a GPU scores); DataLoader processes of the tiles view (default 2).",
     ),
 ) -> None:
     """Set the checkpoint's threshold so that at most FPR of held-out reals are called fake."""
