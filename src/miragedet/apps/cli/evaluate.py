@@ -209,7 +209,7 @@ def _placed(model: str, device: str, precision: str, backend: str | None, attack
     console.print(
         f"[dim]precision {placed.precision} ({escape(why)}); engine {escape(engine)}; "
         f"on {escape(where)}; batch {batch_size}"
-        + (f" ({escape(batch_why)})" if batch_why.startswith("from") else "")
+        + (f" ({escape(batch_why)})" if batch_why not in ("as asked", "default") else "")
         + "[/dim]"
     )
     return detector, attack_model, batch_size
