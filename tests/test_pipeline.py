@@ -488,6 +488,47 @@ def test_the_server_decodes_jpegs_through_the_gpu_stage_with_the_cpu_rows(tmp_pa
     assert gpu[1]["fake_prob"] == cpu[1]["fake_prob"]  # the refused one: Pillow's own decode
 
 
+def test_the_server_and_the_detector_build_the_same_rows(served_checkpoint):
+    """serve builds its results with the pipeline's row builder (inference/outcomes.py): the
+    same verdicts as the Detector's for an image, its re-deliveries and a file nobody reads."""
+    import asyncio
+
+    from conftest import in_process
+    from miragedet.apps.server import ServerSettings, create_app
+    from miragedet.inference.stability import Stability
+
+    uploads = [("a.jpg", jpeg(photo(96, 64, 1))), ("b.png", _png_bytes(photo(64, 80, 2))),
+               ("c.jpg", jpeg(photo(80, 64, 3))[:300])]  # fmt: skip
+    detector = Detector.from_pretrained(served_checkpoint, precision="fp32")
+    settings = ServerSettings(model=str(served_checkpoint), precision="fp32", provenance=False)
+
+    async def post():
+        async with in_process(create_app(settings)) as client:
+            files = [("files", (name, data)) for name, data in uploads]
+            plain = await client.post("/v1/detect", files=files)
+            stable = await client.post("/v1/detect?stability=true", files=files)
+            return plain.json()["results"], stable.json()["results"]
+
+    served = asyncio.run(post())
+    data = [d for _, d in uploads]
+    local = (detector.score(data, provenance=False, stability=False),
+             detector.score(data, provenance=False, stability=Stability()))  # fmt: skip
+    for results, predictions in zip(served, local, strict=True):
+        assert [r["status"] for r in results] == [200, 200, 422]
+        assert results[2]["code"] == "corrupt_image" and predictions[2].error
+        for got, want in zip(results[:2], predictions[:2], strict=True):
+            assert got["fake_prob"] == pytest.approx(want.fake_prob, abs=1e-6)
+            assert (got["label"], got["verdict"], got["basis"], got["top_class"]) == (
+                want.label, want.verdict, want.basis, want.top_class)  # fmt: skip
+            assert got["probs"] == pytest.approx(want.probs, abs=1e-6)
+            if want.stability is None:
+                assert got["stability"] is None
+                continue
+            assert got["stability"]["scores"] == pytest.approx(want.stability["scores"], abs=1e-6)
+            assert got["stability"]["uncertain"] == want.stability["uncertain"]
+    assert all(r["stability"] for r in served[1][:2])
+
+
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.dataset import MAX_PIXELS
 from ..data.video import Sampling, video_kind
 from ..data.views import View
 from ..model.mirage import MiraGe
@@ -228,19 +229,28 @@ class Detector:
             return self.sampling
         return dataclasses.replace(self.sampling, draft_size=self.draft_size)
 
-    def _prepare(self, item: ImageInput) -> Any:
+    def _prepare(
+        self,
+        item: ImageInput,
+        view: View | None = None,
+        sampling: Sampling | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> Any:
         """A (3, S, S) tensor (resize view), the :class:`~miragedet.data.views.Tiles` of the crop
-        and tiles views, or a clip's :class:`~miragedet.inference.videos.VideoInputs`."""
+        and tiles views, or a clip's :class:`~miragedet.inference.videos.VideoInputs`; ``view``
+        and ``sampling`` (None: the detector's) as one server request asks."""
+        view = view or self.view
         if video_kind(item) is not None:
             from .videos import prepare_video
 
-            return prepare_video(item, self.preprocess, self.view, self.video_sampling)
-        image = to_image(item, draft_size=self.draft_size)
-        if self.view.kind == "resize":
+            return prepare_video(item, self.preprocess, view, sampling or self.video_sampling)
+        draft = self.draft_size if view.kind == "resize" else None
+        image = to_image(item, max_pixels, draft_size=draft)
+        if view.kind == "resize":
             return self.preprocess(image)
         from ..data.views import inputs
 
-        return inputs(image, self.preprocess, self.view)
+        return inputs(image, self.preprocess, view)
 
     #: Told once when a CUDA out-of-memory error halves the batch (default: stderr).
     notify: Any = None
@@ -318,39 +328,6 @@ class Detector:
         for clip, r, e in zip(prepared, rows, embeds, strict=True):
             temporal = self.temporal_probs(e, aggregate(r, self.view.aggregate))
             out.append(summarize_video(clip, r, self.view, temporal))
-        return out
-
-    def _forward_tiles(self, sets: list[Any], positions: list[int]) -> tuple[np.ndarray, dict]:
-        """Aggregated probabilities (n, C) of several images' tiles, forwarded together in
-        batches of ``batch_size`` tiles, and each image's where-map."""
-        from .tiles import forward_tiles, summarize
-
-        per_image = forward_tiles(self.forward_tensors, [t.pixels for t in sets], self.batch_size)
-        out, maps = np.zeros((len(sets), len(self.classes))), {}
-        for k, (tiles, rows, position) in enumerate(zip(sets, per_image, positions, strict=True)):
-            out[k], maps[position] = summarize(tiles, rows, self.view)
-        return out, maps
-
-    def _predictions(
-        self, sources: list[str], probs: np.ndarray, errors: dict[int, str]
-    ) -> list[Prediction]:
-        out = []
-        for i, source in enumerate(sources):
-            if i in errors:
-                out.append(Prediction(source, None, None, self.threshold, error=errors[i]))
-                continue
-            p = probs[i]
-            fake = float(1.0 - p[0])
-            out.append(
-                Prediction(
-                    source,
-                    fake,
-                    "fake" if fake >= self.threshold else "real",
-                    self.threshold,
-                    top_class=self.classes[int(p.argmax())],
-                    probs={c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                )
-            )
         return out
 
     def iter_score(

@@ -14,13 +14,15 @@ Stages and where they run:
    CUDA stream of its own while the caller's stream runs batch n's forward (:func:`overlap`):
    the decoder and the model no longer take turns on one stream.
 3. forward on the engine (:meth:`Detector.forward_tensors` and friends; a CUDA out-of-memory
-   error halves the batch and goes on, said once), then the rows (:class:`Prediction`).
+   error halves the batch and goes on, said once), then the rows (:class:`Prediction`, made by
+   :mod:`miragedet.inference.outcomes` for every surface).
 
 :class:`~miragedet.inference.detector.Detector` (and so ``detect``, score-dataset's workers and
 the Python API) scores through :func:`score_stream`; the stability mode's per-image batches of
 re-deliveries through :func:`score_stable`; evaluate's resize path and the server's model queue
 through :func:`device_batch`, :func:`on_stream` and :func:`forward_batch` (the server stages a
-batch while the one before it is in the model).
+batch while the one before it is in the model); the server prepares its uploads with
+:func:`prepare` (the request's view, sampling and pixel limit).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ import torch
 from ..data.dataset import MAX_PIXELS
 from ..data.gpu_decode import JPEG_MAGIC, JpegJob, probe
 from ..data.video import video_kind
-from ..model.adapters import UNKNOWN
 from .compiled import CompiledForward
+from .outcomes import failed, predicted, stable, summarized
 from .prediction import Prediction, describe, to_image
+from .tiles import forward_tiles
 from .videos import VideoInputs
 
 #: A :class:`miragedet.inference.detector.Detector` (not imported here: it imports this module).
@@ -99,13 +102,21 @@ def _encoded(item: Any) -> bytes | None:
     return None
 
 
-def prepare(detector: Detector, item: Any) -> Any:
+def prepare(
+    detector: Detector,
+    item: Any,
+    view: Any = None,
+    sampling: Any = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Any:
     """Stage 1 for one input: what :meth:`Detector._prepare` gives, or a
     :class:`~miragedet.data.gpu_decode.JpegJob` when the detector's GPU decoder takes it (resize
-    view, still JPEG with sRGB or no profile)."""
+    view, still JPEG with sRGB or no profile). ``view``, ``sampling`` (None: the detector's) and
+    ``max_pixels``: as one server request asks."""
+    view = view or detector.view
     decoder = getattr(detector, "gpu_decoder", None)
-    job = gpu_job(decoder, item) if detector.view.kind == "resize" else None
-    return job if job is not None else detector._prepare(item)
+    job = gpu_job(decoder, item, max_pixels) if view.kind == "resize" else None
+    return job if job is not None else detector._prepare(item, view, sampling, max_pixels)
 
 
 def stack_on(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -371,41 +382,32 @@ def score_stream(
 def _assemble(
     detector: Detector, chunk: list[Any], done: list[Any], batch: Batch
 ) -> list[Prediction]:
-    """Stage 3 for one batch: forward, videos, tiles, rows."""
-    prepared = batch.prepared
+    """Stage 3 for one batch: forward, videos, tiles, rows (:mod:`.outcomes`)."""
+    prepared, view = batch.prepared, detector.view
+    classes, threshold = detector.classes, detector.threshold
     sources = [describe(item, i) for i, item in chunk]
-    errors = dict(batch.errors)
+    out: list[Any] = [None] * len(prepared)
+    for i, error in batch.errors.items():
+        out[i] = failed(sources[i], threshold, error)
     clips = [i for i, r in enumerate(prepared) if isinstance(r, VideoInputs)]
-    probs = np.zeros((len(prepared), len(detector.classes)))
-    scored_clips = detector.score_videos([prepared[i] for i in clips])
-    for i, (clip_probs, _, _) in zip(clips, scored_clips, strict=True):
-        probs[i] = clip_probs
-    tiled: dict[int, Any] = {}
-    open_sets: dict[int, dict[str, Any]] = {}
-    if detector.view.kind == "resize":
+    for i, (p, info, regions) in zip(clips, detector.score_videos([prepared[i] for i in clips]),
+                                     strict=True):  # fmt: skip
+        out[i] = predicted(sources[i], p, classes, threshold, {"video": info, "regions": regions})
+    if view.kind == "resize":
         rows, outcomes = forward_batch(detector, batch)
         for i in batch.good:
-            probs[i] = rows[i]
-            if outcomes[i] is not None:
-                open_sets[i] = outcomes[i]
+            out[i] = predicted(sources[i], rows[i], classes, threshold, None, outcomes[i])
     else:  # the tiles of all the batch's images share forward batches
-        good = [i for i in range(len(prepared)) if i not in errors and i not in clips]
-        if good:
-            probs[good], tiled = detector._forward_tiles([prepared[i] for i in good], good)
-    predictions = detector._predictions(sources, probs, errors)
-    for i, where in tiled.items():
-        predictions[i].regions = where.pop("regions")
-        predictions[i].tiles = {**where, "count": len(predictions[i].regions)}
-    for i, (_, info, regions) in zip(clips, scored_clips, strict=True):
-        predictions[i].video, predictions[i].regions = info, regions
-    for i, outcome in open_sets.items():
-        predictions[i].open_set = outcome
-        if outcome["unknown"]:
-            predictions[i].top_class = UNKNOWN
-    for prediction, (_, found) in zip(predictions, done, strict=True):
+        good = [i for i, r in enumerate(out) if r is None]
+        tile_sets = [prepared[i].pixels for i in good]
+        per_image = forward_tiles(detector.forward_tensors, tile_sets, detector.batch_size)
+        for i, rows in zip(good, per_image if good else [], strict=True):
+            p, fields = summarized(prepared[i], rows, view)
+            out[i] = predicted(sources[i], p, classes, threshold, fields)
+    for prediction, (_, found) in zip(out, done, strict=True):
         if prediction.ok and found is not None:
             prediction.set_provenance(found)
-    return predictions
+    return out
 
 
 def score_stable(
@@ -416,59 +418,47 @@ def score_stable(
     (:mod:`miragedet.inference.stability`). Decoding, re-delivering and preprocessing run in the
     decode pool ahead of the forward (stage 1); on a GPU, with the resize view, the k + 1 inputs
     of several images share one forward of up to the detector's batch size."""
-    from ..data.views import inputs as view_inputs
     from ..provenance.verdict import read_provenance
 
     resize = detector.view.kind == "resize"
 
-    def work(pair: tuple[int, Any]) -> tuple[str, Any, list[str], Any]:
-        """(source, error text or the re-deliveries' inputs, their names, provenance)."""
+    def work(pair: tuple[int, Any]) -> tuple[str, Any, Any]:
+        """(source, error text or the re-deliveries' (inputs, Tiles), provenance)."""
         source = describe(pair[1], pair[0])
         found = safe(prepare_stable)(pair)  # one odd input is its own error row
-        return (source, found, [], None) if isinstance(found, str) else (source, *found)
+        return (source, found, None) if isinstance(found, str) else (source, *found)
 
     def prepare_stable(pair: tuple[int, Any]) -> Any:
         item = pair[1]
         if video_kind(item) is not None:  # as the server and evaluate's degradations say
             return "stability applies to still images only (docs/video.md): score clips without it"
-        deliveries = stability.redeliver(to_image(item))  # an error: the row's text (safe)
-        names = [n for n, _ in deliveries]
-        if resize:
-            prepared: Any = torch.stack([detector.preprocess(im) for _, im in deliveries])
-        else:  # each re-delivery tiled and aggregated like the image as given
-            prepared = [view_inputs(im, detector.preprocess, detector.view) for _, im in deliveries]
+        # an error: the row's text (safe)
+        prepared = stability.inputs(to_image(item), detector.preprocess, detector.view)
         found = (
             read_provenance(item, detector.trust_anchors, detector.watermarks)
             if provenance
             else None
         )
-        return prepared, names, found
+        return prepared, found
 
     per_batch = max(1, detector.batch_size // (len(stability.variants) + 1)) if resize else 1
     for _, done in staged_batches(enumerate(inputs), work, per_batch, detector.decode_threads):
-        stacked = [r[1] for r in done if isinstance(r[1], torch.Tensor)]
+        stacked = [r[1][0] for r in done if not isinstance(r[1], str)]
         # a CPU keeps one forward per image (its scores stay bit for bit those of before); a
-        # GPU runs one forward for the chunk, then each image's k + 1 rows
-        rows_of: Iterator[np.ndarray] = (detector.forward_tensors(t) for t in stacked)
-        if stacked and detector.device.type == "cuda":
+        # GPU runs one forward for the chunk (resize view), then each image's k + 1 rows
+        rows_of: Iterator[np.ndarray] = (
+            np.concatenate(forward_tiles(detector.forward_tensors, [t], detector.batch_size))
+            for t in stacked
+        )
+        if stacked and resize and detector.device.type == "cuda":
             joint = detector.forward_tensors(torch.cat(stacked))
             rows_of = iter(np.split(joint, np.cumsum([len(t) for t in stacked])[:-1]))
-        for source, prepared, names, found in done:
+        for source, prepared, found in done:
             if isinstance(prepared, str):
-                yield Prediction(source, None, None, detector.threshold, error=prepared)
+                yield failed(source, detector.threshold, prepared)
                 continue
-            if resize:
-                rows = next(rows_of)
-                prediction = detector._predictions([source], rows[:1], {})[0]
-            else:
-                rows, maps = detector._forward_tiles(prepared, list(range(len(prepared))))
-                prediction = detector._predictions([source], rows[:1], {})[0]
-                prediction.regions = maps[0].pop("regions")
-                prediction.tiles = {**maps[0], "count": len(prediction.regions)}
-            report = stability.verdict(names, 1.0 - rows[:, 0], detector.threshold)
-            prediction.stability = report
-            if report["uncertain"]:
-                prediction.label = prediction.verdict = "uncertain"
+            prediction = stable(source, next(rows_of), prepared[1], detector.view,
+                                detector.classes, detector.threshold, stability)  # fmt: skip
             if found is not None:
                 prediction.set_provenance(found)
             yield prediction

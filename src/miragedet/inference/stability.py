@@ -85,6 +85,23 @@ class Stability:
                 out.append((spec, degrade.Degradation(kind, float(value))(image)))
         return out
 
+    def inputs(
+        self, image: Image.Image, preprocess: Any, view: Any
+    ) -> tuple[Any, list[Any] | None]:
+        """The model inputs of the image as given and of each re-delivery, in order: one each,
+        stacked, and None (resize view); or each one's tiles, concatenated, and their
+        :class:`~miragedet.data.views.Tiles` (tiles and crop views: each re-delivery is tiled
+        and aggregated like the image as given)."""
+        import torch
+
+        images = [im for _, im in self.redeliver(image)]
+        if view.kind == "resize":
+            return torch.stack([preprocess(im) for im in images]), None
+        from ..data.views import inputs
+
+        tiled = [inputs(im, preprocess, view) for im in images]
+        return torch.cat([t.pixels for t in tiled]), tiled
+
     def verdict(self, names: list[str], fake_probs: np.ndarray, threshold: float) -> dict[str, Any]:
         """Spread of the scores, whether the verdicts agree, and whether to say "uncertain"."""
         p = np.asarray(fake_probs, dtype=np.float64)

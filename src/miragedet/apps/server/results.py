@@ -4,17 +4,17 @@ re-deliveries, open-set test), then the metadata's say in the verdict."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ...data.views import Tiles, View
+from ...data.views import View
 from ...inference.detector import Detector
+from ...inference.outcomes import predicted, stable, summarized
+from ...inference.prediction import Prediction
 from ...inference.stability import Stability
-from ...inference.tiles import summarize
-from ...inference.videos import VideoInputs, summarize_video
-from ...model.adapters import UNKNOWN
 from .contract import ImageResult
 from .uploads import Prepared
 
@@ -29,34 +29,34 @@ class Options:
     provenance: bool = True
 
 
-def _probability(prepared: Prepared, scores: np.ndarray, view: View, result: ImageResult):
-    """The upload's class probabilities, filling its regions/tiles/clip on the way."""
-    extra = prepared.extra
-    if isinstance(extra, VideoInputs):
-        p, result.video, result.regions = summarize_video(extra, scores, view)
-        return p
-    if isinstance(extra, list):  # re-deliveries under the tiles/crop view: one Tiles each
-        extra = extra[0]
-        scores = scores[: len(extra.pixels)]
-    if isinstance(extra, Tiles):
-        p, where = summarize(extra, scores, view)
-        result.regions = where.pop("regions")
-        result.tiles = {**where, "count": len(result.regions)}
-        return p
-    return scores[0]
+def _prediction(
+    detector: Detector,
+    name: str,
+    item: Prepared,
+    scored: Any,
+    temporal: Any,
+    options: Options,
+    threshold: float,
+) -> Prediction:
+    """The upload's Prediction from its rows (:mod:`miragedet.inference.outcomes`, as the
+    pipeline makes them): the clip the temporal head scored, the re-deliveries, or the image's
+    pixels, tiles or frames; the open-set test for a still image under the resize view."""
+    view, classes = options.view, detector.classes
+    if temporal is not None:
+        p, video, regions = temporal
+        return predicted(name, p, classes, threshold, {"video": video, "regions": regions})
+    rows, outcome = scored
+    if options.stability is not None:
+        return stable(name, rows, item.extra, view, classes, threshold, options.stability)
+    p, fields = summarized(item.extra, rows, view)
+    return predicted(name, p, classes, threshold, fields, outcome if item.extra is None else None)
 
 
-def _redelivered(prepared: Prepared, scores: np.ndarray, view: View) -> np.ndarray:
-    """p(fake) of the image as given and of each re-delivery, each scored by the view."""
-    if not isinstance(prepared.extra, list):
-        return 1.0 - scores[:, 0]
-    out, cursor = [], 0
-    for tiles in prepared.extra:
-        k = len(tiles.pixels)
-        p, _ = summarize(tiles, scores[cursor : cursor + k], view)
-        out.append(1.0 - p[0])
-        cursor += k
-    return np.asarray(out)
+def result_of(name: str, prediction: Prediction, model_id: str) -> ImageResult:
+    """A scored upload's response entry: the Prediction's fields under the contract's names."""
+    shared = [f.name for f in dataclasses.fields(prediction) if f.name in ImageResult.model_fields]
+    fields = {f: getattr(prediction, f) for f in shared}
+    return ImageResult(name=name, status=200, model_id=model_id, **fields)
 
 
 async def build(
@@ -75,45 +75,19 @@ async def build(
     results = []
     for i, (name, data) in enumerate(uploads):
         item = prepared[i]
-        result = ImageResult(
-            name=name,
-            status=item.status,
-            code=item.code,
-            error=item.error,
-            threshold=threshold,
-            model_id=detector.model_id,
-        )
-        if i in scores or i in temporal:
-            if i in temporal:
-                p, result.video, result.regions = temporal[i]
-            else:
-                p = _probability(item, scores[i][0], options.view, result)
-            fake = float(1.0 - p[0])
-            result.fake_prob = fake
-            result.label = "fake" if fake >= threshold else "real"
-            result.top_class = detector.classes[int(np.argmax(p))]
-            outcome = scores[i][1] if i in scores else None
-            if outcome is not None and item.extra is None and options.stability is None:
-                result.open_set = outcome  # still images, resize view
-                if outcome["unknown"]:
-                    result.top_class = UNKNOWN
-            result.probs = {c: float(v) for c, v in zip(detector.classes, p, strict=True)}
-            if options.stability is not None:
-                names = ["as given", *options.stability.variants]
-                fakes = _redelivered(item, scores[i][0], options.view)
-                report = options.stability.verdict(names, fakes, threshold)
-                result.stability = report
-                if report["uncertain"]:
-                    result.label = "uncertain"
-            result.verdict, result.basis = result.label, "pixels"
+        if i not in scores and i not in temporal:
+            result = ImageResult(name=name, status=item.status, code=item.code, error=item.error,
+                                 threshold=threshold, model_id=detector.model_id)  # fmt: skip
+        else:
+            prediction = _prediction(detector, name, item, scores.get(i), temporal.get(i),
+                                     options, threshold)  # fmt: skip
             read, anchors, watermarks = provenance
             if read:
-                from ...provenance.verdict import combine, read_provenance
+                from ...provenance.verdict import read_provenance
 
-                result.provenance = await asyncio.to_thread(
-                    read_provenance, data, anchors, watermarks
-                )
-                result.verdict, result.basis = combine(result.label, result.provenance)
+                found = await asyncio.to_thread(read_provenance, data, anchors, watermarks)
+                prediction.set_provenance(found)
+            result = result_of(name, prediction, detector.model_id)
         result.clip = result.video  # the name before 0.2, for one release
         results.append(result)
     return results

@@ -19,11 +19,10 @@ from PIL import Image
 from ...data import formats
 from ...data.dataset import ImageDecodeError, load_image
 from ...data.video import Sampling, video_kind
-from ...data.views import View, inputs
+from ...data.views import Tiles, View
+from ...inference import pipeline
 from ...inference.detector import Detector
-from ...inference.pipeline import gpu_job
 from ...inference.stability import Stability
-from ...inference.videos import prepare_video
 from .contract import DetectJSON
 from .settings import ServerSettings
 
@@ -116,7 +115,7 @@ def _prepare_video(
     if len(data) > limits.max_video_mb * 2**20:
         return refused(413, "video_too_large", f"video over the {limits.max_video_mb:g} MB limit")
     sampling = dataclasses.replace(sampling, max_pixels=min(sampling.max_pixels, limits.max_pixels))
-    prepared = prepare_video(data, detector.preprocess, view, sampling)
+    prepared = pipeline.prepare(detector, data, view, sampling)
     duration = prepared.video.duration or 0.0
     if duration > limits.max_video_seconds:
         return refused(
@@ -167,20 +166,15 @@ def prepare(
                 f"unsupported image format {fmt}; send "
                 "one of " + ", ".join(f.title for f in formats.FORMATS),
             )
-        if stability is None and view.kind == "resize":  # a GPU decodes JPEGs in the batch
-            job = gpu_job(getattr(detector, "gpu_decoder", None), data, max_pixels)
-            if job is not None:
-                return Prepared([job], 200, None, None)
-        # re-deliveries (stability) and tiles start from the exact decode; the resize view may
-        # draft JPEGs
-        draft = None if stability or view.kind != "resize" else detector.draft_size
-        image = load_image(data, max_pixels=max_pixels, draft_size=draft)
-        images = [im for _, im in stability.redeliver(image)] if stability else [image]
-        if view.kind != "resize":
-            tiled = [inputs(im, detector.preprocess, view) for im in images]
-            tensors = [t for tiles in tiled for t in tiles.pixels]
-            return Prepared(tensors, 200, None, tiled if stability else tiled[0])
-        return Prepared([detector.preprocess(im) for im in images], 200, None, None)
+        if stability is not None:  # re-deliveries start from the exact decode
+            image = load_image(data, max_pixels=max_pixels)
+            pixels, tiled = stability.inputs(image, detector.preprocess, view)
+            return Prepared(list(pixels), 200, None, tiled)
+        # the scoring pipeline's own stage 1: a JPEG for the GPU decoder, the view's input(s)
+        prepared = pipeline.prepare(detector, data, view, max_pixels=max_pixels)
+        if isinstance(prepared, Tiles):
+            return Prepared(list(prepared.pixels), 200, None, prepared)
+        return Prepared([prepared], 200, None, None)
     except ImageDecodeError as exc:
         status, code = STATUS_OF_KIND.get(exc.kind, (422, "corrupt_image"))
         return refused(status, code, str(exc))
