@@ -152,3 +152,40 @@ def test_ray_actors_on_a_gpu_decode_with_their_share_and_take_several_batches_a_
     whole, rows = sd.actor_plan(config.replace(batch_size=64, threads=3), 1.0, 1.0)
     assert (whole.threads, rows) == (3, sd.RAY_GPU_BATCHES * 64)  # as asked
     assert sd.actor_plan(config, 1.0, 1.0)[0].threads == 16
+
+
+def test_storage_objects_are_fetched_in_the_decode_threads(served_checkpoint, folder, monkeypatch):
+    """A storage URI's objects are read in the decode pool (several at once, ahead of the
+    forward), not one by one in the thread that feeds it; a missing one is its own error row."""
+    import threading
+
+    import numpy as np
+
+    from miragedet.inference import score_dataset as module
+    from miragedet.inference.detector_config import DetectorConfig
+
+    local = list_inputs(str(folder))[:6]
+    from pathlib import Path
+
+    store = {f"mem://bucket/{i}.png": Path(p).read_bytes() for i, p in enumerate(local)}
+    readers = []
+
+    def read_input(path):
+        readers.append(threading.current_thread().name)
+        return store[path]  # KeyError: the object is missing
+
+    monkeypatch.setattr(module, "read_input", read_input)
+    config = DetectorConfig(provenance=False, threads=2, batch_size=4)
+    scorer = module.Scorer(str(served_checkpoint), config)
+    names = [*store, "mem://bucket/gone.png"]
+    parts = (names[:4], names[4:])
+    batches = [{"shard": np.zeros(len(part), dtype=np.int64), "index": np.arange(len(part)),
+                "path": np.array(part, dtype=object)} for part in parts]  # fmt: skip
+    rows = [json.loads(r) for out in scorer.stream(batches) for r in out["row"]]
+    assert [r["path"] for r in rows] == names
+    assert rows[-1]["error"].startswith("cannot read: ") and rows[-1]["fake_prob"] is None
+    want = Detector.from_pretrained(served_checkpoint, batch_size=4).score(local, provenance=False)
+    for row, p in zip(rows, want, strict=False):
+        assert row["fake_prob"] == pytest.approx(p.fake_prob, abs=1e-6)
+    assert len(readers) == len(names)
+    assert all(name.startswith("miragedet-decode") for name in readers), readers

@@ -335,6 +335,7 @@ class Detector:
         inputs: Iterable[ImageInput],
         provenance: bool | None = None,
         stability: Any = None,
+        read: Callable[[Any], ImageInput] | None = None,
     ) -> Iterator[Prediction]:
         """Score inputs lazily, batch by batch, through the scoring pipeline
         (:mod:`miragedet.inference.pipeline`): decoding runs ahead of the forward in threads
@@ -346,6 +347,9 @@ class Detector:
         False: off): each readable input is also scored as re-delivered (resized, re-compressed,
         cropped) in one batch of k + 1, and labelled "uncertain" when the verdicts disagree or
         the score is near the threshold.
+        ``read``: a function turning each input into what is scored (an :data:`ImageInput`), run
+        in the decode threads (score-dataset fetches storage objects with it, so that several
+        are fetched at once); an exception it raises is that input's error row.
         """
         from .pipeline import score_stable, score_stream
         from .rows import columns_for, with_columns
@@ -356,8 +360,8 @@ class Detector:
             stability = self.config.stability_check()
         names = columns_for(self, provenance, bool(stability))
         if stability:
-            return with_columns(score_stable(self, inputs, provenance, stability), names)
-        return with_columns(score_stream(self, inputs, provenance), names)
+            return with_columns(score_stable(self, inputs, provenance, stability, read), names)
+        return with_columns(score_stream(self, inputs, provenance, read=read), names)
 
     # -- public API -----------------------------------------------------------------------------
 

@@ -58,18 +58,23 @@ AHEAD = 2
 GPU_MAX_FILE_BYTES = 64 * 2**20
 
 
+def error_text(exc: Exception) -> str:
+    """An input's error row text: a decode error's own words, else the exception's type and
+    words."""
+    from ..data.dataset import ImageDecodeError
+
+    return str(exc) if isinstance(exc, ImageDecodeError) else f"{type(exc).__name__}: {exc}"
+
+
 def safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``fn`` returning the error text instead of raising: one odd input must not take the batch
     down."""
-    from ..data.dataset import ImageDecodeError
 
     def call(item: Any) -> Any:
         try:
             return fn(item)
-        except ImageDecodeError as exc:
-            return str(exc)
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return error_text(exc)
 
     return call
 
@@ -343,19 +348,29 @@ def staged_batches(
 
 
 def score_stream(
-    detector: Detector, inputs: Iterable[Any], provenance: bool = False, ahead: int = AHEAD
+    detector: Detector,
+    inputs: Iterable[Any],
+    provenance: bool = False,
+    ahead: int = AHEAD,
+    read: Callable[[Any], Any] | None = None,
 ) -> Iterator[Prediction]:
     """Score inputs lazily, batch by batch: decoding runs ``ahead`` batches in front of the
-    forward in the detector's decode pool (see the module's docstring)."""
+    forward in the detector's decode pool (see the module's docstring). ``read``: what each
+    input is turned into first, in the pool too (score-dataset fetches storage objects with it;
+    an error is the input's row)."""
     from ..provenance.verdict import read_provenance
 
     staged = safe(lambda item: prepare(detector, item))
 
     def work(pair: tuple[int, Any]) -> tuple[Any, dict[str, Any] | None]:
-        prepared = staged(pair[1])
+        try:
+            item = pair[1] if read is None else read(pair[1])
+        except Exception as exc:  # an object that cannot be fetched: its error row
+            return error_text(exc), None
+        prepared = staged(item)
         if not provenance or isinstance(prepared, str):
             return prepared, None
-        source = prepared.data if isinstance(prepared, JpegJob) else pair[1]  # read once
+        source = prepared.data if isinstance(prepared, JpegJob) else item  # read once
         return prepared, read_provenance(source, detector.trust_anchors, detector.watermarks)
 
     resize = detector.view.kind == "resize"
@@ -411,13 +426,18 @@ def _assemble(
 
 
 def score_stable(
-    detector: Detector, inputs: Iterable[Any], provenance: bool, stability: Any
+    detector: Detector,
+    inputs: Iterable[Any],
+    provenance: bool,
+    stability: Any,
+    read: Callable[[Any], Any] | None = None,
 ) -> Iterator[Prediction]:
     """Each readable still image scored with its re-deliveries (resized, re-compressed,
     cropped), "uncertain" when the verdicts disagree or sit near the threshold
     (:mod:`miragedet.inference.stability`). Decoding, re-delivering and preprocessing run in the
     decode pool ahead of the forward (stage 1); on a GPU, with the resize view, the k + 1 inputs
-    of several images share one forward of up to the detector's batch size."""
+    of several images share one forward of up to the detector's batch size. ``read``: as for
+    :func:`score_stream`."""
     from ..provenance.verdict import read_provenance
 
     resize = detector.view.kind == "resize"
@@ -429,7 +449,7 @@ def score_stable(
         return (source, found, None) if isinstance(found, str) else (source, *found)
 
     def prepare_stable(pair: tuple[int, Any]) -> Any:
-        item = pair[1]
+        item = pair[1] if read is None else read(pair[1])
         if video_kind(item) is not None:  # as the server and evaluate's degradations say
             return "stability applies to still images only (docs/video.md): score clips without it"
         # an error: the row's text (safe)

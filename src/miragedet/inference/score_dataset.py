@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats import IMAGE_EXTENSIONS, NOT_IMAGE, VIDEO_EXTENSIONS, Found, walk
+from ..data.formats import (
+    IMAGE_EXTENSIONS,
+    NOT_IMAGE,
+    VIDEO_EXTENSIONS,
+    Found,
+    ImageDecodeError,
+    walk,
+)
 from .detector_config import DetectorConfig, resolve_backend
 from .pipeline import CPU_BATCH, GPU_BATCH_MAX
 from .rows import kind_of, row_of
@@ -126,6 +133,15 @@ def read_input(path: str) -> Any:
         return stream.read()
 
 
+def fetch(path: str) -> Any:
+    """:func:`read_input`, its failure (a missing object, a permission error) an error row's
+    text: "cannot read: ..." """
+    try:
+        return read_input(path)
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot read: {exc}", "missing") from exc
+
+
 class Scorer:
     """The detector as a callable over batches of ``{"shard", "index", "path"}`` columns: what
     Ray Data runs in each actor (and the local engine runs in-process)."""
@@ -144,44 +160,30 @@ class Scorer:
     def stream(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         """The rows of each batch of columns, in order, scored through one pipeline run
         (:mod:`miragedet.inference.pipeline`), so that decoding the next batches overlaps the
-        forward of this one."""
-        pending: deque = deque()  # [batch, paths, errors, good, predictions] in input order
+        forward of this one; a storage URI's object is fetched in the decode threads too
+        (:func:`fetch`: several at once), its row named by the URI."""
+        pending: deque = deque()  # [batch, paths, predictions] in input order
 
-        def readable() -> Iterator[Any]:
+        def paths() -> Iterator[str]:
             for batch in batches:
-                paths = [str(p) for p in batch["path"]]
-                items: list[Any] = []
-                errors: dict[int, str] = {}
-                for i, path in enumerate(paths):
-                    try:
-                        items.append(read_input(path))
-                    except Exception as exc:  # a missing object, a permission error: an error row
-                        errors[i] = f"cannot read: {exc}"
-                        items.append(None)
-                good = [i for i in range(len(paths)) if i not in errors]
-                pending.append((batch, paths, errors, good, []))
-                yield from (items[i] for i in good)
+                names = [str(p) for p in batch["path"]]
+                pending.append((batch, names, []))
+                yield from names
 
-        for prediction in self.detector.iter_score(readable()):
-            next(e for e in pending if len(e[4]) < len(e[3]))[4].append(prediction)
-            while pending and len(pending[0][4]) == len(pending[0][3]):
+        for prediction in self.detector.iter_score(paths(), read=fetch):
+            next(e for e in pending if len(e[2]) < len(e[1]))[2].append(prediction)
+            while pending and len(pending[0][2]) == len(pending[0][1]):
                 yield self._rows(*pending.popleft())
-        while pending:  # batches read after the last prediction: every input unreadable
+        while pending:  # batches without a path
             yield self._rows(*pending.popleft())
 
     def _rows(
-        self, batch: dict[str, np.ndarray], paths: list[str], errors: dict[int, str],
-        good: list[int], scored: list[Any],
-    ) -> dict[str, np.ndarray]:  # fmt: skip
+        self, batch: dict[str, np.ndarray], paths: list[str], predictions: list[Any]
+    ) -> dict[str, np.ndarray]:
         """What an engine sends back per input: its shard, its place, and its row as JSON (the
         columns of :mod:`miragedet.inference.rows` for the job's options)."""
-        from .prediction import Prediction
-
-        predictions = dict(zip(good, scored, strict=True))
-        threshold = self.detector.threshold
         rows = []
-        for i, path in enumerate(paths):
-            p = predictions.get(i) or Prediction(path, None, None, threshold, error=errors[i])
+        for path, p in zip(paths, predictions, strict=True):
             p.source = path  # a URI's bytes are named by the URI
             rows.append(json.dumps(row_of(p, self.names)))
         return {
