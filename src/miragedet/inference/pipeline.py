@@ -157,8 +157,9 @@ def gpu_decode(
 
 
 def gpu_job(decoder: Any, item: Any, max_pixels: int = MAX_PIXELS) -> JpegJob | None:
-    """The :class:`JpegJob` for ``item`` when ``decoder`` (a GPU decoder, or None) takes it."""
-    if decoder is None or video_kind(item) is not None:
+    """The :class:`JpegJob` for ``item`` when ``decoder`` (a GPU decoder, or None) takes it
+    (JPEGs only: never a clip, so no clip test is needed)."""
+    if decoder is None:
         return None
     data = _encoded(item)
     return probe(data, max_pixels) if data is not None else None
