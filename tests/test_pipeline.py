@@ -518,6 +518,9 @@ def test_the_server_and_the_detector_build_the_same_rows(served_checkpoint):
         assert results[2]["code"] == "corrupt_image" and predictions[2].error
         for got, want in zip(results[:2], predictions[:2], strict=True):
             assert got["fake_prob"] == pytest.approx(want.fake_prob, abs=1e-6)
+            # one arithmetic on every surface: p(fake) is 1 - p(real) to the bit (float64)
+            assert got["fake_prob"] == 1.0 - got["probs"]["Real"]
+            assert want.fake_prob == 1.0 - want.probs["Real"]
             assert (got["label"], got["verdict"], got["basis"], got["top_class"]) == (
                 want.label, want.verdict, want.basis, want.top_class)  # fmt: skip
             assert got["probs"] == pytest.approx(want.probs, abs=1e-6)
@@ -525,8 +528,43 @@ def test_the_server_and_the_detector_build_the_same_rows(served_checkpoint):
                 assert got["stability"] is None
                 continue
             assert got["stability"]["scores"] == pytest.approx(want.stability["scores"], abs=1e-6)
+            assert got["stability"]["scores"]["as given"] == got["fake_prob"]
+            assert want.stability["scores"]["as given"] == want.fake_prob
             assert got["stability"]["uncertain"] == want.stability["uncertain"]
     assert all(r["stability"] for r in served[1][:2])
+
+
+def test_p_fake_is_one_minus_p_real_in_float64_for_every_row():
+    """The model's rows are float32; every surface takes 1 - p(real) in float64 (as detect
+    always has), so a score near a threshold gets the same label everywhere."""
+    from miragedet.data.views import View
+    from miragedet.inference.outcomes import predicted, stable
+    from miragedet.inference.stability import Stability
+
+    rows = np.array([[0.1, 0.9], [0.3, 0.7]], dtype=np.float32)
+    one = predicted("x", rows[0], ["Real", "Fake"], 0.5)
+    assert one.fake_prob == 1.0 - float(rows[0, 0]) != float(np.float32(1.0) - rows[0, 0])
+    judged = stable("x", rows, None, View(), ["Real", "Fake"], 0.5, Stability(("jpeg:75",)))
+    assert judged.fake_prob == one.fake_prob == judged.stability["scores"]["as given"]
+    assert judged.stability["scores"]["jpeg:75"] == 1.0 - float(rows[1, 0])
+
+
+def test_a_tiles_batch_without_a_readable_image_gives_its_error_rows(served_checkpoint, tmp_path):
+    """Under the tiles view, a batch whose inputs are all unreadable has nothing to forward:
+    its rows are errors, and the next batch is scored."""
+    from miragedet.inference.stability import Stability
+
+    good = tmp_path / "good.png"
+    photo(64, 48, 4).save(good)
+    view = {"kind": "tiles", "max_tiles": 4}
+    detector = Detector.from_pretrained(served_checkpoint, precision="fp32", view=view,
+                                        batch_size=2)  # fmt: skip
+    inputs = [str(tmp_path / "missing.jpg"), b"not an image", str(good)]
+    for stability in (False, Stability()):
+        rows = detector.score(inputs, provenance=False, stability=stability)
+        assert [r.ok for r in rows] == [False, False, True]
+        assert rows[2].tiles["count"] == len(rows[2].regions) and rows[2].fake_prob is not None
+        assert rows[2].fake_prob == 1.0 - rows[2].probs["Real"]
 
 
 def _png_bytes(image: Image.Image) -> bytes:

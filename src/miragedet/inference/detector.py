@@ -238,7 +238,8 @@ class Detector:
     ) -> Any:
         """A (3, S, S) tensor (resize view), the :class:`~miragedet.data.views.Tiles` of the crop
         and tiles views, or a clip's :class:`~miragedet.inference.videos.VideoInputs`; ``view``
-        and ``sampling`` (None: the detector's) as one server request asks."""
+        and ``sampling`` (None: the detector's) and ``max_pixels`` (a still image's decode limit)
+        as one server request asks."""
         view = view or self.view
         if video_kind(item) is not None:
             from .videos import prepare_video
@@ -351,8 +352,9 @@ class Detector:
         in the decode threads (score-dataset fetches storage objects with it, so that several
         are fetched at once); an exception it raises is that input's error row.
         """
-        from .pipeline import score_stable, score_stream
+        from .pipeline import score_stream
         from .rows import columns_for, with_columns
+        from .stability import score_stable
 
         if provenance is None:
             provenance = self.config.provenance

@@ -40,7 +40,10 @@ def predicted(
 ) -> Prediction:
     """The Prediction of class probabilities ``p`` (C,): p(fake) = 1 - p(the real class, first),
     "fake" from ``threshold`` up, the most likely class ("unknown generator" when the open-set
-    test says so; the label stays the pixels' real/fake), and ``fields`` (:func:`summarized`)."""
+    test says so; the label stays the pixels' real/fake), and ``fields`` (:func:`summarized`).
+    In float64 on every surface (the model's rows are float32): ``fake_prob`` is exactly
+    1 - ``probs`` of the real class."""
+    p = np.asarray(p, dtype=np.float64)
     fake = float(1.0 - p[0])
     prediction = Prediction(
         source,
@@ -80,13 +83,12 @@ def stable(
     sits near the threshold (:meth:`Stability.verdict`)."""
     names = ["as given", *stability.variants]
     if kinds is None:
-        prediction = predicted(source, rows[0], classes, threshold)
-        fakes = 1.0 - rows[:, 0]
+        per = [(row, {}) for row in rows]
     else:
         cuts = np.cumsum([len(t.pixels) for t in kinds])[:-1]
         per = [summarized(t, r, view) for t, r in zip(kinds, np.split(rows, cuts), strict=True)]
-        prediction = predicted(source, per[0][0], classes, threshold, per[0][1])
-        fakes = np.asarray([1.0 - p[0] for p, _ in per])
+    prediction = predicted(source, per[0][0], classes, threshold, per[0][1])
+    fakes = np.asarray([1.0 - np.float64(p[0]) for p, _ in per])  # as predicted's fake_prob
     report = stability.verdict(names, fakes, threshold)
     prediction.stability = report
     if report["uncertain"]:

@@ -19,10 +19,11 @@ Stages and where they run:
 
 :class:`~miragedet.inference.detector.Detector` (and so ``detect``, score-dataset's workers and
 the Python API) scores through :func:`score_stream`; the stability mode's per-image batches of
-re-deliveries through :func:`score_stable`; evaluate's resize path and the server's model queue
-through :func:`device_batch`, :func:`on_stream` and :func:`forward_batch` (the server stages a
-batch while the one before it is in the model); the server prepares its uploads with
-:func:`prepare` (the request's view, sampling and pixel limit).
+re-deliveries through :func:`~miragedet.inference.stability.score_stable` (the same pool);
+evaluate's resize path and the server's model queue through :func:`device_batch`,
+:func:`on_stream` and :func:`forward_batch` (the server stages a batch while the one before it
+is in the model); the server prepares its uploads with :func:`prepare` (the request's view,
+sampling and pixel limit).
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
 from ..data.dataset import MAX_PIXELS
 from ..data.gpu_decode import JPEG_MAGIC, JpegJob, probe
-from ..data.video import video_kind
 from .compiled import CompiledForward
-from .outcomes import failed, predicted, stable, summarized
-from .prediction import Prediction, describe, to_image
+from .outcomes import failed, predicted, summarized
+from .prediction import Prediction, describe
 from .tiles import forward_tiles
 from .videos import VideoInputs
 
@@ -415,74 +414,16 @@ def _assemble(
             out[i] = predicted(sources[i], rows[i], classes, threshold, None, outcomes[i])
     else:  # the tiles of all the batch's images share forward batches
         good = [i for i, r in enumerate(out) if r is None]
-        tile_sets = [prepared[i].pixels for i in good]
-        per_image = forward_tiles(detector.forward_tensors, tile_sets, detector.batch_size)
-        for i, rows in zip(good, per_image if good else [], strict=True):
-            p, fields = summarized(prepared[i], rows, view)
-            out[i] = predicted(sources[i], p, classes, threshold, fields)
+        if good:
+            tile_sets = [prepared[i].pixels for i in good]
+            per_image = forward_tiles(detector.forward_tensors, tile_sets, detector.batch_size)
+            for i, rows in zip(good, per_image, strict=True):
+                p, fields = summarized(prepared[i], rows, view)
+                out[i] = predicted(sources[i], p, classes, threshold, fields)
     for prediction, (_, found) in zip(out, done, strict=True):
         if prediction.ok and found is not None:
             prediction.set_provenance(found)
     return out
-
-
-def score_stable(
-    detector: Detector,
-    inputs: Iterable[Any],
-    provenance: bool,
-    stability: Any,
-    read: Callable[[Any], Any] | None = None,
-) -> Iterator[Prediction]:
-    """Each readable still image scored with its re-deliveries (resized, re-compressed,
-    cropped), "uncertain" when the verdicts disagree or sit near the threshold
-    (:mod:`miragedet.inference.stability`). Decoding, re-delivering and preprocessing run in the
-    decode pool ahead of the forward (stage 1); on a GPU, with the resize view, the k + 1 inputs
-    of several images share one forward of up to the detector's batch size. ``read``: as for
-    :func:`score_stream`."""
-    from ..provenance.verdict import read_provenance
-
-    resize = detector.view.kind == "resize"
-
-    def work(pair: tuple[int, Any]) -> tuple[str, Any, Any]:
-        """(source, error text or the re-deliveries' (inputs, Tiles), provenance)."""
-        source = describe(pair[1], pair[0])
-        found = safe(prepare_stable)(pair)  # one odd input is its own error row
-        return (source, found, None) if isinstance(found, str) else (source, *found)
-
-    def prepare_stable(pair: tuple[int, Any]) -> Any:
-        item = pair[1] if read is None else read(pair[1])
-        if video_kind(item) is not None:  # as the server and evaluate's degradations say
-            return "stability applies to still images only (docs/video.md): score clips without it"
-        # an error: the row's text (safe)
-        prepared = stability.inputs(to_image(item), detector.preprocess, detector.view)
-        found = (
-            read_provenance(item, detector.trust_anchors, detector.watermarks)
-            if provenance
-            else None
-        )
-        return prepared, found
-
-    per_batch = max(1, detector.batch_size // (len(stability.variants) + 1)) if resize else 1
-    for _, done in staged_batches(enumerate(inputs), work, per_batch, detector.decode_threads):
-        stacked = [r[1][0] for r in done if not isinstance(r[1], str)]
-        # a CPU keeps one forward per image (its scores stay bit for bit those of before); a
-        # GPU runs one forward for the chunk (resize view), then each image's k + 1 rows
-        rows_of: Iterator[np.ndarray] = (
-            np.concatenate(forward_tiles(detector.forward_tensors, [t], detector.batch_size))
-            for t in stacked
-        )
-        if stacked and resize and detector.device.type == "cuda":
-            joint = detector.forward_tensors(torch.cat(stacked))
-            rows_of = iter(np.split(joint, np.cumsum([len(t) for t in stacked])[:-1]))
-        for source, prepared, found in done:
-            if isinstance(prepared, str):
-                yield failed(source, detector.threshold, prepared)
-                continue
-            prediction = stable(source, next(rows_of), prepared[1], detector.view,
-                                detector.classes, detector.threshold, stability)  # fmt: skip
-            if found is not None:
-                prediction.set_provenance(found)
-            yield prediction
 
 
 def in_parts(forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor, owner: Any) -> list[Any]:

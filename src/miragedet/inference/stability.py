@@ -3,12 +3,14 @@
 The same photo can be called real at full size and AI after a resize, a JPEG re-save or a crop.
 Besides the image as given, a few realistic re-deliveries are scored in the same batch; when they
 disagree about the verdict, or the score lies within ``margin`` of the threshold, the label is
-"uncertain" instead of a confident real/fake.
+"uncertain" instead of a confident real/fake. :func:`score_stable` scores them through the
+scoring pipeline's decode pool and row builder.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,20 +89,18 @@ class Stability:
 
     def inputs(
         self, image: Image.Image, preprocess: Any, view: Any
-    ) -> tuple[Any, list[Any] | None]:
-        """The model inputs of the image as given and of each re-delivery, in order: one each,
-        stacked, and None (resize view); or each one's tiles, concatenated, and their
-        :class:`~miragedet.data.views.Tiles` (tiles and crop views: each re-delivery is tiled
-        and aggregated like the image as given)."""
-        import torch
-
+    ) -> tuple[list[Any], list[Any] | None]:
+        """The model inputs (3, S, S) of the image as given and of each re-delivery, in order: one
+        each, and None (resize view); or each one's tiles (views of their pixels, not copies),
+        and their :class:`~miragedet.data.views.Tiles` (tiles and crop views: each re-delivery
+        is tiled and aggregated like the image as given)."""
         images = [im for _, im in self.redeliver(image)]
         if view.kind == "resize":
-            return torch.stack([preprocess(im) for im in images]), None
+            return [preprocess(im) for im in images], None
         from ..data.views import inputs
 
         tiled = [inputs(im, preprocess, view) for im in images]
-        return torch.cat([t.pixels for t in tiled]), tiled
+        return [t for tiles in tiled for t in tiles.pixels], tiled
 
     def verdict(self, names: list[str], fake_probs: np.ndarray, threshold: float) -> dict[str, Any]:
         """Spread of the scores, whether the verdicts agree, and whether to say "uncertain"."""
@@ -121,3 +121,72 @@ class Stability:
             "uncertain": disagree or near,
             "reason": "; ".join(reasons) or None,
         }
+
+
+def score_stable(
+    detector: Any,
+    inputs: Iterable[Any],
+    provenance: bool,
+    stability: Stability,
+    read: Callable[[Any], Any] | None = None,
+) -> Iterator[Any]:
+    """Each readable still image scored with its re-deliveries, as a
+    :class:`~miragedet.inference.prediction.Prediction` ("uncertain" when the verdicts disagree
+    or sit near the threshold). Decoding, re-delivering and preprocessing run in the detector's
+    decode pool ahead of the forward (:func:`miragedet.inference.pipeline.staged_batches`); on a
+    GPU, with the resize view, the k + 1 inputs of several images share one forward of up to the
+    detector's batch size. ``read``: as for :func:`miragedet.inference.pipeline.score_stream`."""
+    import torch
+
+    from ..data.video import video_kind
+    from ..provenance.verdict import read_provenance
+    from .outcomes import failed, stable
+    from .pipeline import safe, staged_batches
+    from .prediction import describe, to_image
+    from .tiles import forward_tiles
+
+    resize = detector.view.kind == "resize"
+
+    def work(pair: tuple[int, Any]) -> tuple[str, Any, Any]:
+        """(source, error text or (the tensors to forward, the re-deliveries' Tiles),
+        provenance)."""
+        source = describe(pair[1], pair[0])
+        found = safe(prepare)(pair)  # one odd input is its own error row
+        return (source, found, None) if isinstance(found, str) else (source, *found)
+
+    def prepare(pair: tuple[int, Any]) -> Any:
+        item = pair[1] if read is None else read(pair[1])
+        if video_kind(item) is not None:  # as the server and evaluate's degradations say
+            return "stability applies to still images only (docs/video.md): score clips without it"
+        # an error: the row's text (safe)
+        pixels, tiled = stability.inputs(to_image(item), detector.preprocess, detector.view)
+        sets = [torch.stack(pixels)] if tiled is None else [t.pixels for t in tiled]
+        found = (
+            read_provenance(item, detector.trust_anchors, detector.watermarks)
+            if provenance
+            else None
+        )
+        return (sets, tiled), found
+
+    def forward(sets: list[Any]) -> np.ndarray:
+        return np.concatenate(forward_tiles(detector.forward_tensors, sets, detector.batch_size))
+
+    per_batch = max(1, detector.batch_size // (len(stability.variants) + 1)) if resize else 1
+    for _, done in staged_batches(enumerate(inputs), work, per_batch, detector.decode_threads):
+        to_forward = [r[1][0] for r in done if not isinstance(r[1], str)]
+        # a CPU keeps one forward per image (its scores stay bit for bit those of before); a
+        # GPU runs one forward for the chunk (resize view), then each image's k + 1 rows
+        rows_of: Iterator[np.ndarray] = (forward(sets) for sets in to_forward)
+        if to_forward and resize and detector.device.type == "cuda":
+            stacks = [sets[0] for sets in to_forward]
+            joint = detector.forward_tensors(torch.cat(stacks))
+            rows_of = iter(np.split(joint, np.cumsum([len(t) for t in stacks])[:-1]))
+        for source, prepared, found in done:
+            if isinstance(prepared, str):
+                yield failed(source, detector.threshold, prepared)
+                continue
+            prediction = stable(source, next(rows_of), prepared[1], detector.view,
+                                detector.classes, detector.threshold, stability)  # fmt: skip
+            if found is not None:
+                prediction.set_provenance(found)
+            yield prediction

@@ -169,7 +169,7 @@ def prepare(
         if stability is not None:  # re-deliveries start from the exact decode
             image = load_image(data, max_pixels=max_pixels)
             pixels, tiled = stability.inputs(image, detector.preprocess, view)
-            return Prepared(list(pixels), 200, None, tiled)
+            return Prepared(pixels, 200, None, tiled)
         # the scoring pipeline's own stage 1: a JPEG for the GPU decoder, the view's input(s)
         prepared = pipeline.prepare(detector, data, view, max_pixels=max_pixels)
         if isinstance(prepared, Tiles):
