@@ -143,7 +143,6 @@ def score_stable(
     from .outcomes import failed, stable
     from .pipeline import safe, staged_batches
     from .prediction import describe, to_image
-    from .tiles import forward_tiles
 
     resize = detector.view.kind == "resize"
 
@@ -169,7 +168,9 @@ def score_stable(
         return (sets, tiled), found
 
     def forward(sets: list[Any]) -> np.ndarray:
-        return np.concatenate(forward_tiles(detector.forward_tensors, sets, detector.batch_size))
+        """The rows of one image's inputs, in parts of the batch size (``forward_tensors``); the
+        resize view's stack as it is, the re-deliveries' tiles joined only now."""
+        return detector.forward_tensors(sets[0] if len(sets) == 1 else torch.cat(sets))
 
     per_batch = max(1, detector.batch_size // (len(stability.variants) + 1)) if resize else 1
     for _, done in staged_batches(enumerate(inputs), work, per_batch, detector.decode_threads):
